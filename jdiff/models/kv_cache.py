@@ -1,0 +1,56 @@
+"""A KV cache as an explicit pytree, indexed by absolute position.
+
+Slot ``p`` of row ``b`` holds the keys/values of the token at position ``p`` of that row,
+so rows of a left-padded batch whose blocks start at different physical offsets share one
+layout and no per-row write pointer is needed. ``valid`` marks the slots that hold a token.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from jdiff.models.config import ModelConfig
+
+
+@flax.struct.dataclass
+class KVCache:
+  k: jax.Array  # [layers, B, S, kv_heads, head_dim]
+  v: jax.Array  # [layers, B, S, kv_heads, head_dim]
+  valid: jax.Array  # bool [B, S]
+
+  @classmethod
+  def init(cls, config: ModelConfig, batch: int, size: int,
+           dtype: Optional[jnp.dtype] = None) -> "KVCache":
+    dtype = jnp.dtype(config.dtype if dtype is None else dtype)
+    shape = (config.num_layers, batch, size, config.num_kv_heads, config.head_dim)
+    return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+               valid=jnp.zeros((batch, size), bool))
+
+  @property
+  def size(self) -> int:
+    return self.k.shape[2]
+
+  def store(self, new_k: jax.Array, new_v: jax.Array, positions: jax.Array,
+            write: Optional[jax.Array] = None) -> "KVCache":
+    """Writes per-layer ``new_k/new_v`` ``[layers, B, Q, kv, hd]`` at slots ``positions``.
+
+    Tokens with ``write`` False (e.g. left padding) are dropped; so are positions past the
+    end of the cache (callers validate sizes up front).
+    """
+    positions = jnp.asarray(positions, jnp.int32)
+    if write is None:
+      write = jnp.ones(positions.shape, bool)
+    slots = jnp.where(write, positions, self.size)  # out of range -> dropped
+    rows = jnp.arange(positions.shape[0])[:, None]
+    k = self.k.at[:, rows, slots].set(new_k.astype(self.k.dtype), mode="drop")
+    v = self.v.at[:, rows, slots].set(new_v.astype(self.v.dtype), mode="drop")
+    valid = self.valid.at[rows, slots].set(True, mode="drop")
+    return self.replace(k=k, v=v, valid=valid)
+
+  def keep(self, keep: jax.Array) -> "KVCache":
+    """Marks only slots where ``keep`` (bool ``[B, S]``) is True as valid."""
+    return self.replace(valid=self.valid & keep)

@@ -1,0 +1,212 @@
+"""The dLLM backbone (LLaDA / Dream / SDAR) as Flax NNX modules, used pure-functionally.
+
+A call is ``(tokens, positions, mask, cache) -> (logits, cache)``. Layers are stored
+stacked along a leading ``layers`` axis and run with ``lax.scan``, so compile time does not
+grow with depth; one layer can be rematerialised with a configurable policy.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jdiff.models import masks as masks_lib
+from jdiff.models.config import ModelConfig
+from jdiff.models.kv_cache import KVCache
+from jdiff.models.layers import F32, attention, rms_norm, rope
+from jdiff.sharding.rules import constrain
+
+_REMAT = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+_INIT_STD = 0.02
+
+
+def _param(rngs: nnx.Rngs, shape, axes, dtype, init="normal") -> nnx.Param:
+  if init == "normal":
+    value = _INIT_STD * jax.random.normal(rngs.params(), shape, F32)
+  elif init == "ones":
+    value = jnp.ones(shape, F32)
+  else:
+    value = jnp.zeros(shape, F32)
+  return nnx.Param(value.astype(dtype), logical_axes=tuple(axes))
+
+
+class LayerStack(nnx.Module):
+  """All transformer layers, each parameter stacked on a leading ``layers`` axis."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    c, n = config, config.num_layers
+    d, f, hd, h, kv = c.hidden_size, c.intermediate_size, c.head_dim, c.num_heads, c.num_kv_heads
+    pd = jnp.dtype(c.param_dtype)
+    self.attn_norm = _param(rngs, (n, d), ("layers", "norm"), pd, "ones")
+    self.wq = _param(rngs, (n, d, h, hd), ("layers", "embed", "heads", "head_dim"), pd)
+    self.wk = _param(rngs, (n, d, kv, hd), ("layers", "embed", "kv_heads", "head_dim"), pd)
+    self.wv = _param(rngs, (n, d, kv, hd), ("layers", "embed", "kv_heads", "head_dim"), pd)
+    if c.qkv_bias:
+      self.bq = _param(rngs, (n, h, hd), ("layers", "heads", "head_dim"), pd, "zeros")
+      self.bk = _param(rngs, (n, kv, hd), ("layers", "kv_heads", "head_dim"), pd, "zeros")
+      self.bv = _param(rngs, (n, kv, hd), ("layers", "kv_heads", "head_dim"), pd, "zeros")
+    if c.qk_norm:
+      self.q_norm = _param(rngs, (n, hd), ("layers", "norm"), pd, "ones")
+      self.k_norm = _param(rngs, (n, hd), ("layers", "norm"), pd, "ones")
+    self.wo = _param(rngs, (n, h, hd, d), ("layers", "heads", "head_dim", "embed"), pd)
+    self.mlp_norm = _param(rngs, (n, d), ("layers", "norm"), pd, "ones")
+    self.w_gate = _param(rngs, (n, d, f), ("layers", "embed", "mlp"), pd)
+    self.w_up = _param(rngs, (n, d, f), ("layers", "embed", "mlp"), pd)
+    self.w_down = _param(rngs, (n, f, d), ("layers", "mlp", "embed"), pd)
+
+  def arrays(self) -> dict:
+    return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
+
+
+def _layer(config: ModelConfig, x, p, positions, mask, cache_k, cache_v):
+  """One pre-norm block. Returns the new residual stream and this call's (k, v)."""
+  dt = x.dtype
+  c = config
+  h = rms_norm(x, p["attn_norm"], c.rms_norm_eps)
+  q = jnp.einsum("btd,dnh->btnh", h, p["wq"].astype(dt))
+  k = jnp.einsum("btd,dnh->btnh", h, p["wk"].astype(dt))
+  v = jnp.einsum("btd,dnh->btnh", h, p["wv"].astype(dt))
+  if c.qkv_bias:
+    q, k, v = q + p["bq"].astype(dt), k + p["bk"].astype(dt), v + p["bv"].astype(dt)
+  if c.qk_norm:  # Qwen3/SDAR: per-head RMSNorm before RoPE
+    q = rms_norm(q, p["q_norm"], c.rms_norm_eps)
+    k = rms_norm(k, p["k_norm"], c.rms_norm_eps)
+  q = rope(q, positions, c.rope_theta)
+  k = rope(k, positions, c.rope_theta)
+  q = constrain(q, ("batch", "length", "heads", "head_dim"))
+  keys, values = k, v
+  if cache_k is not None:
+    keys = jnp.concatenate([cache_k.astype(dt), k], axis=1)
+    values = jnp.concatenate([cache_v.astype(dt), v], axis=1)
+  out = attention(q, keys, values, mask)
+  x = x + jnp.einsum("btnh,nhd->btd", out, p["wo"].astype(dt))
+  x = constrain(x, ("batch", "length", "embed"))
+  h = rms_norm(x, p["mlp_norm"], c.rms_norm_eps)
+  gate = jnp.einsum("btd,df->btf", h, p["w_gate"].astype(dt))
+  up = jnp.einsum("btd,df->btf", h, p["w_up"].astype(dt))
+  act = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
+  x = x + jnp.einsum("btf,fd->btd", act, p["w_down"].astype(dt))
+  x = constrain(x, ("batch", "length", "embed"))
+  return x, k, v
+
+
+StoreArg = Union[bool, jax.Array]
+
+
+class Backbone(nnx.Module):
+  """Embedding, the layer stack and the final norm: tokens -> normalised hidden states."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    pd = jnp.dtype(config.param_dtype)
+    self.embed = _param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"), pd)
+    self.layers = LayerStack(config, rngs=rngs)
+    self.final_norm = _param(rngs, (config.hidden_size,), ("norm",), pd, "ones")
+
+  def __call__(self, tokens: jax.Array, positions: Optional[jax.Array] = None,
+               mask: Optional[jax.Array] = None, cache: Optional[KVCache] = None, *,
+               store: StoreArg = False):
+    c = self.config
+    tokens = jnp.asarray(tokens, jnp.int32)
+    b, t = tokens.shape
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    positions = jnp.asarray(positions, jnp.int32)
+    mask = self._full_mask(positions, mask, cache)
+    storing = not (isinstance(store, bool) and not store)
+    if storing and cache is None:
+      raise ValueError("store=True needs a KVCache to write into")
+
+    dt = jnp.dtype(c.dtype)
+    x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+    x = constrain(x, ("batch", "length", "embed"))
+
+    def body(x, xs):
+      p, ck, cv = xs
+      x, k, v = _layer(c, x, p, positions, mask, ck, cv)
+      return x, ((k, v) if storing else None)
+
+    if c.remat != "none":
+      body = jax.checkpoint(body, policy=_REMAT[c.remat], prevent_cse=False)
+    cache_kv = (cache.k, cache.v) if cache is not None else (None, None)
+    x, new_kv = jax.lax.scan(body, x, (self.layers.arrays(), *cache_kv))
+    h = rms_norm(x, self.final_norm[...], c.rms_norm_eps)
+    if storing:
+      write = None if isinstance(store, bool) else jnp.asarray(store, bool)
+      cache = cache.store(new_kv[0], new_kv[1], positions, write)
+    return h, cache
+
+  def _full_mask(self, positions, mask, cache):
+    c = self.config
+    t = positions.shape[1]
+    if mask is None:
+      mask = masks_lib.native(c.block_size if c.block_causal else None, positions)
+    mask = jnp.asarray(mask, bool)
+    if mask.ndim == 2:  # [B, L] key padding
+      mask = masks_lib.bidirectional(mask) if not c.block_causal else masks_lib.block_causal(
+          positions, c.block_size, mask)
+    expected = (t + cache.size) if cache is not None else t
+    if cache is not None and mask.shape[-1] == t:
+      mask = masks_lib.with_cache(cache.valid, mask)
+    if mask.shape[-2:] != (t, expected):
+      raise ValueError(f"attention mask has shape {mask.shape}; expected [B, {t}, {expected}] "
+                       f"for {t} query tokens" + (f" and a cache of {cache.size} slots"
+                                                  if cache is not None else ""))
+    return mask
+
+
+class DiffusionLM(nnx.Module):
+  """Backbone plus LM head. ``model(tokens, positions, mask, cache) -> (logits, cache)``.
+
+  Logits are float32 and raw: Dream's are not re-aligned here (``config.shift_logits``).
+  """
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.backbone = Backbone(config, rngs=rngs)
+    if not config.tie_word_embeddings:
+      self.lm_head = _param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"),
+                            jnp.dtype(config.param_dtype))
+
+  def head_weight(self) -> jax.Array:
+    if self.config.tie_word_embeddings:
+      return self.backbone.embed[...].T
+    return self.lm_head[...]
+
+  def logits_from_hidden(self, h: jax.Array) -> jax.Array:
+    w = self.head_weight().astype(h.dtype)
+    logits = jnp.einsum("btd,dv->btv", h, w, preferred_element_type=F32)
+    return constrain(logits, ("batch", "length", "vocab"))
+
+  def __call__(self, tokens, positions=None, mask=None, cache=None, *, store: StoreArg = False):
+    h, cache = self.backbone(tokens, positions, mask, cache, store=store)
+    return self.logits_from_hidden(h), cache
+
+
+class ValueModel(nnx.Module):
+  """TraceRL's diffusion value model: the same backbone with a zero-initialised scalar head."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.backbone = Backbone(config, rngs=rngs)
+    self.value_head = nnx.Param(jnp.zeros((config.hidden_size,), jnp.dtype(config.param_dtype)),
+                                logical_axes=("embed",))
+
+  def __call__(self, tokens, positions=None, mask=None, cache=None, *, store: StoreArg = False):
+    h, cache = self.backbone(tokens, positions, mask, cache, store=store)
+    values = jnp.einsum("btd,d->bt", h.astype(F32), self.value_head[...].astype(F32))
+    return values, cache
+
+  @classmethod
+  def from_policy(cls, policy: DiffusionLM, *, rngs: Optional[nnx.Rngs] = None) -> "ValueModel":
+    """A value model whose backbone is a copy of ``policy``'s (the reference initialisation)."""
+    model = cls(policy.config, rngs=rngs or nnx.Rngs(0))
+    nnx.update(model.backbone, jax.tree.map(jnp.copy, nnx.state(policy.backbone)))
+    return model

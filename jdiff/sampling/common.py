@@ -1,0 +1,146 @@
+"""Pieces every sampler shares: the trajectory record, token sampling, top-n selection.
+
+Conventions (all samplers):
+- ``Trajectory.tokens`` ``[B, G]``: completion ids; position j is the j-th token after the
+  row's prompt. Tokens after the stop (EOS / stop id / max_tokens) are set to ``pad_id``.
+- ``step_map`` ``[B, G]`` int32: the 1-based global decoding step (counted per sequence
+  across blocks) at which the token was unmasked; 0 where nothing was generated.
+- ``logprobs`` ``[B, G]`` float32: log-probability of the committed token under the
+  model's *temperature-1, unfiltered* softmax at the step it was unmasked — exactly what a
+  training forward over the same state computes (the trajectory-consistency contract).
+- ``lengths`` ``[B]``: completion length including the stop token.
+- ``states`` (optional, ``[S, B, G]``): the completion canvas after every step (CJ-GRPO).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+F32 = jnp.float32
+NEG_INF = -jnp.inf
+
+
+@flax.struct.dataclass
+class Trajectory:
+  prompt_ids: jax.Array  # [B, P] left-padded
+  prompt_mask: jax.Array  # [B, P] bool, True on real prompt tokens
+  tokens: jax.Array  # [B, G]
+  step_map: jax.Array  # [B, G] int32
+  logprobs: jax.Array  # [B, G] float32
+  lengths: jax.Array  # [B] int32
+  num_steps: jax.Array  # [B] int32: model calls that decoded tokens, per sequence
+  states: Optional[jax.Array] = None  # [S, B, G] when recorded
+
+
+def transfer_schedule(num_masked: int, steps: int) -> np.ndarray:
+  """Even split of ``num_masked`` over ``steps``, the remainder going to the early steps."""
+  if steps <= 0:
+    raise ValueError(f"steps must be positive, got {steps}")
+  base, rem = divmod(num_masked, steps)
+  return np.array([base + 1 if i < rem else base for i in range(steps)], np.int32)
+
+
+def transfer_schedule_dynamic(num_masked: jax.Array, steps: int) -> jax.Array:
+  """Traced version of :func:`transfer_schedule`: ``num_masked`` ``[B]`` -> ``[B, steps]``."""
+  num_masked = jnp.asarray(num_masked, jnp.int32)
+  base, rem = num_masked // steps, num_masked % steps
+  idx = jnp.arange(steps, dtype=jnp.int32)
+  return base[:, None] + (idx[None, :] < rem[:, None]).astype(jnp.int32)
+
+
+def filter_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0) -> jax.Array:
+  """Temperature -> top-k -> top-p on float32 logits (filtered entries become -inf).
+
+  ``temperature`` must be > 0 here; greedy decoding is handled by the callers.
+  """
+  logits = logits.astype(F32) / temperature
+  if top_k and top_k > 0:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, NEG_INF, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    cum = jnp.cumsum(probs, axis=-1)
+    # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+    keep_sorted = (cum - probs) < top_p
+    cutoff = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < cutoff, NEG_INF, logits)
+  return logits
+
+
+def sample_categorical(key: jax.Array, logits: jax.Array, temperature: float = 1.0,
+                       top_k: int = 0, top_p: float = 1.0):
+  """Samples ids from the filtered distribution; returns (ids, prob of the sampled id).
+
+  ``temperature == 0`` is greedy (argmax; probability from the temperature-1 softmax).
+  """
+  logits = logits.astype(F32)
+  if temperature == 0:
+    ids = jnp.argmax(logits, axis=-1)
+    probs = jax.nn.softmax(logits, axis=-1)
+  else:
+    filtered = filter_logits(logits, temperature, top_k, top_p)
+    ids = jax.random.categorical(key, filtered, axis=-1)
+    probs = jax.nn.softmax(filtered, axis=-1)
+  return ids.astype(jnp.int32), jnp.take_along_axis(probs, ids[..., None], axis=-1)[..., 0]
+
+
+def gumbel_argmax(key: jax.Array, logits: jax.Array, temperature: float) -> jax.Array:
+  """LLaDA's Gumbel-max sampling: argmax(logits + temperature * Gumbel noise).
+
+  LLaDA writes it as argmax(exp(logits) / (-log u)^temperature) in float64; this is the
+  same argmax computed in float32 (ties aside), which is what TPUs support natively.
+  """
+  logits = logits.astype(F32)
+  if temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  g = jax.random.gumbel(key, logits.shape, F32)
+  return jnp.argmax(logits + temperature * g, axis=-1).astype(jnp.int32)
+
+
+def token_logprob(logits: jax.Array, ids: jax.Array) -> jax.Array:
+  """log softmax(logits)[ids] at temperature 1, float32."""
+  logp = jax.nn.log_softmax(logits.astype(F32), axis=-1)
+  return jnp.take_along_axis(logp, ids[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def select_top_n(confidence: jax.Array, eligible: jax.Array, n: jax.Array) -> jax.Array:
+  """Bool mask of the ``n`` (per row) most confident eligible positions.
+
+  ``confidence`` ``[B, T]``, ``eligible`` bool ``[B, T]``, ``n`` int ``[B]``; n is clamped to
+  the eligible count, so already-decoded positions are never re-selected. Ties go to the
+  leftmost position (a deterministic stand-in for torch.topk's order).
+  """
+  conf = jnp.where(eligible, confidence.astype(F32), NEG_INF)
+  order = jnp.argsort(-conf, axis=-1, stable=True)
+  ranks = jnp.argsort(order, axis=-1, stable=True)
+  n = jnp.minimum(jnp.asarray(n, jnp.int32), jnp.sum(eligible, axis=-1))
+  return eligible & (ranks < n[:, None])
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, length: Optional[int] = None,
+             bucket: int = 1):
+  """Left-pads prompts to ``length`` (or the next multiple of ``bucket``).
+
+  Returns numpy (ids ``[B, P]`` int32, mask ``[B, P]`` bool, positions ``[B, P]`` int32)
+  where positions count real tokens from 0 and pads get position 0.
+  """
+  longest = max(len(p) for p in prompts)
+  if length is None:
+    length = -(-longest // bucket) * bucket
+  if longest > length:
+    raise ValueError(f"a prompt has {longest} tokens, more than the padded length {length}")
+  ids = np.full((len(prompts), length), pad_id, np.int32)
+  mask = np.zeros((len(prompts), length), bool)
+  for i, p in enumerate(prompts):
+    if len(p):
+      ids[i, length - len(p):] = p
+      mask[i, length - len(p):] = True
+  positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
+  return ids, mask, positions

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdiff.data.loading import left_pad  # noqa: F401  (samplers' prompt padding)
+
 F32 = jnp.float32
 NEG_INF = -jnp.inf
 
@@ -122,25 +124,3 @@ def select_top_n(confidence: jax.Array, eligible: jax.Array, n: jax.Array) -> ja
   ranks = jnp.argsort(order, axis=-1, stable=True)
   n = jnp.minimum(jnp.asarray(n, jnp.int32), jnp.sum(eligible, axis=-1))
   return eligible & (ranks < n[:, None])
-
-
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, length: Optional[int] = None,
-             bucket: int = 1):
-  """Left-pads prompts to ``length`` (or the next multiple of ``bucket``).
-
-  Returns numpy (ids ``[B, P]`` int32, mask ``[B, P]`` bool, positions ``[B, P]`` int32)
-  where positions count real tokens from 0 and pads get position 0.
-  """
-  longest = max(len(p) for p in prompts)
-  if length is None:
-    length = -(-longest // bucket) * bucket
-  if longest > length:
-    raise ValueError(f"a prompt has {longest} tokens, more than the padded length {length}")
-  ids = np.full((len(prompts), length), pad_id, np.int32)
-  mask = np.zeros((len(prompts), length), bool)
-  for i, p in enumerate(prompts):
-    if len(p):
-      ids[i, length - len(p):] = p
-      mask[i, length - len(p):] = True
-  positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
-  return ids, mask, positions

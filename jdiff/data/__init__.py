@@ -1,0 +1,63 @@
+"""Data utilities: synthetic tasks, a char-level tokenizer, local loading and padding."""
+
+from jdiff.data.char_tokenizer import (
+    CHAT_TEMPLATE,
+    DEFAULT_ALPHABET,
+    SPECIAL_TOKENS,
+    build_char_tokenizer,
+    special_token_ids,
+)
+from jdiff.data.loading import (
+    apply_template,
+    encode_prompt_rows,
+    encode_prompts,
+    left_pad,
+    load_prompts,
+)
+from jdiff.data.synthetic import (
+    ANSWER_CLOSE,
+    ANSWER_OPEN,
+    COMPLETIONS,
+    GENERATORS,
+    arithmetic,
+    arithmetic_completion,
+    completion_for,
+    count_sudoku_solutions,
+    countdown,
+    countdown_completion,
+    evaluate_expression,
+    is_valid_sudoku_solution,
+    split_train_eval,
+    sudoku4x4,
+    sudoku_completion,
+    wrap_answer,
+)
+
+__all__ = [
+    "ANSWER_CLOSE",
+    "ANSWER_OPEN",
+    "CHAT_TEMPLATE",
+    "COMPLETIONS",
+    "DEFAULT_ALPHABET",
+    "GENERATORS",
+    "SPECIAL_TOKENS",
+    "apply_template",
+    "arithmetic",
+    "arithmetic_completion",
+    "build_char_tokenizer",
+    "completion_for",
+    "count_sudoku_solutions",
+    "countdown",
+    "countdown_completion",
+    "encode_prompt_rows",
+    "encode_prompts",
+    "evaluate_expression",
+    "is_valid_sudoku_solution",
+    "left_pad",
+    "load_prompts",
+    "special_token_ids",
+    "split_train_eval",
+    "sudoku4x4",
+    "sudoku_completion",
+    "wrap_answer",
+]

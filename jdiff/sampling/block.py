@@ -1,0 +1,458 @@
+"""Block-diffusion sampler for SDAR / TraDo with a KV cache (research/tracerl.md §3.1,
+research/landscape.md §B4).
+
+Layout. Every row lives on a *position-space canvas* ``[B, T]``: slot ``p`` holds the token at
+absolute position ``p`` of that row (prompt at ``[0, P_b)``, completion at ``[P_b, P_b + G)``,
+pad after). Blocks are anchored at position 0, so row b's active block is the window
+``[start_b, start_b + L)`` with ``start_b`` a multiple of L; rows sit at different offsets and
+are read and written with per-row gathers/scatters. The KV cache is indexed the same way
+(slot = position), so no per-row write pointer exists.
+
+Loop. One ``lax.while_loop`` iteration runs one forward of every row's window. A row is in
+one of two phases, decided by whether its window still holds masks:
+- denoise: sample x0 at every window slot, unmask the subset the strategy picks;
+- commit: the window is clean; the forward stores its K/V (the reference's extra
+  ``store_kv=True`` pass), the block is scanned for a stop id and the row moves on or ends.
+Both phases share one forward (only ``store`` differs per row), so rows advance
+independently: a dynamic-strategy row may be two blocks ahead of its neighbour.
+
+Random draws. Row b's t-th step (0-based, counted per row across blocks) samples with key
+``fold_in(fold_in(key, b), t)``: one ``common.sample_categorical`` over the L window slots
+(``[L, V]`` logits; slots outside the completion are drawn and ignored). A row's draws thus
+depend neither on the other rows nor on the cache, which makes cached, uncached, sharded and
+step-by-step reference runs comparable token for token.
+
+Decisions where the references are open or buggy:
+- ``block_length`` must equal the model's ``block_size``: the trainer rebuilds states with the
+  model's block-causal mask, so any other length would break trajectory consistency.
+- ``low_confidence_dynamic`` follows the HF ``generate.py`` rule: all masks with ``c >
+  threshold`` if at least ``n_k`` qualify, else the top-``n_k``. JetEngine's "union with the
+  top-``n_k``" selects the same set (the top-``n_k`` contain every qualifying mask), so the two
+  differ only in tie order.
+- ``entropy_bounded`` implements the stated rule (ascending-entropy prefix whose cumulative
+  entropy stays within ``eb_threshold``, at least one token) instead of the shipped code. It
+  ignores ``n_k``, and a block keeps stepping until no mask remains (at most L steps) rather
+  than committing mask tokens after ``denoising_steps`` as JetEngine would. Its entropy is
+  that of the filtered sampling distribution (temperature-1 softmax when greedy).
+- The completion is exactly ``[P_b, P_b + G)``: slots of the last block past ``max_tokens``
+  are not part of the sequence (never unmasked, invisible as keys), so a training forward
+  over prompt + completion sees exactly the states the sampler saw.
+- The mask token is excluded from sampling (trained checkpoints give it ~0 mass; a drawn
+  mask id would leave the position masked). Log-probs still use the raw logits.
+- Transfer counts come from ``transfer_schedule(L, S)`` clamped to the masks left (block 0
+  holds prompt-tail tokens; the last block may be short). Greedy is ``temperature=0``
+  (argmax, confidence = temperature-1 probability) or ``top_k=1`` (confidence 1.0, ties go
+  to the leftmost mask).
+- Stopping follows JetEngine: a block is scanned at commit; tokens after the first stop id
+  are dropped (pad, step 0) although earlier tokens of that block were decoded next to them.
+- Only shape-like settings are compiled in; strategy, temperature, top_p and thresholds are
+  traced values. The trace always uses ``SAMPLING_RULES`` (never the caller's rules context).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple, Optional, Sequence, Tuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from jdiff.models import masks
+from jdiff.models.config import ModelConfig
+from jdiff.models.kv_cache import KVCache
+from jdiff.sampling.common import (F32, Trajectory, filter_logits, left_pad, select_top_n,
+                                   token_logprob, transfer_schedule)
+from jdiff.sharding.rules import SAMPLING_RULES, constrain, logical_spec, use_rules
+
+_CACHE_AXES = ("layers", "batch", "kv_length", "kv_heads", "head_dim")
+_ROW_AXES = ("batch", "length")
+
+
+# --------------------------------------------------------------------------- strategies
+# Each takes (eligible [B, L] bool, confidence [B, L], probs [B, L, V] of the sampling
+# distribution, n_k [B], knobs) and returns the bool [B, L] set of masks to unmask this step.
+
+def _sequential(eligible, conf, probs, n, kn):
+  del conf, probs, kn
+  return select_top_n(jnp.zeros(eligible.shape, F32), eligible, n)  # ties -> leftmost
+
+
+def _low_confidence_static(eligible, conf, probs, n, kn):
+  del probs, kn
+  return select_top_n(conf, eligible, n)
+
+
+def _low_confidence_dynamic(eligible, conf, probs, n, kn):
+  del probs
+  above = eligible & (conf > kn.threshold)
+  enough = jnp.sum(above, axis=-1) >= n
+  return jnp.where(enough[:, None], above, select_top_n(conf, eligible, n))
+
+
+def _entropy_bounded(eligible, conf, probs, n, kn):
+  del conf, n
+  entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(probs), 0.0), axis=-1)
+  ascending = jnp.sort(jnp.where(eligible, entropy, jnp.inf), axis=-1)
+  count = jnp.sum(jnp.cumsum(ascending, axis=-1) <= kn.eb_threshold, axis=-1)
+  return select_top_n(-entropy, eligible, jnp.maximum(count, 1))
+
+
+STRATEGIES = {
+    "sequential": _sequential,
+    "low_confidence_static": _low_confidence_static,
+    "low_confidence_dynamic": _low_confidence_dynamic,
+    "entropy_bounded": _entropy_bounded,
+}
+
+
+# --------------------------------------------------------------------------- config
+@dataclasses.dataclass(frozen=True)
+class BlockSamplerConfig:
+  """Settings of :func:`sample_block`.
+
+  Shape-like fields (``max_tokens``, ``block_length``, ``denoising_steps``, ``top_k``,
+  ``stop_ids``, ``record_states``, ``use_cache``) select the compiled program; the others
+  (``strategy``, ``temperature``, ``top_p``, ``threshold``, ``eb_threshold``) are passed as
+  traced values, so changing them never recompiles.
+  """
+  max_tokens: int = 256  # completion length G
+  block_length: Optional[int] = None  # None: the model's block_size (the only allowed value)
+  denoising_steps: int = 4  # S: steps per block of the transfer schedule
+  strategy: str = "low_confidence_dynamic"
+  threshold: float = 0.9  # low_confidence_dynamic
+  eb_threshold: float = 0.35  # entropy_bounded
+  temperature: float = 1.0  # 0 = greedy
+  top_k: int = 0
+  top_p: float = 1.0
+  stop_ids: Optional[Tuple[int, ...]] = None  # None: (eos,); () disables stopping
+  record_states: bool = False
+  use_cache: bool = True
+
+  def __post_init__(self):
+    if self.stop_ids is not None:  # lists would make the config unhashable
+      object.__setattr__(self, "stop_ids", tuple(int(s) for s in self.stop_ids))
+
+  def validate(self, model_config: ModelConfig) -> "BlockSamplerConfig":
+    """Checks every field against the model; returns a copy with the defaults filled in."""
+    mc = model_config
+    name = type(self).__name__
+    if not mc.block_causal or not mc.block_size:
+      raise ValueError(f"{name}: model family {mc.family!r} is not block-causal; the block "
+                       "sampler needs an sdar/trado model")
+    if mc.mask_token_id is None:
+      raise ValueError(f"{name}: the model config has no mask_token_id")
+    block = mc.block_size if self.block_length is None else self.block_length
+    if block != mc.block_size:
+      raise ValueError(f"{name}.block_length={block} must equal the model's block_size="
+                       f"{mc.block_size}: blocks sit at absolute positions and training "
+                       "rebuilds the sampler's states with the model's block-causal mask")
+    if not 1 <= self.denoising_steps <= block:
+      raise ValueError(f"{name}.denoising_steps={self.denoising_steps} must be in "
+                       f"[1, block_length={block}]")
+    if self.strategy not in STRATEGIES:
+      raise ValueError(f"{name}.strategy={self.strategy!r}; expected one of {sorted(STRATEGIES)}")
+    if not 0.0 < self.threshold <= 1.0:
+      raise ValueError(f"{name}.threshold={self.threshold} must be in (0, 1]")
+    if not self.eb_threshold > 0.0:
+      raise ValueError(f"{name}.eb_threshold={self.eb_threshold} must be positive")
+    if not self.temperature >= 0.0:
+      raise ValueError(f"{name}.temperature={self.temperature} must be >= 0 (0 = greedy)")
+    if not 0 <= self.top_k <= mc.vocab_size:
+      raise ValueError(f"{name}.top_k={self.top_k} must be in [0, vocab_size={mc.vocab_size}]")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"{name}.top_p={self.top_p} must be in (0, 1]")
+    if self.max_tokens <= 0:
+      raise ValueError(f"{name}.max_tokens={self.max_tokens} must be positive")
+    stops = (mc.eos_token_id,) if self.stop_ids is None else self.stop_ids
+    stops = tuple(s for s in stops if s is not None)
+    if any(not 0 <= s < mc.vocab_size for s in stops):
+      raise ValueError(f"{name}.stop_ids={stops} must be token ids below {mc.vocab_size}")
+    return dataclasses.replace(self, block_length=block, stop_ids=stops)
+
+
+class _Static(NamedTuple):
+  """The part of a validated config that shapes the program (the jit's static argument)."""
+  block_length: int
+  denoising_steps: int
+  max_tokens: int
+  top_k: int
+  stop_ids: Tuple[int, ...]
+  record_states: bool
+  use_cache: bool
+
+
+@flax.struct.dataclass
+class _Knobs:
+  """The traced part of a config: values only, one compilation serves them all."""
+  strategy: jax.Array  # int32 index into STRATEGIES
+  temperature: jax.Array
+  top_p: jax.Array
+  threshold: jax.Array
+  eb_threshold: jax.Array
+
+
+def _split(cfg: BlockSamplerConfig) -> Tuple[_Static, _Knobs]:
+  static = _Static(cfg.block_length, cfg.denoising_steps, cfg.max_tokens, cfg.top_k,
+                   cfg.stop_ids, cfg.record_states, cfg.use_cache)
+  knobs = _Knobs(strategy=np.int32(list(STRATEGIES).index(cfg.strategy)),
+                 temperature=np.float32(cfg.temperature), top_p=np.float32(cfg.top_p),
+                 threshold=np.float32(cfg.threshold), eb_threshold=np.float32(cfg.eb_threshold))
+  return static, knobs
+
+
+# --------------------------------------------------------------------------- sampling
+def _top_p_filter(logits, top_p):
+  """The nucleus rule of ``common.filter_logits`` with a traced ``top_p`` (same ops, same
+  result): keep the smallest sorted prefix whose mass reaches ``top_p``."""
+  sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+  probs = jax.nn.softmax(sorted_logits, axis=-1)
+  cum = jnp.cumsum(probs, axis=-1)
+  keep_sorted = (cum - probs) < top_p
+  cutoff = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+  return jnp.where(logits < cutoff, -jnp.inf, logits)
+
+
+def _draw(keys, logits, mask_id: int, top_k: int, kn: _Knobs):
+  """``common.sample_categorical`` per row with traced temperature / top_p.
+
+  The mask token is never drawn (its logit is -inf): a committed mask id would silently stay
+  a mask. Returns ids ``[B, L]``, the confidence (probability of the id under the
+  distribution it was drawn from) and that distribution ``[B, L, V]``.
+  """
+  logits = logits.astype(F32).at[..., mask_id].set(-jnp.inf)
+  greedy = kn.temperature == 0
+  filtered = filter_logits(logits, jnp.where(greedy, 1.0, kn.temperature), top_k, 1.0)
+  # A cond, not a where: with top_p == 1 the cumulative sum could still drop a tail token.
+  filtered = jax.lax.cond(kn.top_p < 1.0, _top_p_filter, lambda x, _: x, filtered, kn.top_p)
+  sampled = jax.vmap(jax.random.categorical)(keys, filtered)
+  ids = jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
+  probs = jax.nn.softmax(jnp.where(greedy, logits, filtered), axis=-1)
+  return ids, jnp.take_along_axis(probs, ids[..., None], axis=-1)[..., 0], probs
+
+
+# --------------------------------------------------------------------------- loop
+@flax.struct.dataclass
+class _Carry:
+  canvas: jax.Array  # [B, T] int32, token at each absolute position
+  step_map: jax.Array  # [B, T] int32, 1-based step that unmasked the position (0: never)
+  logprobs: jax.Array  # [B, T] float32
+  cache: Optional[KVCache]  # slot = position; None on the uncached path
+  block_start: jax.Array  # [B] int32, first position of the active block
+  step_in_block: jax.Array  # [B] int32
+  num_steps: jax.Array  # [B] int32, denoising steps taken so far (global per row)
+  end: jax.Array  # [B] int32, position after the last kept completion token
+  done: jax.Array  # [B] bool
+  states: Optional[jax.Array]  # [S_max, B, G] when recording
+  iteration: jax.Array  # scalar int32, safety bound on the loop
+
+
+def _round_up(x: int, m: int) -> int:
+  return -(-x // m) * m
+
+
+def _gather(arr, idx):
+  return jnp.take_along_axis(arr, idx, axis=1)
+
+
+def _scatter_where(arr, idx, where, values):
+  """``arr[b, idx[b, i]] = values[b, i]`` where ``where[b, i]``; other writes are dropped."""
+  rows = jnp.arange(arr.shape[0])[:, None]
+  return arr.at[rows, jnp.where(where, idx, arr.shape[1])].set(values, mode="drop")
+
+
+def _constrain_cache(cache: KVCache) -> KVCache:
+  return cache.replace(k=constrain(cache.k, _CACHE_AXES), v=constrain(cache.v, _CACHE_AXES),
+                       valid=constrain(cache.valid, ("batch", "kv_length")))
+
+
+def _prefill(model, ids, pmask, ppos, plen, size, block):
+  """Stores the whole-block part ``[0, floor(P_b/L)*L)`` of each prompt into a fresh cache.
+
+  The prompt's partial last block is not stored: it is decoded with the first completion
+  tokens and committed with them.
+  """
+  cache = _constrain_cache(KVCache.init(model.config, ids.shape[0], size))
+  write = pmask & (ppos < ((plen // block) * block)[:, None])
+  _, cache = model.backbone(ids, ppos, masks.block_causal(ppos, block, pmask), cache,
+                            store=write)
+  return _constrain_cache(cache)
+
+
+def _window_logits(model, c: _Carry, win_pos, win_valid, gen_end, commit, block):
+  """Logits ``[B, L, V]`` of every row's active window, and the cache after storing the
+  windows of committing rows."""
+  if c.cache is not None:
+    # Queries: the window; keys: the cache's committed slots + the window's live slots.
+    tokens = _gather(c.canvas, win_pos)
+    mask = masks.with_cache(c.cache.valid, masks.block_causal(win_pos, block, win_valid))
+    logits, cache = model(tokens, win_pos, mask, c.cache, store=commit[:, None] & win_valid)
+    return logits, _constrain_cache(cache)
+  # Uncached: the whole canvas under the block-causal mask; project only the window.
+  pos = jnp.broadcast_to(jnp.arange(c.canvas.shape[1], dtype=jnp.int32), c.canvas.shape)
+  valid = pos < gen_end[:, None]
+  h, _ = model.backbone(c.canvas, pos, masks.block_causal(pos, block, valid))
+  return model.logits_from_hidden(jnp.take_along_axis(h, win_pos[:, :, None], axis=1)), None
+
+
+def _step(model, st: _Static, kn: _Knobs, row_keys, plen, c: _Carry) -> _Carry:
+  """One forward for every live row: a denoising step or a block commit."""
+  block, g = st.block_length, st.max_tokens
+  mask_id = model.config.mask_token_id
+  gen_end = plen + g
+  win_pos = c.block_start[:, None] + jnp.arange(block, dtype=jnp.int32)
+  win = _gather(c.canvas, win_pos)
+  win_valid = win_pos < gen_end[:, None]
+  eligible = (win == mask_id) & win_valid & (win_pos >= plen[:, None]) & ~c.done[:, None]
+  denoise = jnp.any(eligible, axis=-1)
+  commit = ~c.done & ~denoise
+
+  logits, cache = _window_logits(model, c, win_pos, win_valid, gen_end, commit, block)
+
+  # Denoise: draw x0 at every slot, unmask the strategy's pick among the masks.
+  keys = jax.vmap(jax.random.fold_in)(row_keys, c.num_steps)
+  x0, conf, probs = _draw(keys, logits, mask_id, st.top_k, kn)
+  schedule = jnp.asarray(transfer_schedule(block, st.denoising_steps))
+  n_k = schedule[jnp.minimum(c.step_in_block, st.denoising_steps - 1)]
+  transfer = jax.lax.switch(kn.strategy, list(STRATEGIES.values()), eligible, conf, probs,
+                            n_k, kn) & eligible
+  num_steps = c.num_steps + denoise.astype(jnp.int32)
+  canvas = _scatter_where(c.canvas, win_pos, transfer, x0)
+  step_map = _scatter_where(c.step_map, win_pos, transfer,
+                            jnp.broadcast_to(num_steps[:, None], win_pos.shape))
+  logprobs = _scatter_where(c.logprobs, win_pos, transfer, token_logprob(logits, x0))
+
+  # Commit: keep the block up to and including its first stop id, then move on or finish.
+  is_stop = jnp.zeros(win.shape, bool)
+  for s in st.stop_ids:
+    is_stop |= win == s
+  is_stop &= win_valid & (win_pos >= plen[:, None])
+  has_stop = commit & jnp.any(is_stop, axis=-1)
+  end = jnp.where(has_stop, c.block_start + jnp.argmax(is_stop, axis=-1) + 1, c.end)
+  finished = commit & (has_stop | (c.block_start + block >= gen_end))
+  advance = commit & ~finished
+  block_start = jnp.where(advance, c.block_start + block, c.block_start)
+  step_in_block = jnp.where(advance, 0, c.step_in_block + denoise.astype(jnp.int32))
+
+  states = c.states
+  if states is not None:  # row b's completion after its t-th step goes to states[t - 1, b]
+    comp = _gather(canvas, plen[:, None] + jnp.arange(g, dtype=jnp.int32))
+    slot = jnp.where(denoise, num_steps - 1, states.shape[0])
+    states = states.at[slot, jnp.arange(states.shape[1])].set(comp, mode="drop")
+    states = constrain(states, (None, "batch", "length"))
+
+  return _Carry(canvas=constrain(canvas, _ROW_AXES), step_map=constrain(step_map, _ROW_AXES),
+                logprobs=constrain(logprobs, _ROW_AXES), cache=cache, block_start=block_start,
+                step_in_block=step_in_block, num_steps=num_steps, end=end,
+                done=c.done | finished, states=states, iteration=c.iteration + 1)
+
+
+def _generate(model, ids, pmask, key, st: _Static, kn: _Knobs) -> Trajectory:
+  mc = model.config
+  block, g = st.block_length, st.max_tokens
+  n_rows, p = ids.shape
+  size = _round_up(p + g, block)  # canvas / cache slots: every position any row can reach
+  pad_id = mc.pad_token_id if mc.pad_token_id is not None else (mc.eos_token_id or 0)
+  ids = constrain(jnp.asarray(ids, jnp.int32), _ROW_AXES)
+  pmask = constrain(jnp.asarray(pmask, bool), _ROW_AXES)
+  plen = jnp.sum(pmask, axis=-1, dtype=jnp.int32)
+  ppos = jnp.maximum(jnp.cumsum(pmask, axis=-1, dtype=jnp.int32) - 1, 0)
+  gen_end = plen + g
+
+  # Canvas: prompt tokens at their positions, masks on the completion, pad after it.
+  pos = jnp.arange(size, dtype=jnp.int32)[None, :]
+  canvas = jnp.where(pos < gen_end[:, None], mc.mask_token_id, pad_id).astype(jnp.int32)
+  canvas = _scatter_where(canvas, ppos, pmask, ids)
+
+  # Static bounds: blocks a completion can touch (the first may hold L-1 prompt-tail tokens)
+  # and steps per block (S, or up to L for entropy_bounded, which the strategy knob allows).
+  max_blocks = (g + block - 2) // block + 1
+  max_steps = max_blocks * block
+  states = (jnp.full((max_steps, n_rows, g), mc.mask_token_id, jnp.int32)
+            if st.record_states else None)
+  zeros = jnp.zeros((n_rows,), jnp.int32)
+  carry = _Carry(
+      canvas=constrain(canvas, _ROW_AXES), step_map=jnp.zeros((n_rows, size), jnp.int32),
+      logprobs=jnp.zeros((n_rows, size), F32),
+      cache=_prefill(model, ids, pmask, ppos, plen, size, block) if st.use_cache else None,
+      block_start=(plen // block) * block, step_in_block=zeros, num_steps=zeros, end=gen_end,
+      done=jnp.zeros((n_rows,), bool), states=states, iteration=jnp.zeros((), jnp.int32))
+
+  row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n_rows))
+  max_iters = max_blocks * (block + 1)  # every block: at most L steps + one commit
+  c = jax.lax.while_loop(lambda c: ~jnp.all(c.done) & (c.iteration < max_iters),
+                         functools.partial(_step, model, st, kn, row_keys, plen), carry)
+
+  # Completion space: position P_b + j; everything past the kept end is pad / 0.
+  comp_pos = plen[:, None] + jnp.arange(g, dtype=jnp.int32)
+  keep = comp_pos < c.end[:, None]
+  tokens = jnp.where(keep, _gather(c.canvas, comp_pos), pad_id)
+  states = c.states
+  if states is not None:  # after a row's last step its state is the final completion
+    after = jnp.arange(max_steps)[:, None, None] >= c.num_steps[None, :, None]
+    states = jnp.where(after, tokens[None], states)
+  return Trajectory(prompt_ids=ids, prompt_mask=pmask, tokens=tokens,
+                    step_map=jnp.where(keep, _gather(c.step_map, comp_pos), 0),
+                    logprobs=jnp.where(keep, _gather(c.logprobs, comp_pos), 0.0),
+                    lengths=c.end - plen, num_steps=c.num_steps, states=states)
+
+
+# --------------------------------------------------------------------------- entry points
+@functools.partial(jax.jit, static_argnames=("graphdef", "static"))
+def _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, knobs: _Knobs,
+                  static: _Static) -> Trajectory:
+  model = nnx.merge(graphdef, state)
+  with use_rules(SAMPLING_RULES):  # the trace must not depend on the caller's rules
+    return _generate(model, prompt_ids, prompt_mask, key, static, knobs)
+
+
+def generate_block(graphdef, state, prompt_ids, prompt_mask, key,
+                   config: BlockSamplerConfig) -> Trajectory:
+  """The jitted sampler on explicit model state.
+
+  ``prompt_ids`` ``[B, P]`` int32 and ``prompt_mask`` ``[B, P]`` bool (left-padded; positions
+  count real tokens from 0), ``key`` a PRNG key. Compiles once per (model graph, B, P, static
+  settings, mesh); strategy, temperature, top_p and thresholds are traced values.
+  """
+  static, knobs = _split(config.validate(nnx.merge(graphdef, state).config))
+  return _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, knobs, static)
+
+
+def _place_batch(x: np.ndarray):
+  """Shards a batch-leading host array over ('data', 'fsdp') when a mesh is active."""
+  mesh = jax.sharding.get_mesh()
+  if mesh is None or mesh.empty:
+    return x
+  spec = logical_spec(_ROW_AXES, x.shape, dict(mesh.shape), SAMPLING_RULES)
+  return jax.device_put(x, NamedSharding(mesh, spec))
+
+
+def sample_block(model, prompt_ids, key, config: BlockSamplerConfig, *,
+                 prompt_mask=None, bucket: int = 16) -> Trajectory:
+  """Samples completions for a batch of prompts with block diffusion.
+
+  ``prompt_ids``: a list of token-id lists (left-padded here to a multiple of ``bucket``,
+  so prompts of one bucket share a compilation), or a left-padded ``[B, P]`` array with
+  its bool ``prompt_mask``. Under ``jax.set_mesh`` the batch is sharded over
+  ('data', 'fsdp'); shard the model with ``SAMPLING_RULES`` first.
+  """
+  config = config.validate(model.config)  # before anything is traced or compiled
+  if prompt_mask is None:
+    if not isinstance(prompt_ids, Sequence) or not len(prompt_ids):
+      raise ValueError("prompt_ids must be a non-empty list of token-id lists, or an array "
+                       "passed together with prompt_mask")
+    pad_id = model.config.pad_token_id or 0
+    ids, pmask, _ = left_pad(prompt_ids, pad_id, bucket=max(int(bucket), 1))
+  else:
+    ids, pmask = np.asarray(prompt_ids, np.int32), np.asarray(prompt_mask, bool)
+    if ids.ndim != 2 or ids.shape != pmask.shape:
+      raise ValueError(f"prompt_ids {ids.shape} and prompt_mask {pmask.shape} must both be "
+                       "[B, P]")
+  graphdef, state = nnx.split(model)
+  static, knobs = _split(config)
+  return _generate_jit(graphdef, state, _place_batch(ids), _place_batch(pmask), key, knobs,
+                       static)

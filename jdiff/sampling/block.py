@@ -395,10 +395,12 @@ def _generate(model, ids, pmask, key, st: _Static, kn: _Knobs) -> Trajectory:
   if states is not None:  # after a row's last step its state is the final completion
     after = jnp.arange(max_steps)[:, None, None] >= c.num_steps[None, :, None]
     states = jnp.where(after, tokens[None], states)
+  raw_steps = _gather(c.step_map, comp_pos)
   return Trajectory(prompt_ids=ids, prompt_mask=pmask, tokens=tokens,
-                    step_map=jnp.where(keep, _gather(c.step_map, comp_pos), 0),
+                    step_map=jnp.where(keep, raw_steps, 0),
                     logprobs=jnp.where(keep, _gather(c.logprobs, comp_pos), 0.0),
-                    lengths=c.end - plen, num_steps=c.num_steps, states=states)
+                    lengths=c.end - plen, num_steps=c.num_steps, states=states,
+                    raw_tokens=_gather(c.canvas, comp_pos), raw_step_map=raw_steps)
 
 
 # --------------------------------------------------------------------------- entry points

@@ -10,6 +10,9 @@ Conventions (all samplers):
   training forward over the same state computes (the trajectory-consistency contract).
 - ``lengths`` ``[B]``: completion length including the stop token.
 - ``states`` (optional, ``[S, B, G]``): the completion canvas after every step (CJ-GRPO).
+- ``raw_tokens`` / ``raw_step_map`` (optional, ``[B, G]``): the canvas as decoded, before
+  the tokens after a stop were dropped. A stop mid-block discards tokens that were decoded
+  next to the kept ones; training needs them to rebuild exactly the states the sampler saw.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class Trajectory:
   lengths: jax.Array  # [B] int32
   num_steps: jax.Array  # [B] int32: model calls that decoded tokens, per sequence
   states: Optional[jax.Array] = None  # [S, B, G] when recorded
+  raw_tokens: Optional[jax.Array] = None  # [B, G] decoded canvas incl. tokens after the stop
+  raw_step_map: Optional[jax.Array] = None  # [B, G]
 
 
 def transfer_schedule(num_masked: int, steps: int) -> np.ndarray:

@@ -142,10 +142,13 @@ def from_model_config(c: ModelConfig, torch_dtype: str = "bfloat16", base: Optio
     out.update(hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
                num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
                num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim, vocab_size=c.vocab_size,
-               rope_theta=c.rope_theta, rms_norm_eps=c.rms_norm_eps, hidden_act="silu",
+               rope_theta=c.rope_theta, rms_norm_eps=c.rms_norm_eps,
                max_position_embeddings=c.max_position_embeddings,
-               tie_word_embeddings=c.tie_word_embeddings, use_sliding_window=False,
-               attention_bias=False, use_cache=False)
+               tie_word_embeddings=c.tie_word_embeddings)
+    # Fields jdiff does not model keep the source checkpoint's values.
+    for key, default in dict(hidden_act="silu", use_sliding_window=False, attention_bias=False,
+                             use_cache=False).items():
+      out.setdefault(key, default)
     if c.family == "dream":
       out.setdefault("model_type", "Dream")
       out.setdefault("architectures", ["DreamModel"])

@@ -214,7 +214,7 @@ def _build(config: ModelConfig, kind: str, source, mesh=None, rules=None):
     spec = var.get_value()
     value = source(path, spec.shape, spec.dtype)
     if shardings is not None:
-      arr = jax.device_put(value, shardings[path][...])
+      arr = jax.device_put(value, shardings[path].get_value())  # a NamedSharding: not indexable
     else:
       arr = jnp.asarray(value)
     del value
@@ -258,6 +258,10 @@ def from_pretrained(path: str, *, family: Optional[str] = None, kind: Optional[s
     source = src.get
   model = _build(config, kind, source, mesh, rules)
   model.source_path = os.path.abspath(path)  # tokenizer lookup for scripts
+  # What export needs to write the checkpoint back as it came (names, dtype, config fields).
+  # Kept as a JSON string: module attributes end up in the (hashed) graphdef.
+  model.hf_meta_json = json.dumps(src.hf if isinstance(src, _JdiffSource) else {
+      "scheme": src.scheme, "torch_dtype": src.torch_dtype, "config_json": src.raw_config})
   return model
 
 
@@ -358,10 +362,8 @@ def export_hf(source, out_dir: str, *, torch_dtype: Optional[str] = None,
   else:
     model = source
     config = model.config
-    hf_meta = {}
+    hf_meta = json.loads(getattr(model, "hf_meta_json", None) or "{}")
     tok_dir = getattr(model, "source_path", None)
-    if tok_dir and is_jdiff_checkpoint(tok_dir):
-      hf_meta = _JdiffSource(tok_dir).hf
     flat = dict(nnx.to_flat_state(nnx.state(model)))
     shapes = {p: tuple(v[...].shape) for p, v in flat.items()}
     get = _one_at_a_time(lambda p: np.asarray(jax.device_get(flat[p][...])))

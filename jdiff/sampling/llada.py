@@ -1,0 +1,352 @@
+"""LLaDA's semi-autoregressive low-confidence sampler, with EOSER, ASS, CFG and Fast-dLLM options.
+
+Spec: ``research/d1_cjgrpo_dtrpo.md`` §1 (LLaDA ``generate``), §3.1 (EOSER), §3.2 (ASS), §6
+(Fast-dLLM, :mod:`jdiff.sampling.fast_dllm`); ``research/landscape.md`` §B2.
+
+Canvas ``[prompt (left-padded, P) | G masks]``. For each step of the plan
+(:mod:`jdiff.sampling.schedules`): logits over the whole canvas (key-padding bidirectional
+attention); optional CFG ``un + (s+1)(cond − un)`` with the real prompt tokens masked in the
+unconditional copy; candidates ``x̂ = argmax(logits + τ·Gumbel)`` in float32 (LLaDA uses
+float64; float32 Gumbel-max is the same distribution and what TPUs support, see
+:func:`common.gumbel_argmax`); confidence ``softmax(logits)[x̂]`` at temperature 1 (or
+U(0,1) for ``remasking='random'``); EOSER multiplies the confidence of positions whose
+candidate is EOS by γ(s) — for ranking only, x̂ is unchanged; masked positions of the current
+block compete and the top ``n_s`` are committed.
+
+Deviation: the mask token's logit is set to −∞ before sampling and confidence. LLaDA would
+commit a sampled mask id and silently re-decode that position later, which breaks the step
+map; trained checkpoints give the mask token ~0 mass, so this changes nothing in practice.
+
+Randomness is a pure function of ``(key, global step s, row b, completion index j)``:
+``kg, kr = split(fold_in(key, s))``; position j of row b draws its Gumbel noise (shape
+``[V]``) from ``fold_in(fold_in(kg, b), j)`` and its random-remasking confidence from
+``fold_in(fold_in(kr, b), j)``. Draws thus do not depend on how much of the canvas a step
+looks at, which keeps the exact and Fast-dLLM samplers (and test references) comparable.
+
+Positions: by default the cumulative count of real tokens, so a left-padded row sees the
+same positions as when run alone. LLaDA's official code is padding-blind (positions are
+``arange`` over the physical canvas, so left padding shifts them);
+``padding_blind_positions=True`` reproduces that.
+
+Recorded per committed token (see :mod:`common`): ``step_map`` (1-based, counted per row
+over the steps that committed something in that row), ``logprobs`` = ``token_logprob`` of
+the *conditional, raw* logits at the pre-step state (temperature 1, before CFG mixing and
+before ``logits_eos_inf``) — what a training forward over the stored state computes.
+Tokens after the first EOS are set to ``pad_id`` with step map and log-prob 0; the untouched
+canvas, step map and log-probs are kept as ``raw_*`` because CJ-GRPO trains on every
+transition, EOS runs included (§3.3.5). ``states[k, b]`` is row b's completion after its
+(k+1)-th decoding step (the final canvas for k ≥ num_steps[b]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional, Union
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jdiff.models import masks as masks_lib
+from jdiff.models.kv_cache import KVCache
+from jdiff.sampling import fast_dllm
+from jdiff.sampling import schedules as sched
+from jdiff.sampling.common import F32, Trajectory, gumbel_argmax, select_top_n, token_logprob
+from jdiff.sharding.rules import SAMPLING_RULES, use_rules
+
+REMASKING = ("low_confidence", "random")
+_DEFAULT_GAMMA = {"uniform": "linear", "ass": "ass"}  # eoser=True picks the paper's pairing
+
+
+@dataclasses.dataclass(frozen=True)
+class LLaDASamplerConfig:
+  """Settings of :func:`sample`; hashable, so one compiled program serves each setting."""
+  gen_length: int = 128
+  block_length: int = 32  # ASS: only fixes the number of blocks, gen_length // block_length
+  steps: int = 64
+  temperature: float = 0.0
+  remasking: str = "low_confidence"
+  cfg_scale: float = 0.0
+  schedule: str = "uniform"  # schedules.STEP_SCHEDULES
+  eoser: Union[bool, str] = False  # False | True (schedule's paired γ) | a GAMMA_SCHEDULES name
+  eos_min_gamma: float = 0.01
+  eos_max_gamma: float = 1.0
+  logits_eos_inf: bool = False  # forbid EOS in sampling (LLaDA's option); logprobs stay raw
+  record_states: bool = False
+  padding_blind_positions: bool = False
+  cache: str = "none"  # Fast-dLLM: none | prefix | dual
+  threshold: Optional[float] = None  # Fast-dLLM parallel decoding: commit conf >= threshold
+
+  @property
+  def num_blocks(self) -> int:
+    return self.gen_length // self.block_length
+
+  @property
+  def gamma_name(self) -> Optional[str]:
+    if self.eoser is False or self.eoser is None:
+      return None
+    return _DEFAULT_GAMMA[self.schedule] if self.eoser is True else self.eoser
+
+  def plan(self) -> sched.StepPlan:
+    return sched.step_plan(self.schedule, self.gen_length, self.num_blocks, self.steps)
+
+  def validate(self) -> "LLaDASamplerConfig":
+    """Raises ValueError naming the offending field; runs before anything is traced."""
+    def bad(field, why):
+      raise ValueError(f"LLaDASamplerConfig.{field}={getattr(self, field)!r}: {why}")
+    for f in ("gen_length", "block_length", "steps"):
+      if not isinstance(getattr(self, f), (int, np.integer)) or getattr(self, f) <= 0:
+        bad(f, "must be a positive int")
+    if self.gen_length % self.block_length:
+      bad("gen_length", f"not divisible by block_length={self.block_length}")
+    if self.remasking not in REMASKING:
+      bad("remasking", f"expected one of {REMASKING}")
+    if self.schedule not in sched.STEP_SCHEDULES:
+      bad("schedule", f"expected one of {sorted(sched.STEP_SCHEDULES)}")
+    if self.schedule == "uniform" and self.steps % self.num_blocks:
+      bad("steps", f"not divisible by the number of blocks {self.num_blocks}")
+    if self.schedule == "ass":
+      if self.gen_length < 2:
+        bad("gen_length", "ASS needs at least 2 tokens")
+      s_total = sched.ass_num_steps(self.gen_length)
+      if self.steps != s_total:
+        bad("steps", f"ASS needs steps = floor(log2(gen_length)) = {s_total}")
+      if self.num_blocks > s_total:
+        bad("block_length", f"ASS supports at most {s_total} blocks, got {self.num_blocks}")
+    if self.temperature < 0:
+      bad("temperature", "must be >= 0")
+    if self.cfg_scale < 0:
+      bad("cfg_scale", "must be >= 0")
+    if not (self.eoser in (False, True, None) or self.eoser in sched.GAMMA_SCHEDULES):
+      bad("eoser", f"expected a bool or one of {sorted(sched.GAMMA_SCHEDULES)}")
+    if not 0 <= self.eos_min_gamma <= self.eos_max_gamma:
+      bad("eos_min_gamma", f"need 0 <= eos_min_gamma <= eos_max_gamma={self.eos_max_gamma}")
+    if self.cache not in fast_dllm.CACHE_MODES:
+      bad("cache", f"expected one of {fast_dllm.CACHE_MODES}")
+    if self.threshold is not None and not 0 < self.threshold <= 1:
+      bad("threshold", "must be None or in (0, 1]")
+    fast = self.cache != "none" or self.threshold is not None
+    if fast and self.schedule != "uniform":
+      bad("schedule", "Fast-dLLM cache/threshold decoding needs equal blocks ('uniform')")
+    if self.threshold is not None and self.remasking != "low_confidence":
+      bad("remasking", "threshold decoding ranks by model confidence ('low_confidence')")
+    if self.cache != "none" and self.cfg_scale > 0:
+      bad("cfg_scale", "CFG is not supported together with a Fast-dLLM cache")
+    return self
+
+
+@flax.struct.dataclass
+class LLaDATrajectory(Trajectory):
+  """A :class:`Trajectory` plus the canvas before EOS truncation (for CJ-GRPO)."""
+  raw_tokens: Optional[jax.Array] = None  # [B, G] final canvas, tokens after EOS kept
+  raw_step_map: Optional[jax.Array] = None  # [B, G]
+  raw_logprobs: Optional[jax.Array] = None  # [B, G]
+
+
+@flax.struct.dataclass
+class _Carry:
+  it: jax.Array  # global step (loop iteration), indexes the plan / keys / γ
+  blk: jax.Array  # current block (threshold decoding only)
+  j: jax.Array  # step within the block (threshold decoding only)
+  comp: jax.Array  # [B, G] completion canvas
+  step_map: jax.Array
+  logprobs: jax.Array
+  nsteps: jax.Array  # [B] decoding steps so far, per row
+  done: jax.Array  # [B] no mask left in the completion
+  cache: Optional[KVCache] = None
+  states: Optional[jax.Array] = None
+
+
+def canvas_positions(valid: jax.Array, padding_blind: bool = False) -> jax.Array:
+  """Positions of a left-padded canvas: real-token count from 0 (pads get 0), or ``arange``."""
+  if padding_blind:
+    return jnp.broadcast_to(jnp.arange(valid.shape[1], dtype=jnp.int32), valid.shape)
+  return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def sample(model, prompt_ids, prompt_mask, key, config: LLaDASamplerConfig) -> LLaDATrajectory:
+  """Samples ``config.gen_length`` tokens after each left-padded prompt ``[B, P]``."""
+  graphdef, state = nnx.split(model)
+  return sample_state(graphdef, state, prompt_ids, prompt_mask, key, config)
+
+
+def sample_state(graphdef, state, prompt_ids, prompt_mask, key,
+                 config: LLaDASamplerConfig) -> LLaDATrajectory:
+  """:func:`sample` on a split model (what an RL loop holds between updates)."""
+  config.validate()
+  prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
+  if prompt_ids.ndim != 2:
+    raise ValueError(f"prompt_ids must be [B, P], got shape {prompt_ids.shape}")
+  prompt_mask = (jnp.ones(prompt_ids.shape, bool) if prompt_mask is None
+                 else jnp.asarray(prompt_mask, bool))
+  if prompt_mask.shape != prompt_ids.shape:
+    raise ValueError(f"prompt_mask shape {prompt_mask.shape} != prompt_ids {prompt_ids.shape}")
+  # Sampling layout: weights are not FSDP-gathered at every step.
+  with use_rules(SAMPLING_RULES):
+    return _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, config=config)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "config"))
+def _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, *, config):
+  return _run(nnx.merge(graphdef, state), prompt_ids, prompt_mask, key, config)
+
+
+def _check_model(mc):
+  if mc.block_causal or mc.shift_logits:
+    raise ValueError(f"the LLaDA sampler needs a bidirectional, unshifted model; family "
+                     f"{mc.family!r} has its own sampler")
+  if mc.mask_token_id is None or mc.eos_token_id is None:
+    raise ValueError("the model config needs mask_token_id and eos_token_id")
+
+
+def _position_keys(key, rows: int, cols: jax.Array) -> jax.Array:
+  """Keys ``[B, W]``: ``fold_in(fold_in(key, row), col)`` (the scheme in the module doc)."""
+  per_row = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(rows))
+  return jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(cols))(per_row)
+
+
+def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig) -> LLaDATrajectory:
+  mc = model.config
+  _check_model(mc)
+  b, p = prompt_ids.shape
+  g, bk = c.gen_length, c.block_length
+  mask_id, eos = mc.mask_token_id, mc.eos_token_id
+  pad_id = eos if mc.pad_token_id is None else mc.pad_token_id
+  plan = c.plan()
+  use_threshold = c.threshold is not None
+  # Logits are only needed on the current block: a window of the widest block's size.
+  width = bk if c.schedule == "uniform" else plan.max_block_size
+  max_steps = g if use_threshold else plan.num_steps
+  counts, starts, ends, firsts = (jnp.asarray(a) for a in (
+      plan.counts, plan.block_start, plan.block_end, plan.first_in_block))
+  gammas = None
+  if c.gamma_name is not None:
+    gammas = jnp.asarray(sched.gamma_schedule(c.gamma_name, plan.num_steps, c.eos_min_gamma,
+                                              c.eos_max_gamma))
+
+  valid = jnp.concatenate([prompt_mask, jnp.ones((b, g), bool)], axis=1)
+  positions = canvas_positions(valid, c.padding_blind_positions)
+  attn = masks_lib.bidirectional(valid)
+
+  def window_logits(comp, ws):
+    """(conditional logits, guided logits) ``[B, width, V]`` on completion ``[ws, ws+width)``."""
+    canvas = jnp.concatenate([prompt_ids, comp], axis=1)
+    if c.cfg_scale > 0:
+      uncond = jnp.where(valid & (jnp.arange(p + g) < p), mask_id, canvas)
+      h, _ = model.backbone(jnp.concatenate([canvas, uncond]),
+                            jnp.concatenate([positions, positions]),
+                            jnp.concatenate([attn, attn]))
+    else:
+      h, _ = model.backbone(canvas, positions, attn)
+    # Slicing before the LM head saves the [N, V] head matmul outside the block.
+    lg = model.logits_from_hidden(jax.lax.dynamic_slice_in_dim(h, p + ws, width, axis=1))
+    if c.cfg_scale == 0:
+      return lg, lg
+    cond, un = lg[:b], lg[b:]
+    return cond, un + (c.cfg_scale + 1.0) * (cond - un)
+
+  def body(cr: _Carry) -> _Carry:
+    if use_threshold:
+      bs = cr.blk * bk
+      be, first, count = bs + bk, cr.j == 0, None
+    else:
+      bs, be, first, count = starts[cr.it], ends[cr.it], firsts[cr.it], counts[cr.it]
+    ws = jnp.minimum(bs, g - width)  # the window always contains [bs, be)
+    cache = cr.cache
+    if c.cache != "none":
+      canvas = jnp.concatenate([prompt_ids, cr.comp], axis=1)
+      h, cache = fast_dllm.block_hidden(model, c.cache, first, canvas, positions, attn, valid,
+                                        cache, p + bs, bk, g)
+      logits = guided = model.logits_from_hidden(h)
+    else:
+      logits, guided = window_logits(cr.comp, ws)
+    # Never propose the mask token itself: committing it would leave a "decoded" mask (LLaDA
+    # would silently re-decode it later, breaking the step map). Trained models give it ~0 mass.
+    guided = guided.at[..., mask_id].set(-jnp.inf)
+    if c.logits_eos_inf:
+      guided = guided.at[..., eos].set(-jnp.inf)
+
+    cols = ws + jnp.arange(width, dtype=jnp.int32)
+    kg, kr = jax.random.split(jax.random.fold_in(key, cr.it))
+    if c.temperature == 0:
+      xhat = gumbel_argmax(kg, guided, 0.0)
+    else:
+      pos_keys = _position_keys(kg, b, cols)
+      xhat = jax.vmap(jax.vmap(gumbel_argmax, (0, 0, None)), (0, 0, None))(
+          pos_keys, guided, c.temperature)
+    if c.remasking == "low_confidence":
+      probs = jax.nn.softmax(guided.astype(F32), axis=-1)
+      conf = jnp.take_along_axis(probs, xhat[..., None], axis=-1)[..., 0]
+    else:
+      pos_keys = _position_keys(kr, b, cols)
+      conf = jax.vmap(jax.vmap(lambda k: jax.random.uniform(k, (), F32)))(pos_keys)
+    if gammas is not None:  # EOSER: rank EOS candidates lower early on
+      gamma = gammas[jnp.minimum(cr.it, gammas.shape[0] - 1)]
+      conf = jnp.where(xhat == eos, conf * gamma, conf)
+
+    win = jax.lax.dynamic_slice_in_dim(cr.comp, ws, width, axis=1)
+    eligible = (win == mask_id) & (cols >= bs) & (cols < be)
+    if use_threshold:
+      commit = fast_dllm.threshold_select(conf, eligible, c.threshold)
+    else:
+      commit = select_top_n(conf, eligible, jnp.full((b,), count, jnp.int32))
+    decoded = jnp.any(commit, axis=-1)
+    nsteps = cr.nsteps + decoded.astype(jnp.int32)
+
+    def put(full, new):
+      old = jax.lax.dynamic_slice_in_dim(full, ws, width, axis=1)
+      return jax.lax.dynamic_update_slice_in_dim(full, jnp.where(commit, new, old), ws, axis=1)
+
+    comp = put(cr.comp, xhat)
+    step_map = put(cr.step_map, jnp.broadcast_to(nsteps[:, None], commit.shape))
+    logprobs = put(cr.logprobs, token_logprob(logits, xhat))
+    states = cr.states
+    if states is not None:  # row r's (k+1)-th step goes to states[k, r]
+      slot = jnp.where(decoded, nsteps - 1, states.shape[0])
+      states = states.at[slot, jnp.arange(b)].set(comp, mode="drop")
+    is_mask = comp == mask_id
+    blk, j = cr.blk, cr.j + 1
+    if use_threshold:  # every row's block must be full before the batch moves on
+      cidx = jnp.arange(g)
+      block_open = jnp.any(is_mask & (cidx >= bs) & (cidx < be))
+      blk = jnp.where(block_open, cr.blk, cr.blk + 1)
+      j = jnp.where(block_open, j, 0)
+    return _Carry(it=cr.it + 1, blk=blk, j=j, comp=comp, step_map=step_map, logprobs=logprobs,
+                  nsteps=nsteps, done=~jnp.any(is_mask, axis=-1), cache=cache, states=states)
+
+  def cond(cr: _Carry):
+    go = (cr.it < max_steps) & ~jnp.all(cr.done)
+    return go & (cr.blk < c.num_blocks) if use_threshold else go
+
+  zero = jnp.zeros((), jnp.int32)
+  init = _Carry(
+      it=zero, blk=zero, j=zero, comp=jnp.full((b, g), mask_id, jnp.int32),
+      step_map=jnp.zeros((b, g), jnp.int32), logprobs=jnp.zeros((b, g), F32),
+      nsteps=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool),
+      cache=KVCache.init(mc, b, p + g) if c.cache != "none" else None,
+      states=jnp.zeros((max_steps, b, g), jnp.int32) if c.record_states else None)
+  out = jax.lax.while_loop(cond, body, init)
+  return _finish(out, prompt_ids, prompt_mask, eos, pad_id)
+
+
+def _finish(out: _Carry, prompt_ids, prompt_mask, eos: int, pad_id: int) -> LLaDATrajectory:
+  """Truncates after the first EOS and assembles the trajectory."""
+  comp = out.comp
+  g = comp.shape[1]
+  is_eos = comp == eos
+  has_eos = jnp.any(is_eos, axis=-1)
+  first = jnp.argmax(is_eos, axis=-1)
+  lengths = jnp.where(has_eos, first + 1, g).astype(jnp.int32)
+  after = jnp.arange(g)[None, :] >= lengths[:, None]
+  states = out.states
+  if states is not None:
+    done_steps = jnp.arange(states.shape[0])[:, None, None] < out.nsteps[None, :, None]
+    states = jnp.where(done_steps, states, comp[None])
+  return LLaDATrajectory(
+      prompt_ids=prompt_ids, prompt_mask=prompt_mask,
+      tokens=jnp.where(after, pad_id, comp), step_map=jnp.where(after, 0, out.step_map),
+      logprobs=jnp.where(after, 0.0, out.logprobs), lengths=lengths, num_steps=out.nsteps,
+      states=states, raw_tokens=comp, raw_step_map=out.step_map, raw_logprobs=out.logprobs)

@@ -1,0 +1,223 @@
+"""Fast-dLLM options of the LLaDA sampler: prefix / dual KV cache and threshold decoding."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import jdiff
+from jdiff.models.kv_cache import KVCache
+from jdiff.sampling import common, llada
+
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12], [20, 21, 22, 23, 24, 25, 26, 27], [40, 41]]
+P = 8
+CONFIDENT_SCALE = 30.0  # sharpens the tiny model's softmax so many positions pass 0.9
+
+
+@pytest.fixture(scope="module")
+def ckpt(hf_checkpoints):
+  return hf_checkpoints("llada")
+
+
+@pytest.fixture(scope="module")
+def model(ckpt, jdiff_models):
+  return jdiff_models(ckpt)
+
+
+@pytest.fixture(scope="module")
+def confident_model(ckpt):
+  m = jdiff.from_pretrained(ckpt.path, dtype="float32")
+  m.lm_head[...] = m.lm_head[...] * CONFIDENT_SCALE
+  return m
+
+
+@pytest.fixture(scope="module")
+def prompts():
+  ids, mask, _ = common.left_pad(PROMPTS, pad_id=1, length=P)
+  return ids, mask
+
+
+def _config(**kw):
+  base = dict(gen_length=16, block_length=8, steps=8)
+  base.update(kw)
+  return llada.LLaDASamplerConfig(**base)
+
+
+def _sample(m, prompts, cfg, seed=11):
+  ids, mask = prompts
+  return jax.device_get(llada.sample(m, ids, mask, jax.random.key(seed), cfg))
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _gumbel(k, row, col, vocab):
+  return jax.random.gumbel(jax.random.fold_in(jax.random.fold_in(k, row), col), (vocab,),
+                           jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _refresh(graphdef, state, tokens, positions, mask, cache, store):
+  return nnx.merge(graphdef, state)(tokens, positions, mask, cache, store=store)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _cached(graphdef, state, tokens, positions, mask, cache):
+  return nnx.merge(graphdef, state)(tokens, positions, mask, cache)[0]
+
+
+def reference(model, ids, pmask, key, cfg):
+  """The approximate Fast-dLLM algorithm (spec §6) in plain Python on the model's KV cache.
+
+  At a block's first step: full forward storing every real token's K/V, keeping positions
+  before the block (prefix) or all but the block (dual). Later steps: the suffix
+  ``[block_start, end)`` (prefix) or the block alone (dual) against that cache. Commit: the
+  top-n of the uniform schedule, or threshold decoding (≥ threshold, at least the top-1).
+  Draws follow the sampler's scheme (fold_in(key, global step) -> per row, per position).
+  """
+  mc = model.config
+  mask_id = mc.mask_token_id
+  b, p = ids.shape
+  g, bk = cfg.gen_length, cfg.block_length
+  n_tot = p + g
+  x = np.concatenate([ids, np.full((b, g), mask_id, np.int32)], axis=1)
+  valid = np.concatenate([pmask, np.ones((b, g), bool)], axis=1)
+  pos = np.maximum(np.cumsum(valid, axis=1) - 1, 0).astype(np.int32)
+  attn = valid[:, None, :] & valid[:, :, None]
+  attn |= np.eye(n_tot, dtype=bool)[None] & ~valid[:, :, None]
+  per_block = cfg.steps // cfg.num_blocks
+  step_map = np.zeros((b, g), np.int32)
+  logprobs = np.zeros((b, g), np.float32)
+  nsteps = np.zeros(b, np.int32)
+  s = 0
+  for blk in range(cfg.num_blocks):
+    bs, be = blk * bk, (blk + 1) * bk
+    counts = common.transfer_schedule(bk, per_block)
+    i = 0
+    while np.any(x[:, p + bs:p + be] == mask_id) and (cfg.threshold is not None or i < per_block):
+      if cfg.cache == "none":
+        logits = np.asarray(jdiff.forward(model, x, attention_mask=attn, positions=pos))
+        block_logits = logits[:, p + bs:p + be]
+      elif i == 0:
+        cache = KVCache.init(mc, b, n_tot)
+        logits, cache = _refresh(*nnx.split(model), x, pos, attn, cache, valid)
+        block_logits = np.asarray(logits)[:, p + bs:p + be]
+        slots = np.arange(n_tot)[None, :]
+        start = pos[:, p + bs][:, None]
+        keep = slots < start if cfg.cache == "prefix" else (slots < start) | (slots >= start + bk)
+        cache = cache.keep(jnp.asarray(keep))
+      else:
+        end = n_tot if cfg.cache == "prefix" else p + be
+        q = end - (p + bs)
+        logits = _cached(*nnx.split(model), x[:, p + bs:end], pos[:, p + bs:end],
+                         np.ones((b, q, q), bool), cache)
+        block_logits = np.asarray(logits)[:, :bk]
+      logp = np.asarray(jax.nn.log_softmax(jnp.asarray(block_logits), axis=-1))  # raw logits
+      block_logits = block_logits.copy()
+      block_logits[..., mask_id] = -np.inf  # the sampler never proposes the mask token
+      probs = np.asarray(jax.nn.softmax(jnp.asarray(block_logits), axis=-1))
+      kg, _ = jax.random.split(jax.random.fold_in(key, s))
+      for r in range(b):
+        cands, confs, cols = {}, [], []
+        for j in range(bs, be):
+          if x[r, p + j] != mask_id:
+            continue
+          row = block_logits[r, j - bs]
+          if cfg.temperature == 0:
+            tok = int(np.argmax(row))
+          else:
+            tok = int(np.argmax(row + np.float32(cfg.temperature) * np.asarray(
+                _gumbel(kg, r, j, row.shape[-1]))))
+          cands[j] = tok
+          confs.append(float(probs[r, j - bs, tok]))
+          cols.append(j)
+        order = sorted(range(len(cols)), key=lambda t: (-confs[t], cols[t]))
+        if cfg.threshold is None:
+          chosen = order[:counts[i]]
+        else:
+          chosen = order[:1] + [t for t in order[1:] if confs[t] >= cfg.threshold]
+        if chosen:
+          nsteps[r] += 1
+        for t in chosen:
+          j = cols[t]
+          x[r, p + j] = cands[j]
+          step_map[r, j] = nsteps[r]
+          logprobs[r, j] = logp[r, j - bs, cands[j]]
+      s += 1
+      i += 1
+  return x[:, p:], step_map, logprobs, nsteps
+
+
+def _check(tr, ref):
+  comp, step_map, logprobs, nsteps = ref
+  np.testing.assert_array_equal(tr.raw_tokens, comp)
+  np.testing.assert_array_equal(tr.raw_step_map, step_map)
+  np.testing.assert_array_equal(tr.num_steps, nsteps)
+  np.testing.assert_allclose(tr.raw_logprobs, logprobs, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def one_step_exact(model, prompts):
+  return _sample(model, prompts, _config(block_length=4, steps=4, temperature=1.0))
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_block_first_steps_equal_exact(cache, model, prompts, one_step_exact):
+  """With one step per block every step is a block's first step, whose logits come from the
+  cache-refresh forward: the cached sampler must reproduce the exact sampler exactly."""
+  tr = _sample(model, prompts, _config(block_length=4, steps=4, temperature=1.0, cache=cache))
+  np.testing.assert_array_equal(tr.raw_tokens, one_step_exact.raw_tokens)
+  np.testing.assert_array_equal(tr.raw_step_map, one_step_exact.raw_step_map)
+  np.testing.assert_allclose(tr.raw_logprobs, one_step_exact.raw_logprobs, atol=1e-5)
+
+
+CASES = {
+    "prefix_greedy": (dict(cache="prefix", record_states=True), False),
+    "dual_sampled": (dict(cache="dual", temperature=1.0), False),
+    "threshold": (dict(threshold=0.9, steps=16), True),
+    "threshold_dual": (dict(threshold=0.9, steps=16, cache="dual", temperature=0.7), True),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_matches_reference(name, model, confident_model, prompts):
+  kw, confident = CASES[name]
+  m = confident_model if confident else model
+  cfg = _config(**kw)
+  tr = _sample(m, prompts, cfg)
+  ids, mask = prompts
+  _check(tr, reference(m, ids, mask, jax.random.key(11), cfg))
+  assert not np.any(tr.raw_tokens == m.config.mask_token_id)
+  if cfg.threshold is not None:
+    # At least one token per step (step maps are dense 1..num_steps), and fewer steps than the
+    # exact sampler, which commits one token per step here (steps = gen_length).
+    for r in range(tr.raw_step_map.shape[0]):
+      assert set(tr.raw_step_map[r].tolist()) == set(range(1, int(tr.num_steps[r]) + 1))
+    assert np.all(tr.num_steps < cfg.steps)
+  if cfg.record_states:
+    # Tokens committed at a block's first step carry exact log-probs (full forward there).
+    mask_id = m.config.mask_token_id
+    valid = np.concatenate([mask, np.ones((len(ids), cfg.gen_length), bool)], axis=1)
+    pos = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
+    for k in (1, cfg.steps // cfg.num_blocks + 1):
+      before = tr.states[k - 2] if k > 1 else np.full_like(tr.raw_tokens, mask_id)
+      logits = jdiff.forward(m, np.concatenate([ids, before], axis=1), attention_mask=valid,
+                             positions=pos)
+      lp = np.asarray(common.token_logprob(logits[:, P:], jnp.asarray(tr.raw_tokens)))
+      now = tr.raw_step_map == k
+      np.testing.assert_allclose(tr.raw_logprobs[now], lp[now], atol=1e-4)
+
+
+def test_fast_config_validation(model, prompts):
+  ids, mask = prompts
+  bad = [(dict(cache="prefix", schedule="ass", steps=4), "schedule"),
+         (dict(threshold=0.0), "threshold"),
+         (dict(threshold=0.5, remasking="random"), "remasking"),
+         (dict(cache="dual", cfg_scale=1.0), "cfg_scale")]
+  for kw, field in bad:
+    with pytest.raises(ValueError, match=f"LLaDASamplerConfig.{field}="):
+      llada.sample(model, ids, mask, jax.random.key(0), _config(**kw))
+  assert dataclasses.asdict(_config())["cache"] == "none"  # off by default
+  assert _config().threshold is None

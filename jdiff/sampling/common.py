@@ -42,6 +42,7 @@ class Trajectory:
   states: Optional[jax.Array] = None  # [S, B, G] when recorded
   raw_tokens: Optional[jax.Array] = None  # [B, G] decoded canvas incl. tokens after the stop
   raw_step_map: Optional[jax.Array] = None  # [B, G]
+  raw_logprobs: Optional[jax.Array] = None  # [B, G]
 
 
 def transfer_schedule(num_masked: int, steps: int) -> np.ndarray:

@@ -138,12 +138,8 @@ class LLaDASamplerConfig:
     return self
 
 
-@flax.struct.dataclass
-class LLaDATrajectory(Trajectory):
-  """A :class:`Trajectory` plus the canvas before EOS truncation (for CJ-GRPO)."""
-  raw_tokens: Optional[jax.Array] = None  # [B, G] final canvas, tokens after EOS kept
-  raw_step_map: Optional[jax.Array] = None  # [B, G]
-  raw_logprobs: Optional[jax.Array] = None  # [B, G]
+# The common record carries the canvas before EOS truncation (raw_*), which CJ-GRPO needs.
+LLaDATrajectory = Trajectory
 
 
 @flax.struct.dataclass

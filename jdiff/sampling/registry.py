@@ -1,0 +1,65 @@
+"""Samplers by name, behind one call: ``sample(name, model, ids, mask, key, settings)``.
+
+``settings`` is a mapping of the sampler config's fields (e.g. a ConfigDict section), so a
+config string picks the sampler and its options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, Mapping, NamedTuple
+
+import numpy as np
+
+
+class SamplerEntry(NamedTuple):
+  config_cls: type
+  run: Callable[..., Any]  # (model, ids [B,P], mask [B,P], key, config) -> Trajectory
+
+
+def _block():
+  from jdiff.sampling import block
+  return SamplerEntry(block.BlockSamplerConfig,
+                      lambda m, ids, mask, key, c: block.sample_block(m, ids, key, c,
+                                                                      prompt_mask=mask))
+
+
+def _llada():
+  from jdiff.sampling import llada
+  return SamplerEntry(llada.LLaDASamplerConfig, llada.sample)
+
+
+def _dream():
+  from jdiff.sampling import dream
+  return SamplerEntry(dream.DreamSamplerConfig, dream.sample)
+
+
+_SAMPLERS: Dict[str, Callable[[], SamplerEntry]] = {"block": _block, "llada": _llada,
+                                                    "dream": _dream}
+# The sampler each family decodes with natively.
+DEFAULT_FOR_FAMILY = {"sdar": "block", "llada": "llada", "dream": "dream"}
+
+
+def names():
+  return sorted(_SAMPLERS)
+
+
+def get(name: str) -> SamplerEntry:
+  if name not in _SAMPLERS:
+    raise KeyError(f"unknown sampler {name!r}; available: {names()}")
+  return _SAMPLERS[name]()
+
+
+def make_config(name: str, settings: Mapping[str, Any]):
+  """The sampler's config dataclass from a mapping; unknown keys are an error naming them."""
+  cls = get(name).config_cls
+  fields = {f.name for f in dataclasses.fields(cls)}
+  settings = dict(settings)
+  unknown = sorted(set(settings) - fields)
+  if unknown:
+    raise ValueError(f"sampler {name!r} has no setting(s) {unknown}; known: {sorted(fields)}")
+  return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in settings.items()})
+
+
+def sample(name: str, model, prompt_ids: np.ndarray, prompt_mask: np.ndarray, key, config):
+  return get(name).run(model, prompt_ids, prompt_mask, key, config)

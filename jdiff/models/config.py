@@ -139,6 +139,11 @@ PRESETS = {
     "tiny_sdar": lambda: _sdar(vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2,
                                num_heads=4, num_kv_heads=2, head_dim=16, mask_token_id=3,
                                eos_token_id=1, pad_token_id=1, bos_token_id=1),
+    # The embedded default's policy (~0.4M parameters with a character vocabulary).
+    "mini_sdar": lambda: _sdar(vocab_size=128, hidden_size=128, intermediate_size=384,
+                               num_layers=3, num_heads=4, num_kv_heads=2, head_dim=32,
+                               mask_token_id=1, eos_token_id=0, pad_token_id=0,
+                               bos_token_id=None, max_position_embeddings=256),
     # ~30M parameters: the "small" size of the benchmarks.
     "small_sdar": lambda: _sdar(vocab_size=8192, hidden_size=512, intermediate_size=1408,
                                 num_layers=6, num_heads=8, num_kv_heads=4, head_dim=64,

@@ -14,9 +14,11 @@ list[float]``; see :mod:`jdiff.rewards.registry`.  Built-in names:
 ``countdown``                 d1: 1.0 correct / 0.1 well-formed / 0.0 missing
 ``sudoku``                    d1: fraction of empty 4x4 cells filled correctly
 ``code``                      TraceRL-style: fraction of tests passed, sandboxed
+``answer_exact``              synthetic tasks: last ``<answer>`` equals ``answer`` (1/0)
 ============================  =================================================
 """
 
+from jdiff.rewards.answer import answer_exact_reward
 from jdiff.rewards.code import code_reward, extract_code
 from jdiff.rewards.countdown import countdown_reward, safe_eval_arithmetic
 from jdiff.rewards.gsm8k import (
@@ -52,6 +54,7 @@ _BUILTIN = {
     "countdown": countdown_reward,
     "sudoku": sudoku_reward,
     "code": code_reward,
+    "answer_exact": answer_exact_reward,
 }
 for _name, _fn in _BUILTIN.items():
     register_reward(_name, _fn)
@@ -60,6 +63,7 @@ del _name, _fn
 __all__ = [
     "MissingColumnError",
     "UnknownRewardError",
+    "answer_exact_reward",
     "available_rewards",
     "code_reward",
     "compute_rewards",

@@ -1,12 +1,25 @@
 """RL machinery shared by every method: registries, advantages, log-probs, losses.
 
 Importing this package registers the core pieces (``policy_losses["clipped"]``,
-``value_losses["clipped"]``, ``advantage_estimators["grpo" | "group_mean" | "trace_gae"]``).
+``value_losses["clipped"]``, ``advantage_estimators["grpo" | "group_mean" | "trace_gae"]``)
+and every method module in ``methods`` (see :mod:`jdiff.rl.method`).
 """
 
+import importlib
+
 from jdiff.rl import advantages, logprobs, losses, registry
+from jdiff.rl.method import methods
 from jdiff.rl.registry import (Registry, advantage_estimators, batch_builders, policy_losses,
                                value_losses)
 
-__all__ = ["Registry", "advantage_estimators", "advantages", "batch_builders", "logprobs",
+# Method modules register themselves on import; a module not written yet is simply absent.
+for _name in ("tracerl", "diffu_grpo", "random_masking", "coupled_grpo", "cj_grpo", "dtrpo"):
+  try:
+    importlib.import_module(f"jdiff.rl.{_name}")
+  except ModuleNotFoundError as e:
+    if e.name != f"jdiff.rl.{_name}":
+      raise
+del _name
+
+__all__ = ["Registry", "methods", "advantage_estimators", "advantages", "batch_builders", "logprobs",
            "losses", "policy_losses", "registry", "value_losses"]

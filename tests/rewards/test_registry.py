@@ -107,3 +107,10 @@ def test_optional_keyword_options_are_not_required():
 def test_wrong_length_output_is_an_error():
     with pytest.raises(ValueError, match="returned 1 values"):
         compute_rewards([lambda completions: [0.0]], ["a", "b"])
+
+
+def test_answer_exact_requires_the_tag_and_the_exact_answer():
+    from jdiff.rewards import compute_rewards
+    out = compute_rewards("answer_exact", ["<answer>19</answer>", "19", "<answer> 19 </answer>x",
+                                           "<answer>18</answer>"], answer=["19", "19", "19", "19"])
+    assert out[:, 0].tolist() == [1.0, 0.0, 1.0, 0.0]

@@ -1,0 +1,56 @@
+"""TraceRL on the embedded default: a small SDAR-style block-diffusion model, a character
+tokenizer and synthetic arithmetic — no downloads. Warm-started by block SFT, then TraceRL.
+
+  python scripts/train.py --config configs/tracerl.py [--config.rl.steps=40] [--workdir DIR]
+
+For a real checkpoint see configs/tracerl_trado4b_math.py.
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.tensorboard = True
+
+  c.model = ml_collections.ConfigDict(dict(
+      checkpoint="",  # a local HF / jdiff checkpoint dir; empty = build `preset` from scratch
+      tokenizer="", family="", preset="mini_sdar", param_dtype="float32", dtype="float32",
+      remat="none"))
+
+  c.task = ml_collections.ConfigDict(dict(
+      name="arithmetic", num_train=2000, num_eval=128, seed=0, reward="",
+      generator_kwargs=dict(digits=(1, 2), ops="+-"), train_path="", eval_path="",
+      field_map={}))
+  c.data = ml_collections.ConfigDict(dict(max_prompt_len=32, use_chat_template=True))
+
+  # Warm start: block SFT (x_t ⊕ x_0, per-block t, 1/t weight) on the task's target answers.
+  c.sft = ml_collections.ConfigDict(dict(
+      steps=300, batch_size=32, max_len=64, objective="sft_block", pad_in_loss=False,
+      grad_accum=1, options={},
+      optim=dict(lr=3e-3, schedule="constant_with_warmup", warmup_steps=20, max_grad_norm=1.0,
+                 weight_decay=0.0)))
+
+  # Rollouts: block diffusion with the KV cache (TraDo's defaults: B = S = 4, dynamic τ = 0.9).
+  c.sampler = ml_collections.ConfigDict(dict(
+      name="block", max_tokens=16, denoising_steps=4, strategy="low_confidence_dynamic",
+      threshold=0.9, temperature=1.0, top_k=0, top_p=1.0))
+  c.eval = ml_collections.ConfigDict(dict(
+      batch_size=64,
+      sampler=dict(name="block", max_tokens=16, denoising_steps=4,
+                   strategy="low_confidence_static", temperature=0.0)))
+
+  c.method = ml_collections.ConfigDict(dict(name="tracerl", shrink=1, eps=0.2, beta=0.01,
+                                            kl_against="old"))
+  c.value = ml_collections.ConfigDict(dict(enabled=False, gamma=1.0, lam=1.0, eps=0.2,
+                                           train_value_every=1,
+                                           optim=dict(lr=5e-5, max_grad_norm=1.0)))
+  c.rl = ml_collections.ConfigDict(dict(
+      steps=30, prompts_per_step=16, group_size=8, inner_epochs=2, grad_accum=1,
+      std_normalize=True, filter_groups=False, filter_low=0.2, filter_high=0.8,
+      reset_optimizer=False, eval_every=10))
+  c.optim = ml_collections.ConfigDict(dict(lr=1e-4, schedule="constant", max_grad_norm=1.0,
+                                           weight_decay=0.0))
+  c.checkpoint = ml_collections.ConfigDict(dict(every=10, max_to_keep=2))
+  return c

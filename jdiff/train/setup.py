@@ -1,0 +1,79 @@
+"""Turning a config into the objects a run needs: tokenizer, model, prompts, sampler config.
+
+``config.model.checkpoint`` set: a local HF or jdiff checkpoint directory (and its
+tokenizer). Unset: the embedded default — a character-level tokenizer and a model built
+from ``config.model.preset`` with the tokenizer's vocabulary and special ids, so a fresh
+clone runs with nothing downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+from flax import nnx
+
+import jdiff
+from jdiff.data import load_prompts, synthetic
+from jdiff.data.char_tokenizer import build_char_tokenizer, special_token_ids
+from jdiff.data.loading import encode_prompt_rows
+from jdiff.models.config import preset
+from jdiff.sampling import registry as samplers
+from jdiff.tasks import Task, get_task
+
+
+def load_policy(mc, seed: int = 0):
+  """(model, tokenizer) from ``config.model``."""
+  if mc.get("checkpoint"):
+    path = os.path.expanduser(mc.checkpoint)
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f"config.model.checkpoint={mc.checkpoint!r} is not a directory")
+    overrides = {k: mc.get(k) for k in ("param_dtype", "dtype", "remat") if mc.get(k)}
+    model = jdiff.from_pretrained(path, family=mc.get("family") or None, **overrides)
+    return model, jdiff.load_tokenizer(mc.get("tokenizer") or path)
+  tokenizer = build_char_tokenizer()
+  ids = special_token_ids(tokenizer)
+  vocab = -(-len(tokenizer) // 64) * 64  # round up: a friendlier matmul width
+  overrides = dict(vocab_size=vocab, mask_token_id=ids["mask"], eos_token_id=ids["eos"],
+                   pad_token_id=ids["pad"], bos_token_id=None)
+  for k in ("param_dtype", "dtype", "remat"):
+    if mc.get(k):
+      overrides[k] = mc.get(k)
+  model = jdiff.DiffusionLM(preset(mc.preset, **overrides), rngs=nnx.Rngs(seed))
+  return model, tokenizer
+
+
+def task_rows(tc) -> Tuple[Task, List[Dict[str, Any]], List[Dict[str, Any]]]:
+  """(task, train rows, eval rows) from ``config.task``."""
+  task = get_task(tc.name)
+  if tc.get("train_path"):
+    field_map = dict(tc.get("field_map") or {})
+    train = load_prompts(tc.train_path, field_map=field_map, limit=tc.get("num_train") or None)
+    evals = (load_prompts(tc.eval_path, field_map=field_map, limit=tc.get("num_eval") or None)
+             if tc.get("eval_path") else [])
+    return task, train, evals
+  if task.generate is None:
+    raise ValueError(f"task {tc.name!r} has no generator: set config.task.train_path")
+  kwargs = dict(tc.get("generator_kwargs") or {})
+  rows = task.generate(tc.num_train + tc.num_eval, tc.seed, **kwargs)
+  train, evals = synthetic.split_train_eval(rows, n_eval=tc.num_eval, seed=tc.seed)
+  return task, train, evals
+
+
+def encode(tokenizer, rows, max_prompt_len: int, use_chat_template: bool, system=None):
+  """Prompt ids for each row; over-long prompts are dropped and counted."""
+  kept, ids, dropped = encode_prompt_rows(tokenizer, rows, max_prompt_len=max_prompt_len,
+                                          use_chat_template=use_chat_template, system=system)
+  return kept, ids, dropped
+
+
+def sampler_config(sc, family: str):
+  name = sc.get("name") or samplers.DEFAULT_FOR_FAMILY[family]
+  settings = {k: v for k, v in sc.items() if k != "name"}
+  return name, samplers.make_config(name, settings)
+
+
+def decode(tokenizer, tokens: np.ndarray, lengths: np.ndarray) -> List[str]:
+  return [tokenizer.decode(t[:n].tolist(), skip_special_tokens=True)
+          for t, n in zip(np.asarray(tokens), np.asarray(lengths))]

@@ -8,6 +8,7 @@ run resumed from a checkpoint continues exactly as the uninterrupted run would h
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -32,6 +33,17 @@ from jdiff.train.metrics import MetricsWriter
 from jdiff.train.optim import make_optimizer
 from jdiff.train.sft_loop import run_sft, sft_rows
 from jdiff.train.update import init_train_state, make_update_step
+
+
+def section_to(cls, section, where: str, skip=()):
+  """A config dataclass from a ConfigDict section; an unknown key is an error naming it."""
+  fields = {f.name for f in dataclasses.fields(cls)}
+  values = {k: v for k, v in section.items() if k not in skip}
+  unknown = sorted(set(values) - fields)
+  if unknown:
+    raise ValueError(f"{where} has unknown key(s) {unknown}; {cls.__name__} accepts "
+                     f"{sorted(fields)}")
+  return cls(**values)
 
 
 def _log(msg: str) -> None:
@@ -104,7 +116,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
     _log(f"dropped {dropped} train / {edropped} eval prompts longer than "
          f"{config.data.max_prompt_len} tokens")
   method = methods.get(config.method.name)
-  method_cfg = method.config_cls(**{k: v for k, v in config.method.items() if k != "name"})
+  method_cfg = section_to(method.config_cls, config.method, "config.method", skip=("name",))
   sampler_name, sampler_cfg = setup.sampler_config(config.sampler, mc.family)
   eval_name, eval_cfg = setup.sampler_config(config.eval.sampler, mc.family)
   writer = MetricsWriter(workdir, tensorboard=config.get("tensorboard", True))
@@ -134,8 +146,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
   if use_value:
     from jdiff.models.transformer import ValueModel
     from jdiff.rl.tracerl import attention_mask
-    vcfg = value_lib.ValueConfig(**{k: v for k, v in config.value.items() if k not in
-                                    ("enabled", "optim")})
+    vcfg = section_to(value_lib.ValueConfig, config.value, "config.value",
+                      skip=("enabled", "optim"))
     voptim = make_optimizer(dict(config.value.optim))
     vgraphdef, vstate = init_train_state(ValueModel.from_policy(model), voptim)
     vloss = lambda m, b: value_lib.value_loss_fn(m, b, vcfg, attention_mask(b, mc))  # noqa

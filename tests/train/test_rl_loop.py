@@ -1,0 +1,113 @@
+"""The RL pipeline end to end on the embedded default, shortened: outputs, resume, bad input."""
+
+import importlib.util
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from jdiff.train import rl_loop
+from jdiff.train.checkpointing import Checkpointer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_config(name="tracerl"):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def tiny(config, steps=2):
+  c = config
+  c.tensorboard = False
+  c.task.num_train, c.task.num_eval = 64, 8
+  c.eval.batch_size = 8
+  c.sft.steps, c.sft.batch_size = 3, 8
+  c.rl.steps, c.rl.prompts_per_step, c.rl.group_size = steps, 2, 4
+  c.rl.inner_epochs, c.rl.eval_every = 1, 0
+  c.sampler.max_tokens = c.eval.sampler.max_tokens = 8
+  c.checkpoint.every = 1
+  return c
+
+
+def _policy_leaves(workdir, step):
+  items, _ = Checkpointer(workdir, read_only=True).restore(step)
+  return [np.asarray(x) for x in __import__("jax").tree.leaves(items["policy"])]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  results = rl_loop.run(tiny(load_config()), workdir)
+  return workdir, results
+
+
+def test_outputs(straight):
+  workdir, results = straight
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == [1, 2]
+  for key in ("reward_mean", "loss", "rollout_s", "train_s", "accuracy", "kl", "clip_frac",
+              "response_length", "tokens_per_s"):
+    assert key in rows[0], key
+  assert {"accuracy_before", "accuracy_after"} <= set(results)
+  assert Checkpointer(workdir, read_only=True).steps() == [1, 2]
+  assert json.load(open(os.path.join(workdir, "results.json"))) == results
+
+
+def test_resume_equals_straight_run(straight, tmp_path):
+  workdir, _ = straight
+  resumed = str(tmp_path / "resumed")
+  rl_loop.run(tiny(load_config(), steps=1), resumed)
+  rl_loop.run(tiny(load_config(), steps=2), resumed)  # picks up at step 1
+  for a, b in zip(_policy_leaves(workdir, 2), _policy_leaves(resumed, 2)):
+    np.testing.assert_array_equal(a, b)
+  rows = [json.loads(l) for l in open(os.path.join(resumed, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == [1, 2]
+
+
+def test_unknown_method_key_is_named(tmp_path):
+  c = tiny(load_config())
+  with c.unlocked():
+    c.method.shrinkk = 2
+  with pytest.raises(ValueError, match=r"config.method.*shrinkk"):
+    rl_loop.run(c, str(tmp_path))
+
+
+def test_missing_checkpoint_dir_is_named(tmp_path):
+  c = tiny(load_config())
+  c.model.checkpoint = str(tmp_path / "no_such_model")
+  with pytest.raises(FileNotFoundError, match="no_such_model"):
+    rl_loop.run(c, str(tmp_path / "w"))
+
+
+def test_dataset_without_mapped_field(tmp_path):
+  data = tmp_path / "train.jsonl"
+  data.write_text("\n".join(json.dumps({"question": f"Compute {i}+1", "gold": str(i + 1)})
+                            for i in range(4)))
+  c = tiny(load_config())
+  c.task.train_path = str(data)
+  c.task.field_map = {"prompt": "question", "answer": "solution"}
+  with pytest.raises(ValueError, match="solution"):
+    rl_loop.run(c, str(tmp_path / "w"))
+
+
+def test_long_prompts_are_dropped_and_counted(tmp_path):
+  c = tiny(load_config(), steps=1)
+  c.data.max_prompt_len = 30  # the chat template adds 19 tokens: long questions drop out
+  results = rl_loop.run(c, str(tmp_path))
+  assert results["dropped_prompts"] > 0
+
+
+def test_all_groups_filtered_warns_not_crashes(tmp_path):
+  c = tiny(load_config(), steps=1)
+  c.rl.filter_groups = True
+  c.rl.filter_low, c.rl.filter_high = 2.0, 3.0  # no group accuracy can be in range
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    rl_loop.run(c, str(tmp_path))
+  assert any("filter" in str(w.message).lower() for w in caught)

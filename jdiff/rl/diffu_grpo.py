@@ -47,9 +47,8 @@ from jdiff.models import masks
 from jdiff.rl.advantages import group_zscore
 from jdiff.rl.logprobs import shift_for_dream, token_logprobs_chunked
 from jdiff.rl.losses import clipped_policy_loss
-from jdiff.rl.method import Method, register_method
+from jdiff.rl.method import ITER, Method, iteration_logprobs, register_method, select_iteration  # noqa: F401
 
-ITER = "iteration_"
 FIXED_SEED = 42  # d1: every inner iteration uses seed 42 when random_masking is off
 
 
@@ -131,29 +130,6 @@ def build_batch(traj, advantages, key, cfg: DiffuGRPOConfig, model_config) -> di
   batch = dict(iteration_input_ids=np.stack(variants, 1), positions=positions, valid=valid,
                targets=targets, loss_mask=loss_mask, advantages=adv)
   return {**batch, **select_iteration(batch, 0)}
-
-
-def select_iteration(batch: dict, m: int) -> dict:
-  """The batch of inner iteration ``m``: every ``iteration_X [R, μ, ...]`` becomes ``X``;
-  ``old_logp`` / ``ref_logp`` holding an iteration axis (``[R, μ, G]``) are sliced too.
-  The stacked ``iteration_*`` arrays are left out (the update step does not need them)."""
-  out = {}
-  lm_ndim = np.ndim(batch["loss_mask"])
-  for name, value in batch.items():
-    if name.startswith(ITER):
-      out[name[len(ITER):]] = value[:, m]
-    elif name in ("old_logp", "ref_logp") and np.ndim(value) == lm_ndim + 1:
-      out[name] = value[:, m]
-    elif name not in out:
-      out[name] = value
-  return out
-
-
-def iteration_logprobs(score, batch: dict):
-  """``score(select_iteration(batch, m))`` for every m, stacked on axis 1: ``[R, μ, G]``.
-  ``score`` is e.g. a jitted ``lambda b: logprob_fn(old_model, b, cfg)``."""
-  mu = next(v.shape[1] for k, v in batch.items() if k.startswith(ITER))
-  return jnp.stack([score(select_iteration(batch, m)) for m in range(mu)], axis=1)
 
 
 def attention_mask(batch, model_config):

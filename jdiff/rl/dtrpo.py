@@ -242,4 +242,5 @@ def loss_fn(model, batch, cfg: DTRPOConfig):
   return loss, metrics
 
 
-METHOD = register_method(Method("dtrpo", DTRPOConfig, build_batch, logprob_fn, loss_fn))
+METHOD = register_method(Method("dtrpo", DTRPOConfig, build_batch, logprob_fn, loss_fn,
+                                offline=True))

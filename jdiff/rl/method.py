@@ -18,9 +18,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict
 
+import jax.numpy as jnp
+import numpy as np
+
 from jdiff.rl.registry import Registry
 
 Batch = Dict[str, Any]
+
+
+def _kl_to_frozen_reference(cfg) -> bool:
+  """Whether ``loss_fn`` reads ``batch["ref_logp"]``: a KL (or DPO) term against a frozen
+  reference. TraceRL's default KL is to the pre-update policy instead (``kl_against="old"``)."""
+  return getattr(cfg, "beta", 0.0) > 0 and getattr(cfg, "kl_against", "ref") == "ref"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +39,48 @@ class Method:
   build_batch: Callable[..., Batch]
   logprob_fn: Callable[..., Any]
   loss_fn: Callable[..., Any]
+  needs_ref: Callable[[Any], bool] = _kl_to_frozen_reference
+  offline: bool = False  # trains on a fixed dataset (dTRPO), not on rollouts
+
+
+# Methods with μ inner iterations over different inputs (d1's prompt-mask draws) store each
+# iteration's arrays stacked on axis 1 under ``iteration_<name>``.
+ITER = "iteration_"
+
+
+def num_iterations(batch: Batch) -> int:
+  """μ when the batch stacks per-iteration inputs, else 1."""
+  return next((np.shape(v)[1] for k, v in batch.items() if k.startswith(ITER)), 1)
+
+
+def select_iteration(batch: dict, m: int) -> dict:
+  """The batch of inner iteration ``m``: every ``iteration_X [R, μ, ...]`` becomes ``X``;
+  ``old_logp`` / ``ref_logp`` holding an iteration axis (``[R, μ, G]``) are sliced too.
+  The stacked ``iteration_*`` arrays are left out (the update step does not need them)."""
+  out = {}
+  lm_ndim = np.ndim(batch["loss_mask"])
+  for name, value in batch.items():
+    if name.startswith(ITER):
+      out[name[len(ITER):]] = value[:, m]
+    elif name in ("old_logp", "ref_logp") and np.ndim(value) == lm_ndim + 1:
+      out[name] = value[:, m]
+    elif name not in out:
+      out[name] = value
+  return out
+
+
+def iteration_logprobs(score, batch: dict):
+  """``score(select_iteration(batch, m))`` for every m, stacked on axis 1: ``[R, μ, G]``.
+  ``score`` is e.g. a jitted ``lambda b: logprob_fn(old_model, b, cfg)``."""
+  mu = num_iterations(batch)
+  return jnp.stack([score(select_iteration(batch, m)) for m in range(mu)], axis=1)
+
+
+def score_all(score, batch: Batch):
+  """``score(batch)``, or per-iteration scores ``[R, μ, ...]`` for stacked batches."""
+  if any(k.startswith(ITER) for k in batch):
+    return iteration_logprobs(score, batch)
+  return score(batch)
 
 
 methods = Registry("rl_method")

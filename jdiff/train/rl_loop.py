@@ -25,7 +25,7 @@ from jdiff.data.loading import left_pad
 from jdiff.rewards import compute_rewards
 from jdiff.rl import advantages as adv_lib
 from jdiff.rl import value as value_lib
-from jdiff.rl.method import methods
+from jdiff.rl.method import methods, num_iterations, score_all, select_iteration
 from jdiff.sampling import registry as samplers
 from jdiff.train import setup
 from jdiff.train.checkpointing import Checkpointer
@@ -158,11 +158,18 @@ def run(config, workdir: str) -> Dict[str, Any]:
   def current_model():
     return nnx.merge(graphdef, state.params, state.rest)
 
+  # d1 / CJ-GRPO / dTRPO: a KL to the frozen starting policy (after the warm start).
+  ref_params = jax.tree.map(jnp.copy, state.params) if method.needs_ref(method_cfg) else None
+
+  def saved_items():
+    return {"policy": state, **({"value": vstate} if use_value else {}),
+            **({"reference": ref_params} if ref_params is not None else {})}
+
   if start is not None:
-    items, meta = ckpt.restore(start, targets={"policy": state, **({"value": vstate} if use_value else {})})
+    items, meta = ckpt.restore(start, targets=saved_items())
     state = items["policy"]
-    if use_value:
-      vstate = items["value"]
+    vstate = items.get("value")
+    ref_params = items.get("reference")
     writer.truncate_after(start)
     results = meta.get("results", results)
     _log(f"resumed from step {start}")
@@ -199,12 +206,17 @@ def run(config, workdir: str) -> Dict[str, Any]:
       returns, tok_adv, _ = value_lib.returns_and_advantages(
           batch, v_rows, adv, len(rewards), traj.tokens.shape[1], vcfg)
       value_lib.scatter_to_rows(batch, tok_adv, "advantages")
-    batch["old_logp"] = score(state.params, state.rest, batch)
+    batch["old_logp"] = score_all(lambda b: score(state.params, state.rest, b), batch)
+    if ref_params is not None:
+      batch["ref_logp"] = score_all(lambda b: score(ref_params, state.rest, b), batch)
     if rc.reset_optimizer:
       state = state.replace(opt_state=optimizer.init(state.params))
     metrics_acc = []
-    for _ in range(int(rc.inner_epochs)):
-      state, m = update(state, batch)
+    # μ inner updates per rollout batch: the method's num_iterations (d1, CJ-GRPO), else
+    # rl.inner_epochs; iteration m trains on the m-th stacked input when there are several.
+    mu = num_iterations(batch)
+    for it in range(int(getattr(method_cfg, "num_iterations", 0) or rc.inner_epochs)):
+      state, m = update(state, select_iteration(batch, it % mu) if mu > 1 else batch)
       metrics_acc.append(jax.device_get(m))
     if use_value and step % vcfg.train_value_every == 0:
       vbatch = dict(batch, old_values=v_rows)
@@ -228,8 +240,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
     if (step + 1) % int(config.checkpoint.every) == 0 or step + 1 == int(rc.steps):
       meta = {"data_position": (step + 1) * int(rc.prompts_per_step), "seed": config.seed,
               "results": results}
-      ckpt.save(step + 1, {"policy": state, **({"value": vstate} if use_value else {})},
-                meta=meta, force=True)
+      ckpt.save(step + 1, saved_items(), meta=meta, force=True)
 
   after = evaluate(current_model(), tokenizer, task, evalset, eval_name, eval_cfg, config,
                    eval_key)

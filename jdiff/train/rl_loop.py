@@ -51,7 +51,7 @@ def _log(msg: str) -> None:
     tqdm.write(msg)
 
 
-class _Prompts:
+class Prompts:
   """Encoded prompts with their task columns; batches in a seeded per-epoch order."""
 
   def __init__(self, rows, ids, seed):
@@ -79,7 +79,7 @@ def rollout(model, sampler_name, sampler_cfg, prompt_ids, pad_id, prompt_len, ke
   return jax.device_get(traj)
 
 
-def evaluate(model, tokenizer, task, prompts: _Prompts, sampler_name, sampler_cfg, cfg,
+def evaluate(model, tokenizer, task, prompts: Prompts, sampler_name, sampler_cfg, cfg,
              key) -> Dict[str, float]:
   """Accuracy and mean reward over the eval prompts (fixed batches, one compile)."""
   bs = int(cfg.eval.batch_size)
@@ -108,10 +108,10 @@ def run(config, workdir: str) -> Dict[str, Any]:
   mc = model.config
   kept, ids, dropped = setup.encode(tokenizer, train_rows, config.data.max_prompt_len,
                                     config.data.use_chat_template)
-  train = _Prompts(kept, ids, config.seed)
+  train = Prompts(kept, ids, config.seed)
   ekept, eids, edropped = setup.encode(tokenizer, eval_rows, config.data.max_prompt_len,
                                        config.data.use_chat_template)
-  evalset = _Prompts(ekept, eids, config.seed)
+  evalset = Prompts(ekept, eids, config.seed)
   if dropped or edropped:
     _log(f"dropped {dropped} train / {edropped} eval prompts longer than "
          f"{config.data.max_prompt_len} tokens")

@@ -1,5 +1,5 @@
 """LLaDA masked-diffusion SFT (d1 / LLaDA: one t per sequence, masks with probability t,
-CE / t over the response and its EOS padding) on the embedded default: the ``tiny_llada``
+CE / t over the response and its EOS padding) on the embedded default: the ``mini_llada``
 preset with the character tokenizer's vocabulary and special ids (``setup.load_policy``
 overrides them for any preset) and synthetic arithmetic — no downloads.
 

@@ -1,7 +1,7 @@
 """Semi-autoregressive SFT for full-attention models (TraceRL's Dream SFT: the response is cut
 into blocks, one row per block with earlier blocks clean, later blocks masked and the current
 block masked with p ~ U(0.1, 0.9); Dream's logit shift) on the embedded default: the
-``tiny_dream`` preset with the character tokenizer's vocabulary and special ids and synthetic
+``mini_dream`` preset with the character tokenizer's vocabulary and special ids and synthetic
 arithmetic — no downloads.
 
   python scripts/sft.py --config configs/sft_semi_ar.py [--config.sft.steps=300] [--workdir DIR]

@@ -20,8 +20,8 @@ def get_config():
       remat="none"))
 
   c.task = ml_collections.ConfigDict(dict(
-      name="arithmetic", num_train=2000, num_eval=128, seed=0, reward="",
-      generator_kwargs=dict(digits=(1, 2), ops="+-"), train_path="", eval_path="",
+      name="arithmetic", num_train=400, num_eval=32, seed=0, reward="",
+      generator_kwargs=dict(digits=(1, 1), ops="+"), train_path="", eval_path="",
       field_map={}))
   c.data = ml_collections.ConfigDict(dict(max_prompt_len=32, use_chat_template=True))
 
@@ -34,11 +34,11 @@ def get_config():
 
   # Rollouts: block diffusion with the KV cache (TraDo's defaults: B = S = 4, dynamic τ = 0.9).
   c.sampler = ml_collections.ConfigDict(dict(
-      name="block", max_tokens=16, denoising_steps=4, strategy="low_confidence_dynamic",
+      name="block", max_tokens=24, denoising_steps=4, strategy="low_confidence_dynamic",
       threshold=0.9, temperature=1.0, top_k=0, top_p=1.0))
   c.eval = ml_collections.ConfigDict(dict(
-      batch_size=64,
-      sampler=dict(name="block", max_tokens=16, denoising_steps=4,
+      batch_size=32,
+      sampler=dict(name="block", max_tokens=24, denoising_steps=4,
                    strategy="low_confidence_static", temperature=0.0)))
 
   c.method = ml_collections.ConfigDict(dict(name="tracerl", shrink=1, eps=0.2, beta=0.01,
@@ -47,10 +47,10 @@ def get_config():
                                            train_value_every=1,
                                            optim=dict(lr=5e-5, max_grad_norm=1.0)))
   c.rl = ml_collections.ConfigDict(dict(
-      steps=30, prompts_per_step=16, group_size=8, inner_epochs=2, grad_accum=1,
+      steps=12, prompts_per_step=8, group_size=8, inner_epochs=2, grad_accum=1,
       std_normalize=True, filter_groups=False, filter_low=0.2, filter_high=0.8,
-      reset_optimizer=False, eval_every=10))
+      reset_optimizer=False, eval_every=4))
   c.optim = ml_collections.ConfigDict(dict(lr=1e-4, schedule="constant", max_grad_norm=1.0,
                                            weight_decay=0.0))
-  c.checkpoint = ml_collections.ConfigDict(dict(every=10, max_to_keep=2))
+  c.checkpoint = ml_collections.ConfigDict(dict(every=4, max_to_keep=2))
   return c

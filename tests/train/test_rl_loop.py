@@ -1,43 +1,22 @@
 """The RL pipeline end to end on the embedded default, shortened: outputs, resume, bad input."""
 
-import importlib.util
 import json
 import os
 import warnings
 
 import numpy as np
 import pytest
-from flax import nnx
 
 from jdiff.train import rl_loop
 from jdiff.train.checkpointing import Checkpointer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def load_config(name="tracerl"):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
-
-
-def tiny(config, steps=2):
-  c = config
-  c.tensorboard = False
-  c.task.num_train, c.task.num_eval = 64, 8
-  c.eval.batch_size = 8
-  c.sft.steps, c.sft.batch_size = 3, 8
-  c.rl.steps, c.rl.prompts_per_step, c.rl.group_size = steps, 2, 4
-  c.rl.inner_epochs, c.rl.eval_every = 1, 0
-  c.sampler.max_tokens = c.eval.sampler.max_tokens = 8
-  c.checkpoint.every = 1
-  return c
+import jax
+from config_utils import load_config, tiny
 
 
 def _policy_leaves(workdir, step):
   items, _ = Checkpointer(workdir, read_only=True).restore(step)
-  return [np.asarray(x) for x in __import__("jax").tree.leaves(items["policy"])]
+  return [np.asarray(x) for x in jax.tree.leaves(items["policy"])]
 
 
 @pytest.fixture(scope="module")

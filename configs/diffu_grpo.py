@@ -1,0 +1,31 @@
+"""d1's diffu-GRPO on the embedded default: a small LLaDA-style model (bidirectional) built
+from scratch with the character tokenizer, warm-started by LLaDA's masked SFT (1/t ELBO),
+then diffu-GRPO with LLaDA semi-AR rollouts (research/d1_cjgrpo_dtrpo.md §1–§2).
+
+  python scripts/train.py --config configs/diffu_grpo.py
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import ml_collections  # noqa: E402
+import tracerl  # noqa: E402
+
+
+def get_config():
+  c = tracerl.get_config()
+  c.model.preset = "mini_llada"
+  c.sft.objective = "sft_llada"
+  c.sft.pad_in_loss = True  # LLaDA learns to emit EOS runs from its padding
+  # d1 rollouts: L = 24 here (256 in the paper), blocks of 8 (32), 2 tokens per step.
+  c.sampler = ml_collections.ConfigDict(dict(name="llada", gen_length=24, block_length=8,
+                                             steps=12, temperature=0.9))
+  c.eval.sampler = dict(name="llada", gen_length=24, block_length=8, steps=12,
+                        temperature=0.0)
+  c.method = ml_collections.ConfigDict(dict(name="diffu_grpo", p_mask_prompt=0.15,
+                                            num_iterations=4, eps=0.5, beta=0.04,
+                                            std_normalize=False))
+  c.rl.std_normalize = False  # d1: advantage = r - group mean
+  return c

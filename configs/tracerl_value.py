@@ -1,0 +1,21 @@
+"""TraceRL with the diffusion value model (research/tracerl.md §7) on the embedded default:
+per-token advantages from trace-step GAE (gamma = lambda = 1), clipped value loss, the value
+model trained every step with its own optimizer (lr 5e-6 in the TraDo-4B recipe; larger here
+for the small model).
+
+  python scripts/train.py --config configs/tracerl_value.py
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import tracerl  # noqa: E402
+
+
+def get_config():
+  c = tracerl.get_config()
+  c.value.enabled = True
+  c.value.optim = dict(lr=1e-3, max_grad_norm=1.0)
+  return c

@@ -1,0 +1,29 @@
+"""Loading shipped configs and shrinking them to test size."""
+
+import importlib.util
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name="tracerl"):
+  path = os.path.join(ROOT, "configs", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def tiny(config, steps=2):
+  """A few seconds of work per step: small data, 2 prompts x 4 samples, 8-token rollouts."""
+  c = config
+  c.tensorboard = False
+  c.task.num_train, c.task.num_eval = 64, 8
+  c.eval.batch_size = 8
+  c.sft.steps, c.sft.batch_size = 3, 8
+  c.rl.steps, c.rl.prompts_per_step, c.rl.group_size = steps, 2, 4
+  c.rl.inner_epochs, c.rl.eval_every = 1, 0
+  if "max_tokens" in c.sampler:
+    c.sampler.max_tokens = c.eval.sampler.max_tokens = 8
+  c.checkpoint.every = 1
+  return c

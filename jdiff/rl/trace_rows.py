@@ -34,6 +34,13 @@ def _groups(steps: np.ndarray, shrink: int):
   return [(int(ids[i]), int(ids[min(i + shrink, len(ids)) - 1])) for i in range(0, len(ids), shrink)]
 
 
+def _response_advantages(advantages, b: int, g: int):
+  """Response b's advantage over its G tokens: a scalar broadcast, or its per-token row."""
+  if advantages is None:
+    return None
+  return np.broadcast_to(np.asarray(advantages, np.float32)[b], (g,))
+
+
 def _as_np(x):
   return None if x is None else np.asarray(x)
 
@@ -85,10 +92,7 @@ def build_block_rows(traj, *, block_size: int, mask_id: int, pad_id: int, shrink
     resp_blocks = rpos // blk
     groups = {k: _groups(np.where(resp_blocks == k, steps[b], 0), shrink)
               for k in np.unique(resp_blocks[decoded])}
-    adv = None
-    if advantages is not None:
-      a = np.asarray(advantages, np.float32)
-      adv = np.broadcast_to(a[b] if a.ndim == 1 else a[b], (g,))
+    adv = _response_advantages(advantages, b, g)
     for r in range(rounds):
       row = b * rounds + r
       masked = np.zeros(g, bool)
@@ -142,10 +146,7 @@ def build_full_attention_rows(traj, *, mask_id: int, pad_id: int, shrink: int = 
     gs = _groups(steps[b], shrink)
     if len(gs) > per:
       raise ValueError(f"response {b} has {len(gs)} step groups, more than max_steps/shrink={per}")
-    adv = None
-    if advantages is not None:
-      a = np.asarray(advantages, np.float32)
-      adv = np.broadcast_to(a[b] if a.ndim == 1 else a[b], (g,))
+    adv = _response_advantages(advantages, b, g)
     for v in range(per):
       row = b * per + v
       out["positions"][row] = np.concatenate([ppos, plen + np.arange(g)])

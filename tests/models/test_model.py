@@ -97,7 +97,7 @@ def test_presets():
   for name in PRESETS:
     c = preset(name)
     assert isinstance(c, ModelConfig)
-    stem = name.split("_")[1] if name.startswith(("tiny_", "small_")) else name.split("_")[0]
+    stem = name.split("_")[1] if name.startswith(("tiny_", "small_", "mini_")) else name.split("_")[0]
     assert c.family == {"trado": "sdar"}.get(stem, stem), name
     assert c.mask_token_id is not None and c.eos_token_id is not None
     assert c.shift_logits == (c.family == "dream") and c.block_causal == (c.family == "sdar")

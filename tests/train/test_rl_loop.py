@@ -77,7 +77,9 @@ def test_dataset_without_mapped_field(tmp_path):
 
 def test_long_prompts_are_dropped_and_counted(tmp_path):
   c = tiny(load_config(), steps=1)
-  c.data.max_prompt_len = 30  # the chat template adds 19 tokens: long questions drop out
+  c.task.generator_kwargs = dict(digits=(1, 2), ops="+")
+  # The chat template adds 19 tokens: "Compute 3+6" fits in 30, "Compute 12+6" does not.
+  c.data.max_prompt_len = 30
   results = rl_loop.run(c, str(tmp_path))
   assert results["dropped_prompts"] > 0
 

@@ -40,10 +40,15 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
   """
   b, t, h, hd = q.shape
   kv = k.shape[2]
-  q = q.reshape(b, t, kv, h // kv, hd)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=F32)
-  scores = scores * (hd ** -0.5)
+  g = h // kv
+  # Heads-major layouts make both contractions plain batched matmuls ([b, kv] batch dims),
+  # which CPU and GPU backends run markedly faster than the 5-D einsum over [t, kv, g].
+  qh = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, hd)
+  kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  scores = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=F32)
+  scores = scores.reshape(b, kv, g, t, -1) * (hd ** -0.5)
   scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(F32).min)
-  probs = jax.nn.softmax(scores, axis=-1)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v, preferred_element_type=F32)
+  probs = jax.nn.softmax(scores, axis=-1).reshape(b, kv, g * t, -1)
+  out = jnp.einsum("bkqs,bksd->bkqd", probs.astype(v.dtype), vh, preferred_element_type=F32)
+  out = out.reshape(b, kv, g, t, hd).transpose(0, 3, 1, 2, 4)
   return out.reshape(b, t, h, hd).astype(q.dtype)

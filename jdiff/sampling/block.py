@@ -229,8 +229,9 @@ def _draw(keys, logits, mask_id: int, top_k: int, kn: _Knobs):
   filtered = filter_logits(logits, jnp.where(greedy, 1.0, kn.temperature), top_k, 1.0)
   # A cond, not a where: with top_p == 1 the cumulative sum could still drop a tail token.
   filtered = jax.lax.cond(kn.top_p < 1.0, _top_p_filter, lambda x, _: x, filtered, kn.top_p)
-  sampled = jax.vmap(jax.random.categorical)(keys, filtered)
-  ids = jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
+  # A cond, not a where: greedy decoding must not pay for a categorical draw it discards.
+  ids = jax.lax.cond(greedy, lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32),
+                     lambda: jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32))
   probs = jax.nn.softmax(jnp.where(greedy, logits, filtered), axis=-1)
   return ids, jnp.take_along_axis(probs, ids[..., None], axis=-1)[..., 0], probs
 

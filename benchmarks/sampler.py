@@ -1,0 +1,371 @@
+#!/usr/bin/env python
+"""Sampler throughput: jdiff's jitted samplers vs PyTorch eager references on the same weights.
+
+For each model size the benchmark builds a random HF checkpoint (tests/hf_fixtures.py), loads
+it with ``jdiff.from_pretrained``, exports it again with ``jdiff.checkpoint.export_hf`` and
+loads the *exported* directory with transformers (``Qwen3ForCausalLM`` for SDAR,
+``LlamaForCausalLM`` for LLaDA), so the reference runs on exactly the weights jdiff exported.
+Both sides then decode the same prompts greedily and their tokens are compared.
+
+Rows (batch 8, same-length prompts, greedy, no stop token so every row generates G tokens):
+- ``block+kv``: ``block.sample_block`` (SDAR, KV cache, B=4, 4 denoising steps,
+  low_confidence_dynamic 0.9) vs ``torch_reference.sdar_block_generate`` (the HF
+  ``generate.py`` loop with a transformers DynamicCache).
+- ``llada exact``: ``llada.sample`` (block 32, no cache) vs ``torch_reference.llada_generate``
+  (a full bidirectional forward over the canvas every step).
+- ``llada prefix+thr`` / ``llada dual+thr``: Fast-dLLM cache + threshold 0.9 decoding vs the
+  jdiff exact sampler (ratio = exact time / fast time). These are approximations: the last
+  column counts the tokens that differ from the exact sampler's output.
+- ``dream exact`` (``--dream``): ``dream.sample`` (maskgit_plus) vs
+  ``torch_reference.dream_generate``.
+
+GFLOP/s count the forward FLOPs of the reference algorithm (``ModelConfig.flops_per_token``):
+block rows every reference forward (prefill, denoising steps, store passes) at its key length;
+LLaDA rows per step the backbone over all B x (P + G) canvas tokens plus the LM head over the
+B x 32 block tokens (both implementations project only the block). ``% peak`` relates jdiff's
+GFLOP/s to the float32 matmul peak of ``forward.matmul_peak``, re-measured around each row's
+timing because the load on a shared machine drifts.
+
+Timing: compilation is excluded (the samplers are compiled ahead, or warmed up by one call);
+the implementations compared in one row are then run in turn, round after round (up to
+``--repeats`` rounds, fewer once ``--budget`` seconds are spent), and each gets the median of
+its runs. Alternating them keeps a drifting machine load from favouring either side.
+On an oversubscribed CPU, torch's default thread count makes the reference erratic and up to
+several times slower; ``--torch-threads 1`` gives it its best (and steadiest) configuration.
+Run:
+
+  python benchmarks/sampler.py [--sizes tiny,small] [--gen 128,256] [--llada-gen 128]
+                               [--torch-threads 1] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from flax import nnx  # noqa: E402
+
+import hf_fixtures  # noqa: E402
+import jdiff  # noqa: E402
+import jdiff.checkpoint  # noqa: E402
+import torch_reference as ref  # noqa: E402
+from forward import SIZES, matmul_peak  # noqa: E402
+from jdiff.sampling import block, dream, llada  # noqa: E402
+from jdiff.sharding.rules import SAMPLING_RULES, use_rules  # noqa: E402
+
+BLOCK_SIZE = 4  # SDAR block length B (the fixture's block_size)
+BLOCK_STEPS = 4  # denoising steps per block
+BLOCK_STRATEGY = "low_confidence_dynamic"
+BLOCK_THRESHOLD = 0.9
+LLADA_BLOCK = 32
+FAST_THRESHOLD = 0.9
+
+
+# --------------------------------------------------------------------------- timing
+_COMPILES = [0]
+
+
+def _on_event(name, *args, **kwargs):
+  if name == "/jax/core/compile/backend_compile_duration":
+    _COMPILES[0] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
+def _round_robin(fns, repeats, budget):
+  """Runs the (warm) callables of ``fns`` in turn, round after round: up to ``repeats``
+  rounds, stopping after the round in which ``budget`` seconds were exceeded. Returns
+  ``{name: (median seconds, last result)}``. A call during which XLA compiled something is
+  not a measurement and is run again."""
+  times = {k: [] for k in fns}
+  outs = {}
+  spent = 0.0
+  for _ in range(max(repeats, 1)):
+    for k, fn in fns.items():
+      for _attempt in range(2):
+        before = _COMPILES[0]
+        t0 = time.perf_counter()
+        outs[k] = fn()
+        dt = time.perf_counter() - t0
+        if _COMPILES[0] == before:
+          break
+      times[k].append(dt)
+      spent += dt
+    if spent > budget:
+      break
+  return {k: (statistics.median(times[k]), outs[k]) for k in fns}
+
+
+def _measure(fns, args):
+  """``_round_robin`` plus the jax matmul peak around it (the larger of before / after;
+  ``--quick`` keeps the peak measured at start)."""
+  if args.quick:
+    return _round_robin(fns, args.repeats, args.budget), args.peak
+  before = matmul_peak()[0]
+  res = _round_robin(fns, args.repeats, args.budget)
+  return res, max(before, matmul_peak()[0])
+
+
+def _precompile(model, ids, pmask, key, cfg, full_call):
+  """Compiles a sampler without running it (an exact LLaDA run on the small model takes
+  minutes): lowers and compiles the sampler's jitted entry point for these arguments, which
+  fills the cache the public call then hits (``_round_robin`` would notice a miss). Falls back
+  to one full call for other samplers or if the module internals are not there."""
+  graphdef, state = nnx.split(model)
+  try:
+    if isinstance(cfg, block.BlockSamplerConfig):
+      static, knobs = block._split(cfg.validate(model.config))
+      lowered = block._generate_jit.lower(graphdef, state, np.asarray(ids, np.int32),
+                                          np.asarray(pmask, bool), key, knobs, static)
+    elif isinstance(cfg, llada.LLaDASamplerConfig):
+      with use_rules(SAMPLING_RULES):
+        lowered = llada._sample_jit.lower(graphdef, state, jnp.asarray(ids, jnp.int32),
+                                          jnp.asarray(pmask, bool), key, config=cfg)
+    else:
+      full_call()
+      return
+    lowered.compile()
+  except AttributeError:
+    full_call()
+
+
+def jdiff_call(sample, model, ids, cfg):
+  """A warm, blocking call of ``sample(model, ids, pmask, key, cfg)`` on unpadded prompts."""
+  pmask = np.ones(ids.shape, bool)
+  key = jax.random.key(0)
+  if sample is block.sample_block:
+    run = lambda: jax.block_until_ready(  # noqa: E731
+        block.sample_block(model, ids, key, cfg, prompt_mask=pmask))
+  else:
+    run = lambda: jax.block_until_ready(sample(model, ids, pmask, key, cfg))  # noqa: E731
+  _precompile(model, ids, pmask, key, cfg, run)
+  return run
+
+
+def torch_call(fn, tm, ids):
+  """``fn`` after a one-forward warm-up of the torch model (eager: nothing to compile)."""
+  with torch.no_grad():
+    tm(input_ids=torch.as_tensor(ids, dtype=torch.long))
+  return fn
+
+
+# --------------------------------------------------------------------------- setup
+def _np(x):
+  return np.asarray(jax.device_get(x))
+
+
+def build(family, size):
+  """(jdiff model, transformers model loaded from jdiff's export) of one fixture size."""
+  with tempfile.TemporaryDirectory() as d:
+    src, out = os.path.join(d, "src"), os.path.join(d, "exported")
+    kw = dict(SIZES[size])  # room for prompt + 256 (Dream checks it); no weight depends on it
+    kw["max_position_embeddings"] = max(kw.get("max_position_embeddings", 0), 1024)
+    hf_fixtures.MAKERS[family](src, **kw)
+    model = jdiff.from_pretrained(src)
+    jdiff.checkpoint.export_hf(model, out, torch_dtype="float32")
+    tm = ref.load_exported(family, out, attn_implementation="sdpa")
+  return model, tm
+
+
+def prompts(cfg, batch, length, seed=0):
+  ids = np.random.RandomState(seed).randint(2, cfg.vocab_size, (batch, length)).astype(np.int32)
+  ids[ids == cfg.mask_token_id] += 1
+  return ids
+
+
+def llada_flops(cfg, batch, canvas, steps, window=LLADA_BLOCK):
+  """Forward FLOPs of ``steps`` exact LLaDA steps: backbone on the canvas, head on the block."""
+  head = 2.0 * cfg.vocab_size * cfg.hidden_size
+  body = cfg.flops_per_token(canvas) - head
+  return steps * batch * (canvas * body + window * head)
+
+
+def _steps(g, args):
+  return g if args.llada_steps == "gen" else g // 2
+
+
+# --------------------------------------------------------------------------- rows
+def bench_block(model, tm, ids, g, args):
+  cfg = block.BlockSamplerConfig(max_tokens=g, block_length=BLOCK_SIZE,
+                                 denoising_steps=BLOCK_STEPS, strategy=BLOCK_STRATEGY,
+                                 threshold=BLOCK_THRESHOLD, temperature=0.0, stop_ids=())
+  fns = {"jdiff": jdiff_call(block.sample_block, model, ids, cfg),
+         "torch": torch_call(lambda: ref.sdar_block_generate(
+             tm, ids, g, BLOCK_SIZE, BLOCK_STEPS, model.config.mask_token_id, BLOCK_STRATEGY,
+             BLOCK_THRESHOLD), tm, ids)}
+  res, peak = _measure(fns, args)
+  (t_j, traj), (t_t, (toks, calls)) = res["jdiff"], res["torch"]
+  flops = sum(ids.shape[0] * q * model.config.flops_per_token(kv) for q, kv in calls)
+  return [dict(name="block+kv", ref="torch", t_jdiff=t_j, t_ref=t_t,
+               tok_step=g / float(np.mean(_np(traj.num_steps))),
+               diff=int(np.sum(_np(traj.tokens) != toks)), target=10.0, peak=peak,
+               gflops=flops / t_j / 1e9, ref_gflops=flops / t_t / 1e9)]
+
+
+def bench_llada(model, tm, ids, g, args, size, rows):
+  """The exact sampler vs torch, and the Fast-dLLM variants vs the exact sampler."""
+  steps = _steps(g, args)
+  mask_id = model.config.mask_token_id
+  cfg = llada.LLaDASamplerConfig(gen_length=g, block_length=LLADA_BLOCK, steps=steps,
+                                 temperature=0.0)
+  fns = {"exact": jdiff_call(llada.sample, model, ids, cfg)}
+  if "llada" in rows:
+    fns["torch"] = torch_call(lambda: ref.llada_generate(tm, ids, g, LLADA_BLOCK, steps,
+                                                         mask_id), tm, ids)
+  modes = ("prefix", "dual") if "fast" in rows else ()
+  for mode in modes:
+    fast = llada.LLaDASamplerConfig(gen_length=g, block_length=LLADA_BLOCK, steps=steps,
+                                    temperature=0.0, cache=mode, threshold=FAST_THRESHOLD)
+    fns[mode] = jdiff_call(llada.sample, model, ids, fast)
+  res, peak = _measure(fns, args)
+  t_exact, traj = res["exact"]
+  exact = _np(traj.raw_tokens)
+  out = []
+  if "torch" in res:
+    t_t, (toks, _) = res["torch"]
+    flops = llada_flops(model.config, ids.shape[0], ids.shape[1] + g, steps)
+    out.append(dict(name="llada exact", ref="torch", t_jdiff=t_exact, t_ref=t_t,
+                    tok_step=g / steps, diff=int(np.sum(exact != toks)),
+                    target=3.0 if size == "tiny" else 1.0, peak=peak,
+                    gflops=flops / t_exact / 1e9, ref_gflops=flops / t_t / 1e9))
+  for mode in modes:
+    t_f, tr = res[mode]
+    out.append(dict(name=f"llada {mode}+thr", ref="exact", t_jdiff=t_f, t_ref=t_exact,
+                    tok_step=g / float(np.mean(_np(tr.num_steps))),
+                    diff=int(np.sum(_np(tr.raw_tokens) != exact)),
+                    target=5.0 if g == 256 else None))
+  return out
+
+
+def bench_dream(model, tm, ids, g, args):
+  steps = _steps(g, args)
+  cfg = dream.DreamSamplerConfig(gen_length=g, steps=steps, temperature=0.0, alg="maskgit_plus")
+  fns = {"jdiff": jdiff_call(dream.sample, model, ids, cfg),
+         "torch": torch_call(lambda: ref.dream_generate(tm, ids, g, steps,
+                                                        model.config.mask_token_id), tm, ids)}
+  res, _ = _measure(fns, args)
+  (t_j, traj), (t_t, (toks, _)) = res["jdiff"], res["torch"]
+  return [dict(name="dream exact", ref="torch", t_jdiff=t_j, t_ref=t_t, tok_step=g / steps,
+               diff=int(np.sum(_np(traj.raw_tokens) != toks)), target=None)]
+
+
+# --------------------------------------------------------------------------- main
+HDR = (f"{'row':17} {'vs':5} {'size':5} {'params':>7} {'gen':>4} {'tok/stp':>7} "
+       f"{'jdiff tok/s':>11} {'ref tok/s':>10} {'ratio':>7} {'target':>10} "
+       f"{'jdiff GF/s':>10} {'% peak':>7} {'ref GF/s':>8} {'diff tok':>9}")
+
+
+def fmt(r, size, params, g, batch):
+  toks = batch * g
+  ratio = r["t_ref"] / r["t_jdiff"]
+  target = "-"
+  if r.get("target") is not None:
+    target = f">={r['target']:g}x " + ("ok" if ratio >= r["target"] else "NO")
+  gf = f"{r['gflops']:10.1f}" if "gflops" in r else f"{'-':>10}"
+  pk = f"{100 * r['gflops'] / r['peak']:6.1f}%" if "gflops" in r else f"{'-':>7}"
+  rgf = f"{r['ref_gflops']:8.1f}" if "ref_gflops" in r else f"{'-':>8}"
+  return (f"{r['name']:17} {r['ref']:5} {size:5} {params / 1e6:6.2f}M {g:4d} "
+          f"{r['tok_step']:7.2f} {toks / r['t_jdiff']:11.1f} {toks / r['t_ref']:10.1f} "
+          f"{ratio:6.2f}x {target:>10} {gf} {pk} {rgf} {r['diff']:4d}/{toks:<4d}")
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--sizes", default="tiny,small", help="comma list of forward.SIZES names")
+  p.add_argument("--gen", default="128,256", help="comma list of generation lengths")
+  p.add_argument("--llada-gen", default=None,
+                 help="generation lengths of the LLaDA/Dream rows (default: --gen); an exact "
+                      "LLaDA run at the small size costs minutes on a loaded CPU")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--prompt-len", type=int, default=30,
+                 help="prompt length of every row (30: not a multiple of 4, so SDAR's first "
+                      "block holds a prompt tail)")
+  p.add_argument("--repeats", type=int, default=3, help="timed rounds per row (max)")
+  p.add_argument("--budget", type=float, default=30.0,
+                 help="no further round once a row's timed runs took this many seconds")
+  p.add_argument("--llada-steps", choices=("gen", "half"), default="gen",
+                 help="exact LLaDA/Dream steps: gen_length (1 token/step) or gen_length/2")
+  p.add_argument("--rows", default="block,llada,fast",
+                 help="comma list of block, llada, fast, dream")
+  p.add_argument("--dream", action="store_true", help="also run the Dream row")
+  p.add_argument("--torch-threads", type=int, default=0,
+                 help="torch.set_num_threads for the reference (0: torch's default). On an "
+                      "oversubscribed machine 1 thread is much faster and steadier")
+  p.add_argument("--quick", action="store_true", help="smoke run: tiny only, gen 32")
+  args = p.parse_args()
+  if args.quick:
+    args.sizes, args.gen, args.llada_gen, args.repeats = "tiny", "32", None, 1
+  sizes = [s for s in args.sizes.split(",") if s]
+  gens = [int(g) for g in args.gen.split(",") if g]
+  llada_gens = gens if args.llada_gen is None else [int(g) for g in args.llada_gen.split(",")]
+  rows = {r for r in args.rows.split(",") if r} | ({"dream"} if args.dream else set())
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
+  transformers.utils.logging.disable_progress_bar()
+
+  peak_jax, peak_torch = matmul_peak()
+  args.peak = peak_jax
+  print(f"devices: {jax.devices()}  torch threads: {torch.get_num_threads()}")
+  print(f"float32 matmul peak (2048^3): jax {peak_jax:.1f} GFLOP/s, torch {peak_torch:.1f} "
+        f"GFLOP/s (at start; % peak uses the peak re-measured around each row)")
+  print(f"batch {args.batch}, prompt {args.prompt_len} tokens (same length, no padding), greedy, "
+        f"no stop token; tok/s = batch x gen / median wall time, compile excluded; "
+        f"ratio = ref time / jdiff time; diff tok = tokens != ref")
+  print(f"block+kv: SDAR B={BLOCK_SIZE}, {BLOCK_STEPS} denoising steps, {BLOCK_STRATEGY} "
+        f"{BLOCK_THRESHOLD}; ref = HF generate.py loop with a transformers DynamicCache "
+        f"(prompt prefill, per step a block forward against the cache + crop, store pass)")
+  print(f"llada: block {LLADA_BLOCK}, steps = "
+        f"{'gen_length (1 token/step)' if args.llada_steps == 'gen' else 'gen_length/2'}; "
+        f"ref = full bidirectional canvas forward per step; prefix/dual+thr = Fast-dLLM "
+        f"cache + threshold {FAST_THRESHOLD}, compared with the jdiff exact sampler")
+  print(HDR)
+  print("-" * len(HDR))
+  t_start = time.perf_counter()
+  mismatches = []
+
+  def report(results, size, model, g):
+    for r in results:
+      print(fmt(r, size, model.config.num_params(), g, args.batch), flush=True)
+      if r["ref"] == "torch" and r["diff"]:
+        mismatches.append(f"{r['name']} {size} gen {g}: {r['diff']} tokens")
+
+  for size in sizes:
+    if "block" in rows:
+      model, tm = build("sdar", size)
+      ids = prompts(model.config, args.batch, args.prompt_len)
+      for g in gens:
+        report(bench_block(model, tm, ids, g, args), size, model, g)
+    if rows & {"llada", "fast"}:
+      model, tm = build("llada", size)
+      ids = prompts(model.config, args.batch, args.prompt_len)
+      for g in llada_gens:
+        report(bench_llada(model, tm, ids, g, args, size, rows), size, model, g)
+    if "dream" in rows:
+      model, tm = build("dream", size)
+      ids = prompts(model.config, args.batch, args.prompt_len)
+      for g in llada_gens:
+        report(bench_dream(model, tm, ids, g, args), size, model, g)
+  print(f"total wall time {time.perf_counter() - t_start:.0f} s")
+  if mismatches:
+    print("GREEDY MISMATCH vs the torch reference: " + "; ".join(mismatches))
+  else:
+    print("greedy outputs: every jdiff row equals its torch reference token for token")
+
+
+if __name__ == "__main__":
+  main()

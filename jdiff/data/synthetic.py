@@ -15,6 +15,8 @@ Formats (``{...}`` are placeholders)::
                completion "<answer>3*5+7</answer>"
     arithmetic prompt "Compute 12*34"
                completion "<answer>408</answer>"
+    sort       prompt "Sort 3142"
+               completion "<answer>1234</answer>"
 """
 
 from __future__ import annotations
@@ -357,14 +359,54 @@ def arithmetic_completion(row: Row) -> str:
 
 
 # --------------------------------------------------------------------------
+# Digit sorting
+# --------------------------------------------------------------------------
+
+
+def digit_sort(
+    n: int,
+    seed: int,
+    length: int | tuple[int, int] = 4,
+    max_digit: int = 9,
+) -> list[Row]:
+    """Generate ``n`` digit-sorting problems such as ``"Sort 3142"``.
+
+    Each problem lists ``length`` digits (a fixed count or an inclusive
+    ``(lo, hi)`` range) drawn uniformly, with repetition, from ``0..max_digit``;
+    the answer is the same digits in ascending order.  Held-out problems are
+    unseen digit strings, yet the rule is easy for a tiny transformer to learn,
+    which makes this the embedded RL default.  Columns: ``task``, ``prompt``,
+    ``digits`` (the unsorted string) and ``answer`` (the sorted string).
+    """
+    lo, hi = _int_range(length, "length")
+    if lo < 1:
+        raise ValueError("length must be >= 1")
+    if not 0 <= max_digit <= 9:
+        raise ValueError("max_digit must lie in [0, 9]")
+    rng = np.random.default_rng(seed)
+    rows: list[Row] = []
+    while len(rows) < n:
+        k = int(rng.integers(lo, hi + 1))
+        digits = "".join(str(int(d)) for d in rng.integers(0, max_digit + 1, size=k))
+        rows.append({"task": "sort", "prompt": f"Sort {digits}", "digits": digits,
+                     "answer": "".join(sorted(digits))})
+    return rows
+
+
+def digit_sort_completion(row: Row) -> str:
+    """SFT target, e.g. ``"<answer>1234</answer>"``."""
+    return wrap_answer(row["answer"])
+
+
+# --------------------------------------------------------------------------
 # Registry and splitting
 # --------------------------------------------------------------------------
 
 GENERATORS: dict[str, Callable[..., list[Row]]] = {
-    "sudoku": sudoku4x4, "countdown": countdown, "arithmetic": arithmetic}
+    "sudoku": sudoku4x4, "countdown": countdown, "arithmetic": arithmetic, "sort": digit_sort}
 COMPLETIONS: dict[str, Callable[[Row], str]] = {
     "sudoku": sudoku_completion, "countdown": countdown_completion,
-    "arithmetic": arithmetic_completion}
+    "arithmetic": arithmetic_completion, "sort": digit_sort_completion}
 
 
 def completion_for(row: Row) -> str:

@@ -49,6 +49,7 @@ GENERATOR_CALLS = [
     lambda seed: syn.sudoku4x4(20, seed),
     lambda seed: syn.countdown(20, seed),
     lambda seed: syn.arithmetic(20, seed),
+    lambda seed: syn.digit_sort(20, seed),
 ]
 
 
@@ -131,9 +132,38 @@ def test_arithmetic_answers(ops):
         assert syn.arithmetic_completion(row) == f"<answer>{row['answer']}</answer>"
 
 
+@pytest.mark.parametrize("length", [4, (3, 5), 1])
+def test_digit_sort_answers(length):
+    rows = syn.digit_sort(300, seed=2, length=length)
+    lo, hi = (length, length) if isinstance(length, int) else length
+    seen = Counter()
+    for row in rows:
+        digits, answer = row["digits"], row["answer"]
+        assert row["task"] == "sort" and row["prompt"] == f"Sort {digits}"
+        assert lo <= len(digits) <= hi and digits.isdigit()
+        assert Counter(answer) == Counter(digits)  # a permutation of the input ...
+        assert all(a <= b for a, b in zip(answer, answer[1:]))  # ... in ascending order
+        assert syn.digit_sort_completion(row) == f"<answer>{answer}</answer>"
+        seen[len(digits)] += 1
+    assert set(seen) == set(range(lo, hi + 1))  # every allowed length occurs
+
+
+def test_digit_sort_max_digit_and_validation():
+    rows = syn.digit_sort(100, seed=0, length=5, max_digit=3)
+    assert set("".join(r["digits"] for r in rows)) == set("0123")
+    assert len({r["digits"] for r in syn.digit_sort(200, seed=0)}) > 150  # mostly distinct
+    with pytest.raises(ValueError):
+        syn.digit_sort(5, seed=0, length=0)
+    with pytest.raises(ValueError):
+        syn.digit_sort(5, seed=0, max_digit=10)
+    with pytest.raises(ValueError):
+        syn.digit_sort(5, seed=0, length=(5, 3))
+
+
 def test_completions_are_short():
     assert max(len(syn.completion_for(r)) for r in syn.arithmetic(200, 0)) <= 24
     assert max(len(syn.completion_for(r)) for r in syn.countdown(200, 0)) <= 30
+    assert max(len(syn.completion_for(r)) for r in syn.digit_sort(200, 0)) <= 24
 
 
 def test_evaluate_expression_rejects_non_arithmetic():

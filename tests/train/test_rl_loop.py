@@ -77,7 +77,7 @@ def test_dataset_without_mapped_field(tmp_path):
 
 def test_long_prompts_are_dropped_and_counted(tmp_path):
   c = tiny(load_config(), steps=1)
-  c.task.generator_kwargs = dict(digits=(1, 2), ops="+")
+  c.task.name, c.task.generator_kwargs = "arithmetic", dict(digits=(1, 2), ops="+")
   # The chat template adds 19 tokens: "Compute 3+6" fits in 30, "Compute 12+6" does not.
   c.data.max_prompt_len = 30
   results = rl_loop.run(c, str(tmp_path))

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import torch
 import transformers
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 VOCAB = 160
 MASK_ID = 150
@@ -125,3 +125,55 @@ def torch_logits(model, input_ids, mask_bool, positions) -> np.ndarray:
   with torch.no_grad():
     out = model(input_ids=ids, attention_mask=additive, position_ids=pos)
   return out.logits.float().numpy()
+
+
+def read_tensors(directory):
+  index = os.path.join(directory, "model.safetensors.index.json")
+  if os.path.exists(index):
+    with open(index) as f:
+      files = sorted(set(json.load(f)["weight_map"].values()))
+  else:
+    files = ["model.safetensors"]
+  out = {}
+  for name in files:
+    out.update(load_file(os.path.join(directory, name)))
+  return out
+
+
+_QWEN_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta",
+                "rms_norm_eps", "max_position_embeddings", "tie_word_embeddings", "hidden_act",
+                "attention_bias", "use_sliding_window")
+
+
+def load_exported(family: str, directory: str, attn_implementation: str = "sdpa"):
+  """An HF directory written by ``jdiff.checkpoint.export_hf``, as a float32 transformers model.
+
+  SDAR / Dream load through ``Qwen3ForCausalLM`` / ``Qwen2ForCausalLM``; LLaDA's original
+  tensor names are mapped back to ``LlamaForCausalLM``'s (the inverse of the test fixture's
+  renaming) and loaded with ``strict=True``.
+  """
+  with open(os.path.join(directory, "config.json")) as f:
+    cj = json.load(f)
+  if family == "llada":
+    cfg = transformers.LlamaConfig(
+        vocab_size=cj["vocab_size"], hidden_size=cj["d_model"],
+        intermediate_size=cj["mlp_hidden_size"], num_hidden_layers=cj["n_layers"],
+        num_attention_heads=cj["n_heads"], num_key_value_heads=cj["n_kv_heads"],
+        head_dim=cj["d_model"] // cj["n_heads"], rope_theta=cj["rope_theta"],
+        rms_norm_eps=cj["rms_norm_eps"], max_position_embeddings=cj["max_sequence_length"],
+        tie_word_embeddings=cj["weight_tying"], attention_bias=False, mlp_bias=False,
+        attn_implementation=attn_implementation)
+    model = transformers.LlamaForCausalLM(cfg)
+    to_llama = {llada_key(n): n for n in model.state_dict()}
+    sd = {to_llama[k]: v.float() for k, v in read_tensors(directory).items()}
+    model.load_state_dict(sd, strict=True)
+  else:
+    kw = {k: cj[k] for k in _QWEN_FIELDS if k in cj}
+    if family == "dream":
+      cfg, cls = transformers.Qwen2Config(**kw), transformers.Qwen2ForCausalLM
+    else:
+      cfg, cls = transformers.Qwen3Config(**kw), transformers.Qwen3ForCausalLM
+    model = cls.from_pretrained(directory, config=cfg, attn_implementation=attn_implementation,
+                                dtype=torch.float32, local_files_only=True)
+  return model.float().eval()

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import shutil
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-import jax.numpy as jnp
 import numpy as np
 
 from jdiff.models import masks

@@ -17,7 +17,7 @@ Conventions (all samplers):
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import flax.struct
 import jax

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-import transformers
 from flax import nnx
 
 import hf_fixtures
@@ -72,50 +71,9 @@ def _jdiff_tensors(directory):
   return {k: np.array(reader.get(k)) for k in reader.keys()}
 
 
-_LLADA_TO_LLAMA = None
-
-
-def _llama_key(llada_name):
-  global _LLADA_TO_LLAMA
-  if _LLADA_TO_LLAMA is None:  # invert the fixture's renaming over a tiny Llama's keys
-    cfg = transformers.LlamaConfig(**hf_fixtures.TINY)
-    with torch.device("meta"):
-      names = transformers.LlamaForCausalLM(cfg).state_dict().keys()
-    _LLADA_TO_LLAMA = {hf_fixtures.llada_key(n): n for n in names}
-  return _LLADA_TO_LLAMA[llada_name]
-
-
-_QWEN_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta",
-                "rms_norm_eps", "max_position_embeddings", "tie_word_embeddings", "hidden_act",
-                "attention_bias", "use_sliding_window")
-
-
 def load_with_transformers(family, directory):
   """The exported dir loaded by transformers' own class (eager attention, float32)."""
-  with open(os.path.join(directory, "config.json")) as f:
-    cj = json.load(f)
-  if family == "llada":
-    cfg = transformers.LlamaConfig(
-        vocab_size=cj["vocab_size"], hidden_size=cj["d_model"],
-        intermediate_size=cj["mlp_hidden_size"], num_hidden_layers=cj["n_layers"],
-        num_attention_heads=cj["n_heads"], num_key_value_heads=cj["n_kv_heads"],
-        head_dim=cj["d_model"] // cj["n_heads"], rope_theta=cj["rope_theta"],
-        rms_norm_eps=cj["rms_norm_eps"], max_position_embeddings=cj["max_sequence_length"],
-        tie_word_embeddings=cj["weight_tying"], attention_bias=False, mlp_bias=False,
-        attn_implementation="eager")
-    model = transformers.LlamaForCausalLM(cfg)
-    sd = {_llama_key(k): v.float() for k, v in _hf_tensors(directory).items()}
-    model.load_state_dict(sd, strict=True)
-    return model.float().eval()
-  kw = {k: cj[k] for k in _QWEN_FIELDS if k in cj}
-  cls = transformers.Qwen2Config if family == "dream" else transformers.Qwen3Config
-  cfg = cls(**kw)
-  model_cls = (transformers.Qwen2ForCausalLM if family == "dream"
-               else transformers.Qwen3ForCausalLM)
-  model = model_cls.from_pretrained(directory, config=cfg, attn_implementation="eager",
-                                    dtype=torch.float32, local_files_only=True)
-  return model.eval()
+  return hf_fixtures.load_exported(family, directory, attn_implementation="eager")
 
 
 def _logits(torch_model, seed=0):

@@ -128,6 +128,7 @@ def torch_logits(model, input_ids, mask_bool, positions) -> np.ndarray:
 
 
 def read_tensors(directory):
+  """All tensors of an HF dir, read with the safetensors library (follows the index)."""
   index = os.path.join(directory, "model.safetensors.index.json")
   if os.path.exists(index):
     with open(index) as f:

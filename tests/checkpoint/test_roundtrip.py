@@ -25,16 +25,7 @@ from jdiff.checkpoint import export_hf, from_pretrained, import_hf, save_jdiff
 
 def _hf_tensors(directory):
   """All tensors of an HF dir, read with the safetensors library (follows the index)."""
-  index = os.path.join(directory, "model.safetensors.index.json")
-  if os.path.exists(index):
-    with open(index) as f:
-      files = sorted(set(json.load(f)["weight_map"].values()))
-  else:
-    files = ["model.safetensors"]
-  out = {}
-  for name in files:
-    out.update(safetensors.torch.load_file(os.path.join(directory, name)))
-  return out
+  return hf_fixtures.read_tensors(directory)
 
 
 def _bits(t):

@@ -428,7 +428,7 @@ def generate_block(graphdef, state, prompt_ids, prompt_mask, key,
 def _place_batch(x: np.ndarray):
   """Shards a batch-leading host array over ('data', 'fsdp') when a mesh is active."""
   mesh = jax.sharding.get_mesh()
-  if mesh is None or mesh.empty:
+  if mesh is None or mesh.empty or isinstance(x, jax.Array):  # a jax.Array is already placed
     return x
   spec = logical_spec(_ROW_AXES, x.shape, dict(mesh.shape), SAMPLING_RULES)
   return jax.device_put(x, NamedSharding(mesh, spec))
@@ -451,7 +451,9 @@ def sample_block(model, prompt_ids, key, config: BlockSamplerConfig, *,
     pad_id = model.config.pad_token_id or 0
     ids, pmask, _ = left_pad(prompt_ids, pad_id, bucket=max(int(bucket), 1))
   else:
-    ids, pmask = np.asarray(prompt_ids, np.int32), np.asarray(prompt_mask, bool)
+    # A jax.Array is used where it lies: a multi-process global batch cannot be read on one host.
+    as_rows = lambda x, t: x.astype(t) if isinstance(x, jax.Array) else np.asarray(x, t)  # noqa
+    ids, pmask = as_rows(prompt_ids, np.int32), as_rows(prompt_mask, bool)
     if ids.ndim != 2 or ids.shape != pmask.shape:
       raise ValueError(f"prompt_ids {ids.shape} and prompt_mask {pmask.shape} must both be "
                        "[B, P]")

@@ -304,11 +304,13 @@ def sample_state(graphdef, state, prompt_ids, prompt_mask, key: Optional[jax.Arr
   mc = nnx.merge(graphdef, state).config
   if mc.mask_token_id is None or mc.eos_token_id is None:
     raise ValueError("the model config needs mask_token_id and eos_token_id for sampling")
-  pm = np.asarray(prompt_mask, bool)
+  # A jax.Array stays where it lies: a multi-process global batch cannot be read on one host.
+  pm = (prompt_mask.astype(bool) if isinstance(prompt_mask, jax.Array)
+        else np.asarray(prompt_mask, bool))
   if pm.ndim != 2 or pm.shape != np.shape(prompt_ids):
     raise ValueError(f"prompt_ids {np.shape(prompt_ids)} and prompt_mask {pm.shape} must both "
                      f"be [B, P]")
-  if pm.shape[1] == 0 or not pm[:, -1].all():
+  if pm.shape[1] == 0 or not bool(pm[:, -1].all()):
     raise ValueError("prompts must be left-padded and non-empty (last column all real tokens)")
   if pm.shape[1] + cfg.gen_length > mc.max_position_embeddings:
     raise ValueError(f"prompt length {pm.shape[1]} + gen_length {cfg.gen_length} exceeds the "

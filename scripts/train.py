@@ -27,11 +27,18 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it renames at INFO
   import jax
   if _COORD.value or _NPROC.value:
+    # CPU processes (tests, debugging) need a cross-process collectives backend; set before
+    # the backends start. Accelerator collectives are unaffected.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
   elif os.environ.get("TPU_NAME") or os.environ.get("TPU_WORKER_HOSTNAMES"):
     jax.distributed.initialize()
-  from jdiff.train.rl_loop import run
   config = _CONFIG.value
+  from jdiff.rl.method import methods
+  if methods.get(config.method.name).offline:  # dTRPO: a fixed pair set, no rollouts
+    from jdiff.train.offline_loop import run
+  else:
+    from jdiff.train.rl_loop import run
   name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
   workdir = _WORKDIR.value or os.path.join("runs", name)
   run(config, workdir)

@@ -1,0 +1,44 @@
+"""dTRPO (offline DPO on re-masked final states, research/d1_cjgrpo_dtrpo.md §4) on the
+embedded default: the mini_sdar model and digit sorting of configs/tracerl.py, the same 200-step
+block-SFT warm start, then a fixed preference set built ONCE from the warm-started policy
+(8 samples per training prompt with the block sampler; best-reward vs worst-reward completion,
+all-equal groups dropped) and epochs of DPO updates against the frozen warm-started policy.
+scripts/train.py dispatches here to jdiff/train/offline_loop.py (Method.offline).
+
+  python scripts/train.py --config configs/dtrpo.py [--config.offline.epochs=3] [--workdir DIR]
+
+To train on your own pairs instead, point ``offline.pairs_path`` at a local jsonl (or json /
+parquet / csv) file with one pair per row::
+
+  {"prompt": "Sort 3142", "chosen": "<answer>1234</answer>", "rejected": "<answer>1243</answer>"}
+
+(texts; rename other column names with ``offline.field_map={"prompt": "question", ...}``).
+Prompts are chat-templated like training prompts; responses get EOS appended. Either way the
+pair set lands in ``WORKDIR/pairs.jsonl`` and a resumed run reads it back.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import ml_collections  # noqa: E402
+import tracerl  # noqa: E402
+
+
+def get_config():
+  c = tracerl.get_config()
+  del c["rl"]  # online-only sections: the offline loop reads config.offline instead
+  del c["value"]
+  # β and w_b are unknown in the paper (§4 "Unknowns"): β = 0.1 (a common DPO value), w_b = 1.
+  c.method = ml_collections.ConfigDict(dict(name="dtrpo", beta=0.1, block_weight="one",
+                                            padding="drop"))
+  # 1024 prompts x 8 samples at T = 1 (the rollout sampler of tracerl.py); pairs from groups
+  # with mixed rewards. 2 epochs of 16 pairs per update.
+  c.offline = ml_collections.ConfigDict(dict(
+      pairs_path="", field_map={}, num_prompts=1024, group_size=8, rollout_batch=16,
+      max_response_len=0, pairs_per_step=16, epochs=2, grad_accum=1, eval_every=0))
+  c.optim = ml_collections.ConfigDict(dict(lr=1e-4, schedule="constant", max_grad_norm=1.0,
+                                           weight_decay=0.0))
+  c.checkpoint = ml_collections.ConfigDict(dict(every=50, max_to_keep=2))
+  return c

@@ -1,0 +1,359 @@
+"""The offline loop (dTRPO, or any method with ``Method.offline``): a fixed preference-pair set
+built once, then epochs of DPO updates against the frozen warm-started policy.
+
+  warm start (SFT, as rl_loop) -> pairs -> eval before -> [batch -> ref log-probs -> update]*
+  -> eval after
+
+Pairs come from ``config.offline.pairs_path`` (a local jsonl / json / parquet / csv file with
+text fields ``prompt``, ``chosen``, ``rejected``; rename columns with ``offline.field_map``) or,
+when it is empty, from the warm-started policy itself: ``group_size`` completions per training
+prompt with ``config.sampler``, scored with the task reward, the first best-reward completion
+paired with the first worst-reward one; groups whose rewards are all equal give no pair.
+Either way the pairs are written ONCE to ``WORKDIR/pairs.jsonl`` (token ids plus decoded text,
+so a user can read them) and every later run in that workdir (a resume) reads them back, so a
+resumed run trains on exactly the same pairs as the straight run.
+
+Per step the pairs are drawn in a seeded per-epoch order (a function of (seed, epoch)) and the
+re-masking draws of ``build_batch`` from ``fold_in(key, step)``, so resuming is exact.
+
+``metrics.jsonl`` rows: ``step``, ``loss`` and the method's metrics (dTRPO: ``margin``,
+``reward_accuracy`` = fraction of pairs with Δ(y_w) > Δ(y_l), ``chosen_reward``,
+``rejected_reward``), ``train_s``; ``reward_mean`` is the mean task reward of the completions
+sampled to build the pairs (a constant; ``"nan"`` when the pairs came from a file) and
+``rollout_s`` the pair-building time, reported on step 1 only (there are no rollouts after).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+import types
+from typing import Any, Dict, List
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from jdiff.data import load_prompts
+from jdiff.data.loading import left_pad
+from jdiff.rewards import compute_rewards
+from jdiff.rl.dtrpo import PreferencePairs
+from jdiff.rl.method import methods
+from jdiff.sampling import registry as samplers
+from jdiff.train import setup
+from jdiff.train.checkpointing import Checkpointer
+from jdiff.train.metrics import MetricsWriter
+from jdiff.train.optim import make_optimizer
+from jdiff.train.rl_loop import evaluate, section_to
+from jdiff.train.sft_loop import run_sft, sft_rows
+from jdiff.train.update import init_train_state, make_update_step
+
+PAIRS_FILE = "pairs.jsonl"
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+
+
+@dataclasses.dataclass(frozen=True)
+class OfflineConfig:
+  """``config.offline``: where the pairs come from and how they are trained on."""
+  pairs_path: str = ""  # local pairs file; empty = sample them from the warm-started policy
+  field_map: Any = None  # {"prompt"|"chosen"|"rejected": "<column>"} for pairs_path
+  num_prompts: int = 0  # training prompts used to build pairs (0 = all)
+  group_size: int = 8  # completions sampled per prompt
+  rollout_batch: int = 16  # prompts per sampler call (one compiled shape)
+  max_response_len: int = 0  # response width of a pairs file (0 = its longest response)
+  pairs_per_step: int = 16
+  epochs: int = 1
+  grad_accum: int = 1
+  eval_every: int = 0  # update steps between evals (0 = only before and after)
+
+  def __post_init__(self):
+    for f in ("group_size", "rollout_batch", "pairs_per_step", "epochs", "grad_accum"):
+      if int(getattr(self, f)) < 1:
+        raise ValueError(f"config.offline.{f}={getattr(self, f)} must be >= 1")
+    if self.group_size < 2 and not self.pairs_path:
+      raise ValueError("config.offline.group_size must be >= 2 to pair completions")
+    if self.pairs_per_step % self.grad_accum:
+      raise ValueError(f"config.offline.pairs_per_step={self.pairs_per_step} must be divisible "
+                       f"by config.offline.grad_accum={self.grad_accum} (pairs stay together "
+                       "in a micro-batch)")
+
+
+def offline_config(config) -> OfflineConfig:
+  oc = section_to(OfflineConfig, config.offline, "config.offline")
+  return dataclasses.replace(oc, field_map=dict(oc.field_map or {}))
+
+
+def _log(msg: str) -> None:
+  if jax.process_index() == 0:
+    tqdm.write(msg)
+
+
+# ----------------------------------------------------------------------------- pair sets
+
+
+def sample_pairs(model, tokenizer, task, rows, ids, sampler_name, sampler_cfg, oc, config,
+                 key):
+  """Pairs from ``group_size`` samples per prompt; returns (pair records, stats)."""
+  mc = model.config
+  g, bs = int(oc.group_size), int(oc.rollout_batch)
+  reward_spec = config.task.get("reward") or task.reward
+  pairs, all_rewards, ties = [], [], 0
+  for start in range(0, len(rows), bs):
+    idx = list(range(start, min(start + bs, len(rows))))
+    n_real = len(idx)
+    idx += [idx[-1]] * (bs - n_real)  # pad the last call to the compiled shape
+    prompt_ids = [ids[i] for i in idx for _ in range(g)]
+    pids, pmask, _ = left_pad(prompt_ids, mc.pad_token_id, length=config.data.max_prompt_len)
+    traj = jax.device_get(samplers.sample(sampler_name, model, pids, pmask,
+                                          jax.random.fold_in(key, start), sampler_cfg))
+    tokens, lengths = np.asarray(traj.tokens), np.asarray(traj.lengths)
+    texts = setup.decode(tokenizer, tokens, lengths)
+    cols = {c: [rows[i][c] for i in idx for _ in range(g)] for c in task.columns}
+    r = np.asarray(compute_rewards(reward_spec, texts, **cols), np.float64).sum(-1)
+    for k in range(n_real):
+      grp = slice(k * g, (k + 1) * g)
+      rg = r[grp]
+      all_rewards.extend(rg.tolist())
+      best, worst = k * g + int(np.argmax(rg)), k * g + int(np.argmin(rg))
+      if rg.max() - rg.min() <= 1e-9:
+        ties += 1
+        continue
+      i = idx[k]
+      pairs.append(dict(
+          prompt=rows[i]["prompt"], chosen=texts[best], rejected=texts[worst],
+          prompt_ids=list(map(int, ids[i])),
+          chosen_ids=tokens[best, :lengths[best]].tolist(),
+          rejected_ids=tokens[worst, :lengths[worst]].tolist(),
+          chosen_reward=float(r[best]), rejected_reward=float(r[worst]), prompt_index=i))
+  stats = {"sampled_prompts": len(rows), "pairs": len(pairs), "tied_groups": ties,
+           "pair_build_reward_mean": float(np.mean(all_rewards)) if all_rewards else math.nan}
+  return pairs, stats
+
+
+def file_pairs(path, field_map, tokenizer, config, eos_id: int, max_response_len: int):
+  """Pairs from a local file of (prompt, chosen, rejected) texts; returns (records, stats).
+
+  Prompts are templated like training prompts; responses are tokenized without special tokens
+  and end with EOS. Over-long prompts (``data.max_prompt_len``) or responses
+  (``max_response_len`` when set) are dropped and counted."""
+  rows = load_prompts(path, field_map=field_map)
+  for i, row in enumerate(rows):
+    for f in PAIR_FIELDS:
+      if not isinstance(row.get(f), str):
+        raise ValueError(f"pairs file {path!r}: row {i} has no text field {f!r} (columns: "
+                         f"{sorted(row)}); map it with config.offline.field_map="
+                         f"{{{f!r}: '<column>'}}")
+  kept, ids, dropped = setup.encode(tokenizer, rows, config.data.max_prompt_len,
+                                    config.data.use_chat_template)
+  pairs, too_long = [], 0
+  for row, pid in zip(kept, ids):
+    resp = {f: tokenizer(row[f], add_special_tokens=False)["input_ids"] + [eos_id]
+            for f in ("chosen", "rejected")}
+    if max_response_len and max(len(v) for v in resp.values()) > max_response_len:
+      too_long += 1
+      continue
+    pairs.append(dict(prompt=row["prompt"], chosen=row["chosen"], rejected=row["rejected"],
+                      prompt_ids=list(map(int, pid)), chosen_ids=resp["chosen"],
+                      rejected_ids=resp["rejected"]))
+  stats = {"pairs": len(pairs), "dropped_long_prompts": dropped,
+           "dropped_long_responses": too_long, "pair_build_reward_mean": math.nan}
+  return pairs, stats
+
+
+def save_pairs(path: str, pairs: List[dict]) -> None:
+  """Atomic write: a killed run leaves no half-written pair set to be resumed from."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    for p in pairs:
+      f.write(json.dumps(p) + "\n")
+  os.replace(tmp, path)
+
+
+def read_pairs(path: str) -> List[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def response_width(pairs, sampler_cfg, oc) -> int:
+  """One response width for every batch (one compile): the sampler's completion length for
+  sampled pairs, else ``max_response_len`` or the longest response."""
+  for f in ("max_tokens", "gen_length"):
+    if not oc.pairs_path and hasattr(sampler_cfg, f):
+      return int(getattr(sampler_cfg, f))
+  longest = max(max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in pairs)
+  return int(oc.max_response_len) or longest
+
+
+def pair_batch(pairs, idx, width: int, prompt_len: int, pad_id: int) -> PreferencePairs:
+  """``PreferencePairs`` with prompts left-padded to ``prompt_len`` (a fixed shape)."""
+  pids, pmask, _ = left_pad([pairs[i]["prompt_ids"] for i in idx], pad_id, length=prompt_len)
+  p = PreferencePairs.from_lists([pairs[i]["prompt_ids"] for i in idx],
+                                 [pairs[i]["chosen_ids"] for i in idx],
+                                 [pairs[i]["rejected_ids"] for i in idx], pad_id, width=width)
+  return dataclasses.replace(p, prompt_ids=pids, prompt_mask=pmask)
+
+
+def pair_order(n: int, position: int, size: int, seed: int) -> List[int]:
+  """Indices ``position .. position+size`` of the concatenated per-epoch permutations."""
+  out = []
+  for q in range(position, position + size):
+    epoch, i = divmod(q, n)
+    out.append(int(np.random.default_rng([seed, epoch]).permutation(n)[i]))
+  return out
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def warm_start(model, tokenizer, task, ids, rows, config):
+  """The rl_loop warm start: ``sft.steps`` of SFT on the task's target completions."""
+  if task.completion is None:
+    raise ValueError(f"config.sft.steps={config.sft.steps} but task {task.name!r} has no "
+                     "target completions; set config.sft.steps=0 (warm-start with "
+                     "scripts/sft.py and point config.model.checkpoint at its model)")
+  mc = model.config
+  sft = sft_rows(tokenizer, ids, [task.completion(r) for r in rows], config.sft.max_len,
+                 mc.eos_token_id, mc.pad_token_id, pad_in_loss=config.sft.pad_in_loss)
+  model, _ = run_sft(model, sft, config.sft, seed=config.seed, log=_log)
+  return model
+
+
+def run(config, workdir: str) -> Dict[str, Any]:
+  """Runs the offline ``config`` (see configs/dtrpo.py) in ``workdir``; returns results."""
+  os.makedirs(workdir, exist_ok=True)
+  oc = offline_config(config)
+  method = methods.get(config.method.name)
+  if not method.offline:
+    raise ValueError(f"config.method.name={config.method.name!r} is an online method; use "
+                     "jdiff.train.rl_loop")
+  method_cfg = section_to(method.config_cls, config.method, "config.method", skip=("name",))
+  model, tokenizer = setup.load_policy(config.model, config.seed)
+  mc = model.config
+  task, train_rows, eval_rows = setup.task_rows(config.task)
+  kept, ids, dropped = setup.encode(tokenizer, train_rows, config.data.max_prompt_len,
+                                    config.data.use_chat_template)
+  ekept, eids, _ = setup.encode(tokenizer, eval_rows, config.data.max_prompt_len,
+                                config.data.use_chat_template)
+  evalset = types.SimpleNamespace(rows=ekept, ids=eids)  # what rl_loop.evaluate reads
+  sampler_name, sampler_cfg = setup.sampler_config(config.sampler, mc.family)
+  eval_name, eval_cfg = setup.sampler_config(config.eval.sampler, mc.family)
+  writer = MetricsWriter(workdir, tensorboard=config.get("tensorboard", True))
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+  ckpt = Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep)
+  start = ckpt.latest_step()
+  key = jax.random.key(config.seed)
+  eval_key = jax.random.fold_in(key, 2**31 - 1)  # the same draws for every evaluation
+  pairs_path = os.path.join(workdir, PAIRS_FILE)
+  results: Dict[str, Any] = {"dropped_prompts": dropped}
+
+  if start is None and config.sft.steps > 0:
+    model = warm_start(model, tokenizer, task, ids, kept, config)
+
+  build_s = 0.0
+  if os.path.exists(pairs_path):  # this workdir's pair set: a resume trains on the same pairs
+    pairs = read_pairs(pairs_path)
+    _log(f"read {len(pairs)} pairs from {pairs_path}")
+  else:
+    if start is not None:
+      raise FileNotFoundError(f"{workdir} has checkpoints but no {PAIRS_FILE}: cannot resume")
+    t0 = time.time()
+    if oc.pairs_path:
+      pairs, stats = file_pairs(oc.pairs_path, oc.field_map, tokenizer, config,
+                                mc.eos_token_id, oc.max_response_len)
+    else:
+      n = int(oc.num_prompts) or len(kept)
+      pairs, stats = sample_pairs(model, tokenizer, task, kept[:n], ids[:n], sampler_name,
+                                  sampler_cfg, oc, config, jax.random.fold_in(key, 2**31 - 2))
+    build_s = time.time() - t0
+    results.update(stats, pair_build_s=build_s)
+    _log(f"pairs: {json.dumps(stats)} ({build_s:.0f}s)")
+    if not pairs:
+      raise ValueError("no preference pairs: every sampled group had equal rewards (or the "
+                       "pairs file is empty); raise offline.group_size or sampler temperature")
+    if jax.process_index() == 0:
+      save_pairs(pairs_path, pairs)
+  width = response_width(pairs, sampler_cfg, oc)
+
+  optimizer = make_optimizer(dict(config.optim))
+  graphdef, state = init_train_state(model, optimizer)
+  update = make_update_step(graphdef, optimizer, functools.partial(method.loss_fn, cfg=method_cfg),
+                            grad_accum=int(oc.grad_accum))
+  score = jax.jit(lambda params, rest, batch: method.logprob_fn(
+      nnx.merge(graphdef, params, rest), batch, method_cfg))
+  ref_params = jax.tree.map(jnp.copy, state.params)  # frozen: the warm-started policy
+
+  def current_model():
+    return nnx.merge(graphdef, state.params, state.rest)
+
+  def run_eval():
+    if not evalset.rows:
+      return None
+    return evaluate(current_model(), tokenizer, task, evalset, eval_name, eval_cfg, config,
+                    eval_key)
+
+  if start is not None:
+    items, meta = ckpt.restore(start, targets={"policy": state, "reference": ref_params})
+    state, ref_params = items["policy"], items["reference"]
+    writer.truncate_after(start)
+    results = meta.get("results", results)
+    _log(f"resumed from step {start}")
+  else:
+    start = 0
+    before = run_eval()
+    if before is not None:
+      results["accuracy_before"] = before["accuracy"]
+      _log(f"eval before: accuracy {before['accuracy']:.3f} reward {before['reward']:.3f}")
+
+  size = int(oc.pairs_per_step)
+  steps = math.ceil(int(oc.epochs) * len(pairs) / size)
+  results["steps"] = steps
+  reward_mean = results.get("pair_build_reward_mean", math.nan)
+  for step in tqdm(range(start, steps), initial=start, total=steps, desc="offline",
+                   disable=jax.process_index() != 0):
+    t1 = time.time()
+    idx = pair_order(len(pairs), step * size, size, config.seed)
+    batch = method.build_batch(pair_batch(pairs, idx, width, config.data.max_prompt_len,
+                                          mc.pad_token_id),
+                               None, jax.random.fold_in(key, step), method_cfg, mc)
+    batch["ref_logp"] = score(ref_params, state.rest, batch)
+    state, m = update(state, batch)
+    row = {k: float(v) for k, v in jax.device_get(m).items()}
+    row.update(train_s=time.time() - t1, reward_mean=reward_mean,
+               rollout_s=build_s if step == 0 else 0.0,
+               epoch=step * size / len(pairs))
+    if oc.eval_every and (step + 1) % int(oc.eval_every) == 0 and step + 1 < steps:
+      ev = run_eval()
+      if ev is not None:
+        row.update(eval_accuracy=ev["accuracy"], eval_reward=ev["reward"])
+    writer.write(step + 1, row)
+    if (step + 1) % int(config.checkpoint.every) == 0 or step + 1 == steps:
+      ckpt.save(step + 1, {"policy": state, "reference": ref_params},
+                meta={"data_position": (step + 1) * size, "seed": config.seed,
+                      "results": results}, force=True)
+
+  after = run_eval()
+  if after is not None:
+    results["accuracy_after"] = after["accuracy"]
+    _log(f"eval after: accuracy {after['accuracy']:.3f} reward {after['reward']:.3f}"
+         + (f" (before: {results['accuracy_before']:.3f})" if "accuracy_before" in results
+            else ""))
+  ckpt.wait()
+  writer.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  return results
+
+
+def params_of(workdir: str) -> dict:
+  """The latest checkpoint's policy params as nested numpy dicts (tests compare runs)."""
+  items, _ = Checkpointer(workdir, read_only=True).restore()
+  return jax.tree.map(np.asarray, items["policy"]["params"])

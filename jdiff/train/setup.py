@@ -24,7 +24,15 @@ from jdiff.tasks import Task, get_task
 
 
 def load_policy(mc, seed: int = 0):
-  """(model, tokenizer) from ``config.model``."""
+  """(model, tokenizer) from ``config.model``.
+
+  ``model.require_checkpoint`` (the real-model configs): an empty checkpoint is an error rather
+  than a silent fallback to a from-scratch preset, which would train a random 4B/8B model."""
+  if mc.get("require_checkpoint") and not mc.get("checkpoint"):
+    raise ValueError(
+        f"config.model.checkpoint is empty, but this config trains a real model "
+        f"(preset {mc.get('preset')!r}, model.require_checkpoint=True) and does not fall back "
+        "to the embedded default: pass --config.model.checkpoint=/path/to/local/hf_dir")
   if mc.get("checkpoint"):
     path = os.path.expanduser(mc.checkpoint)
     if not os.path.isdir(path):

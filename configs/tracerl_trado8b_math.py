@@ -1,0 +1,23 @@
+"""TraceRL (no value model) on MATH: the TraDo-8B-Instruct recipe (research/tracerl.md §9,
+`multinode_rl_sdar`; issue #23: RL only, starting from SDAR-8B-Chat). Same data format,
+sampler and eval as configs/tracerl_trado4b_math.py (read its docstring); differences: the 8B
+backbone, no value model, GA 8 in the reference.
+
+  python scripts/train.py --config configs/tracerl_trado8b_math.py \
+      --config.model.checkpoint=/ckpt/SDAR-8B-Chat \
+      --config.task.train_path=/data/MATH_train.jsonl --config.task.eval_path=/data/MATH500.jsonl
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import tracerl_trado4b_math  # noqa: E402
+
+
+def get_config():
+  c = tracerl_trado4b_math.get_config()
+  c.model.preset = "sdar_8b"
+  c.value.enabled = False  # the 8B recipe trains without the value model (§9)
+  return c

@@ -20,12 +20,13 @@ training-free tricks, both **approximations** of the exact sampler in :mod:`llad
   row that finished early idles and does not count those steps in its step map.
 
 Batch layout and shapes: the refresh stores K/V by absolute position (slot p = position p,
-pads not written). The prefix suffix is run as a fixed window of ``gen_length`` tokens from
-the block start, its tail past the canvas end padded and masked out, so one compiled loop
-serves every block; the valid part computes exactly Fast-dLLM's suffix pass (the padding only
-costs FLOPs). The refresh pass attends over ``[invalidated cache | canvas]``, which doubles
-that pass's attention FLOPs but needs no second model entry point. CFG is not supported with
-a cache, and both options need the uniform (equal-block) schedule.
+pads not written). The sampler unrolls its loop over blocks, so every block has static
+shapes: the prefix cache has exactly the slots before the block and the suffix pass exactly
+the tokens from the block on (no full-width padding, so each step costs what Fast-dLLM's
+does); the refresh runs once per block outside the per-step ``while_loop``, whose carry then
+holds no cache. The refresh pass attends over ``[empty cache | canvas]``, which adds the
+cache's slots to that pass's attention FLOPs but needs no second model entry point. CFG is
+not supported with a cache, and both options need the uniform (equal-block) schedule.
 
 These functions are the pieces :func:`jdiff.sampling.llada.sample` plugs into its loop when
 ``LLaDASamplerConfig.cache`` / ``threshold`` are set (both off by default). Because cached
@@ -39,7 +40,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jdiff.models import masks as masks_lib
 from jdiff.models.kv_cache import KVCache
 from jdiff.sampling.common import F32, NEG_INF, select_top_n
 
@@ -71,64 +71,33 @@ def cache_keep(mode: str, block_pos: jax.Array, block_length: int, size: int) ->
   raise ValueError(f"cache mode {mode!r} keeps no KV cache")
 
 
-def refresh(model, canvas, positions, attn, valid, cache: KVCache, keep):
-  """Full forward over the canvas that rebuilds the cache.
+def refresh(model, mode: str, canvas, positions, attn, valid, start: int, block_length: int):
+  """Full forward over the canvas that builds the block's cache.
 
-  Returns the hidden states ``[B, N, D]`` (exactly the no-cache forward's) and the cache
-  holding every real token's K/V, then restricted to ``keep``. The old cache is invalidated
-  first, so its slots are invisible during this pass (they only cost attention FLOPs).
+  ``start`` (static) is the block's physical index. Returns the block's hidden states
+  ``[B, block_length, D]`` (exactly the no-cache forward's) and the cache holding every real
+  token's K/V, restricted to what ``mode`` keeps. The prefix cache has exactly ``start``
+  slots (a position never exceeds its physical index, so the prefix fits and later tokens'
+  writes are dropped), the dual cache one slot per canvas token. The cache is empty during
+  this pass: its slots only cost attention FLOPs and no second model entry point is needed.
   """
-  cache = cache.keep(jnp.zeros_like(cache.valid))
+  b, n = canvas.shape
+  size = start if mode == "prefix" else n
+  cache = KVCache.init(model.config, b, size)
   h, cache = model.backbone(canvas, positions, attn, cache, store=valid)
-  return h, cache.keep(keep)
+  keep = cache_keep(mode, positions[:, start], block_length, size)
+  return jax.lax.slice_in_dim(h, start, start + block_length, axis=1), cache.keep(keep)
 
 
-def prefix_hidden(model, canvas, positions, cache: KVCache, start, width: int, out: int):
-  """Prefix-cache step: the suffix from physical index ``start`` against the cached prefix.
-
-  The suffix ``[start, N)`` shrinks from block to block; to keep one static shape it is run
-  as a window of ``width`` tokens (the completion length) whose slots past the canvas end are
-  padding: invisible as keys, their queries discarded. The valid part is therefore exactly
-  Fast-dLLM's suffix pass. Returns the hidden states of the first ``out`` tokens (the block).
-  """
-  n = canvas.shape[1]
-  idx = start + jnp.arange(width, dtype=jnp.int32)
-  in_range = jnp.broadcast_to(idx < n, (canvas.shape[0], width))
-  idx = jnp.minimum(idx, n - 1)
-  toks = jnp.take(canvas, idx, axis=1)
-  pos = jnp.take(positions, idx, axis=1)
-  mask = masks_lib.bidirectional(in_range)  # padding queries get a self-edge only
+def cached_hidden(model, mode: str, canvas, positions, cache: KVCache, start: int,
+                  block_length: int):
+  """Hidden states ``[B, block_length, D]`` of the block at static physical ``start`` from
+  the cache: ``prefix`` runs the whole suffix ``[start, N)`` against the cached prefix (its
+  width shrinks from block to block, each block has its own static shape), ``dual`` only the
+  block's tokens against every cached slot but the block's own."""
+  end = canvas.shape[1] if mode == "prefix" else start + block_length
+  toks = jax.lax.slice_in_dim(canvas, start, end, axis=1)
+  pos = jax.lax.slice_in_dim(positions, start, end, axis=1)
+  mask = jnp.ones((canvas.shape[0], end - start, end - start), bool)  # completion: no padding
   h, _ = model.backbone(toks, pos, mask, cache)
-  return h[:, :out]
-
-
-def dual_hidden(model, canvas, positions, cache: KVCache, start, block_length: int):
-  """Dual-cache step: only the block's tokens, against every cached slot but the block's own."""
-  toks = jax.lax.dynamic_slice_in_dim(canvas, start, block_length, axis=1)
-  pos = jax.lax.dynamic_slice_in_dim(positions, start, block_length, axis=1)
-  mask = jnp.ones((canvas.shape[0], block_length, block_length), bool)
-  h, _ = model.backbone(toks, pos, mask, cache)
-  return h
-
-
-def block_hidden(model, mode: str, first, canvas, positions, attn, valid, cache: KVCache,
-                 start, block_length: int, width: int):
-  """Hidden states ``[B, block_length, D]`` of the block at physical ``start`` under ``mode``.
-
-  At a block's first step (``first``, traced bool) the cache is refreshed by a full forward;
-  later steps use the cached variant. Both branches are compiled once inside the loop.
-  """
-  def full(cache):
-    block_pos = jax.lax.dynamic_index_in_dim(positions, start, axis=1, keepdims=False)
-    keep = cache_keep(mode, block_pos, block_length, cache.size)
-    h, cache = refresh(model, canvas, positions, attn, valid, cache, keep)
-    return jax.lax.dynamic_slice_in_dim(h, start, block_length, axis=1), cache
-
-  def cached(cache):
-    if mode == "prefix":
-      h = prefix_hidden(model, canvas, positions, cache, start, width, block_length)
-    else:
-      h = dual_hidden(model, canvas, positions, cache, start, block_length)
-    return h, cache
-
-  return jax.lax.cond(first, full, cached, cache)
+  return h[:, :block_length]

@@ -51,10 +51,10 @@ import numpy as np
 from flax import nnx
 
 from jdiff.models import masks as masks_lib
-from jdiff.models.kv_cache import KVCache
 from jdiff.sampling import fast_dllm
 from jdiff.sampling import schedules as sched
-from jdiff.sampling.common import F32, Trajectory, gumbel_argmax, select_top_n, token_logprob
+from jdiff.sampling.common import (F32, Trajectory, gumbel_argmax, select_top_n, token_logprob,
+                                   transfer_schedule)
 from jdiff.sharding.rules import SAMPLING_RULES, use_rules
 
 REMASKING = ("low_confidence", "random")
@@ -152,7 +152,6 @@ class _Carry:
   logprobs: jax.Array
   nsteps: jax.Array  # [B] decoding steps so far, per row
   done: jax.Array  # [B] no mask left in the completion
-  cache: Optional[KVCache] = None
   states: Optional[jax.Array] = None
 
 
@@ -216,8 +215,8 @@ def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig) -> LLaDATra
   # Logits are only needed on the current block: a window of the widest block's size.
   width = bk if c.schedule == "uniform" else plan.max_block_size
   max_steps = g if use_threshold else plan.num_steps
-  counts, starts, ends, firsts = (jnp.asarray(a) for a in (
-      plan.counts, plan.block_start, plan.block_end, plan.first_in_block))
+  counts, starts, ends = (jnp.asarray(a) for a in (
+      plan.counts, plan.block_start, plan.block_end))
   gammas = None
   if c.gamma_name is not None:
     gammas = jnp.asarray(sched.gamma_schedule(c.gamma_name, plan.num_steps, c.eos_min_gamma,
@@ -244,21 +243,9 @@ def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig) -> LLaDATra
     cond, un = lg[:b], lg[b:]
     return cond, un + (c.cfg_scale + 1.0) * (cond - un)
 
-  def body(cr: _Carry) -> _Carry:
-    if use_threshold:
-      bs = cr.blk * bk
-      be, first, count = bs + bk, cr.j == 0, None
-    else:
-      bs, be, first, count = starts[cr.it], ends[cr.it], firsts[cr.it], counts[cr.it]
-    ws = jnp.minimum(bs, g - width)  # the window always contains [bs, be)
-    cache = cr.cache
-    if c.cache != "none":
-      canvas = jnp.concatenate([prompt_ids, cr.comp], axis=1)
-      h, cache = fast_dllm.block_hidden(model, c.cache, first, canvas, positions, attn, valid,
-                                        cache, p + bs, bk, g)
-      logits = guided = model.logits_from_hidden(h)
-    else:
-      logits, guided = window_logits(cr.comp, ws)
+  def decode(cr: _Carry, logits, guided, bs, be, ws, count) -> _Carry:
+    """One decoding step on the window ``[ws, ws + width)`` given its logits: candidates,
+    confidence, the commit set among the masks of ``[bs, be)``, and the records."""
     # Never propose the mask token itself: committing it would leave a "decoded" mask (LLaDA
     # would silently re-decode it later, breaking the step map). Trained models give it ~0 mass.
     guided = guided.at[..., mask_id].set(-jnp.inf)
@@ -303,15 +290,29 @@ def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig) -> LLaDATra
     if states is not None:  # row r's (k+1)-th step goes to states[k, r]
       slot = jnp.where(decoded, nsteps - 1, states.shape[0])
       states = states.at[slot, jnp.arange(b)].set(comp, mode="drop")
-    is_mask = comp == mask_id
-    blk, j = cr.blk, cr.j + 1
-    if use_threshold:  # every row's block must be full before the batch moves on
-      cidx = jnp.arange(g)
-      block_open = jnp.any(is_mask & (cidx >= bs) & (cidx < be))
-      blk = jnp.where(block_open, cr.blk, cr.blk + 1)
-      j = jnp.where(block_open, j, 0)
-    return _Carry(it=cr.it + 1, blk=blk, j=j, comp=comp, step_map=step_map, logprobs=logprobs,
-                  nsteps=nsteps, done=~jnp.any(is_mask, axis=-1), cache=cache, states=states)
+    return cr.replace(it=cr.it + 1, comp=comp, step_map=step_map, logprobs=logprobs,
+                      nsteps=nsteps, done=~jnp.any(comp == mask_id, axis=-1), states=states)
+
+  def block_open(comp, bs, be):
+    """Whether any row still has a mask in ``[bs, be)`` (threshold decoding moves the batch
+    on only once every row's block is full, as Fast-dLLM's batched loop does)."""
+    cidx = jnp.arange(g)
+    return jnp.any((comp == mask_id) & (cidx >= bs) & (cidx < be))
+
+  def body(cr: _Carry) -> _Carry:
+    if use_threshold:
+      bs = cr.blk * bk
+      be, count = bs + bk, None
+    else:
+      bs, be, count = starts[cr.it], ends[cr.it], counts[cr.it]
+    ws = jnp.minimum(bs, g - width)  # the window always contains [bs, be)
+    logits, guided = window_logits(cr.comp, ws)
+    cr = decode(cr, logits, guided, bs, be, ws, count)
+    if use_threshold:
+      is_open = block_open(cr.comp, bs, be)
+      cr = cr.replace(blk=jnp.where(is_open, cr.blk, cr.blk + 1),
+                      j=jnp.where(is_open, cr.j + 1, 0))
+    return cr
 
   def cond(cr: _Carry):
     go = (cr.it < max_steps) & ~jnp.all(cr.done)
@@ -322,9 +323,42 @@ def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig) -> LLaDATra
       it=zero, blk=zero, j=zero, comp=jnp.full((b, g), mask_id, jnp.int32),
       step_map=jnp.zeros((b, g), jnp.int32), logprobs=jnp.zeros((b, g), F32),
       nsteps=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool),
-      cache=KVCache.init(mc, b, p + g) if c.cache != "none" else None,
       states=jnp.zeros((max_steps, b, g), jnp.int32) if c.record_states else None)
-  out = jax.lax.while_loop(cond, body, init)
+  if c.cache == "none":
+    out = jax.lax.while_loop(cond, body, init)
+    return _finish(out, prompt_ids, prompt_mask, eos, pad_id)
+
+  # Fast-dLLM: an unrolled loop over blocks (so each block's shapes are static: the prefix
+  # cache holds exactly the slots before the block and its suffix pass exactly the tokens
+  # from the block on); the refresh runs once per block, the cached steps in a while_loop.
+  per_block = plan.num_steps // c.num_blocks
+  out = init
+  for blk in range(c.num_blocks):
+    bs, be = blk * bk, (blk + 1) * bk
+    block_counts = jnp.asarray(transfer_schedule(bk, per_block))
+    step0 = out.it  # the block's first global step
+
+    def count_at(cr, step0=step0, block_counts=block_counts):
+      return None if use_threshold else block_counts[cr.it - step0]
+
+    canvas = jnp.concatenate([prompt_ids, out.comp], axis=1)
+    h, cache = fast_dllm.refresh(model, c.cache, canvas, positions, attn, valid, p + bs, bk)
+    logits = model.logits_from_hidden(h)
+    out = decode(out, logits, logits, bs, be, bs, count_at(out))
+
+    def cached_body(cr, bs=bs, be=be, cache=cache, count_at=count_at):
+      canvas = jnp.concatenate([prompt_ids, cr.comp], axis=1)
+      h = fast_dllm.cached_hidden(model, c.cache, canvas, positions, cache, p + bs, bk)
+      logits = model.logits_from_hidden(h)
+      return decode(cr, logits, logits, bs, be, bs, count_at(cr))
+
+    def cached_cond(cr, bs=bs, be=be, step0=step0):
+      go = (cr.it < max_steps) & ~jnp.all(cr.done)
+      if use_threshold:
+        return go & block_open(cr.comp, bs, be)
+      return go & (cr.it < step0 + per_block)
+
+    out = jax.lax.while_loop(cached_cond, cached_body, out)
   return _finish(out, prompt_ids, prompt_mask, eos, pad_id)
 
 

@@ -65,37 +65,39 @@ from jax.sharding import NamedSharding
 from jdiff.models import masks
 from jdiff.models.config import ModelConfig
 from jdiff.models.kv_cache import KVCache
-from jdiff.sampling.common import (F32, Trajectory, filter_logits, left_pad, select_top_n,
-                                   token_logprob, transfer_schedule)
+from jdiff.sampling.common import (F32, Trajectory, argmax_first, filter_logits, left_pad,
+                                   select_top_n, token_logprob, transfer_schedule)
 from jdiff.sharding.rules import SAMPLING_RULES, constrain, logical_spec, use_rules
 
 _CACHE_AXES = ("layers", "batch", "kv_length", "kv_heads", "head_dim")
 _ROW_AXES = ("batch", "length")
+_PHASES = 4  # cache-size phases of the sampling loop (see _phase_sizes)
 
 
 # --------------------------------------------------------------------------- strategies
-# Each takes (eligible [B, L] bool, confidence [B, L], probs [B, L, V] of the sampling
+# Each takes (eligible [B, L] bool, confidence [B, L], logits [B, L, V] of the sampling
 # distribution, n_k [B], knobs) and returns the bool [B, L] set of masks to unmask this step.
 
-def _sequential(eligible, conf, probs, n, kn):
-  del conf, probs, kn
+def _sequential(eligible, conf, dist, n, kn):
+  del conf, dist, kn
   return select_top_n(jnp.zeros(eligible.shape, F32), eligible, n)  # ties -> leftmost
 
 
-def _low_confidence_static(eligible, conf, probs, n, kn):
-  del probs, kn
+def _low_confidence_static(eligible, conf, dist, n, kn):
+  del dist, kn
   return select_top_n(conf, eligible, n)
 
 
-def _low_confidence_dynamic(eligible, conf, probs, n, kn):
-  del probs
+def _low_confidence_dynamic(eligible, conf, dist, n, kn):
+  del dist
   above = eligible & (conf > kn.threshold)
   enough = jnp.sum(above, axis=-1) >= n
   return jnp.where(enough[:, None], above, select_top_n(conf, eligible, n))
 
 
-def _entropy_bounded(eligible, conf, probs, n, kn):
+def _entropy_bounded(eligible, conf, dist, n, kn):
   del conf, n
+  probs = jax.nn.softmax(dist, axis=-1)  # only this strategy needs the whole distribution
   entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(probs), 0.0), axis=-1)
   ascending = jnp.sort(jnp.where(eligible, entropy, jnp.inf), axis=-1)
   count = jnp.sum(jnp.cumsum(ascending, axis=-1) <= kn.eb_threshold, axis=-1)
@@ -217,23 +219,30 @@ def _top_p_filter(logits, top_p):
   return jnp.where(logits < cutoff, -jnp.inf, logits)
 
 
-def _draw(keys, logits, mask_id: int, top_k: int, kn: _Knobs):
+def _draw(row_keys, num_steps, logits, mask_id: int, top_k: int, kn: _Knobs):
   """``common.sample_categorical`` per row with traced temperature / top_p.
 
   The mask token is never drawn (its logit is -inf): a committed mask id would silently stay
-  a mask. Returns ids ``[B, L]``, the confidence (probability of the id under the
-  distribution it was drawn from) and that distribution ``[B, L, V]``.
+  a mask. Row b draws with ``fold_in(row_keys[b], num_steps[b])``. Returns ids ``[B, L]``, the
+  confidence (probability of the id under the distribution it was drawn from) and the
+  logits of that distribution ``[B, L, V]`` (temperature 1 when greedy).
   """
   logits = logits.astype(F32).at[..., mask_id].set(-jnp.inf)
-  greedy = kn.temperature == 0
-  filtered = filter_logits(logits, jnp.where(greedy, 1.0, kn.temperature), top_k, 1.0)
-  # A cond, not a where: with top_p == 1 the cumulative sum could still drop a tail token.
-  filtered = jax.lax.cond(kn.top_p < 1.0, _top_p_filter, lambda x, _: x, filtered, kn.top_p)
-  # A cond, not a where: greedy decoding must not pay for a categorical draw it discards.
-  ids = jax.lax.cond(greedy, lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32),
-                     lambda: jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32))
-  probs = jax.nn.softmax(jnp.where(greedy, logits, filtered), axis=-1)
-  return ids, jnp.take_along_axis(probs, ids[..., None], axis=-1)[..., 0], probs
+
+  def sampled():
+    # Only a sampled step pays for the filters and the per-row keys; greedy steps skip them.
+    filtered = filter_logits(logits, kn.temperature, top_k, 1.0)
+    # A cond, not a where: with top_p == 1 the cumulative sum could still drop a tail token.
+    filtered = jax.lax.cond(kn.top_p < 1.0, _top_p_filter, lambda x, _: x, filtered, kn.top_p)
+    keys = jax.vmap(jax.random.fold_in)(row_keys, num_steps)
+    return jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32), filtered
+
+  ids, dist = jax.lax.cond(kn.temperature == 0, lambda: (argmax_first(logits), logits), sampled)
+  # softmax(dist)[id] without normalising the whole vocabulary: the same float as
+  # jax.nn.softmax's exp(x - max) / sum, taken at one entry before the division.
+  unnorm = jnp.exp(dist - jnp.max(dist, axis=-1, keepdims=True))
+  conf = jnp.take_along_axis(unnorm, ids[..., None], axis=-1)[..., 0] / jnp.sum(unnorm, axis=-1)
+  return ids, conf, dist
 
 
 # --------------------------------------------------------------------------- loop
@@ -269,6 +278,26 @@ def _scatter_where(arr, idx, where, values):
 def _constrain_cache(cache: KVCache) -> KVCache:
   return cache.replace(k=constrain(cache.k, _CACHE_AXES), v=constrain(cache.v, _CACHE_AXES),
                        valid=constrain(cache.valid, ("batch", "kv_length")))
+
+
+def _phase_sizes(p: int, size: int, block: int, phases: int = _PHASES):
+  """Static cache sizes of the loop's phases: from the first window's end (every prompt's
+  first block ends by ``round_up(p + 1, L)``) to the full canvas in ``phases`` equal steps,
+  each a multiple of L. Attention and the cache's layout copies cost per cache slot, so a
+  step of an early block should not pay for the whole canvas."""
+  first = min(_round_up(p + 1, block), size)
+  sizes = {min(_round_up(first + (size - first) * k // phases, block), size)
+           for k in range(phases + 1)}
+  return sorted(sizes)
+
+
+def _grow_cache(cache: KVCache, size: int) -> KVCache:
+  """The cache with empty (invalid) slots appended up to ``size``."""
+  extra = size - cache.size
+  pad = [(0, 0)] * cache.k.ndim
+  pad[2] = (0, extra)
+  return _constrain_cache(KVCache(k=jnp.pad(cache.k, pad), v=jnp.pad(cache.v, pad),
+                                  valid=jnp.pad(cache.valid, [(0, 0), (0, extra)])))
 
 
 def _prefill(model, ids, pmask, ppos, plen, size, block):
@@ -315,11 +344,10 @@ def _step(model, st: _Static, kn: _Knobs, row_keys, plen, c: _Carry) -> _Carry:
   logits, cache = _window_logits(model, c, win_pos, win_valid, gen_end, commit, block)
 
   # Denoise: draw x0 at every slot, unmask the strategy's pick among the masks.
-  keys = jax.vmap(jax.random.fold_in)(row_keys, c.num_steps)
-  x0, conf, probs = _draw(keys, logits, mask_id, st.top_k, kn)
+  x0, conf, dist = _draw(row_keys, c.num_steps, logits, mask_id, st.top_k, kn)
   schedule = jnp.asarray(transfer_schedule(block, st.denoising_steps))
   n_k = schedule[jnp.minimum(c.step_in_block, st.denoising_steps - 1)]
-  transfer = jax.lax.switch(kn.strategy, list(STRATEGIES.values()), eligible, conf, probs,
+  transfer = jax.lax.switch(kn.strategy, list(STRATEGIES.values()), eligible, conf, dist,
                             n_k, kn) & eligible
   num_steps = c.num_steps + denoise.astype(jnp.int32)
   canvas = _scatter_where(c.canvas, win_pos, transfer, x0)
@@ -379,14 +407,25 @@ def _generate(model, ids, pmask, key, st: _Static, kn: _Knobs) -> Trajectory:
   carry = _Carry(
       canvas=constrain(canvas, _ROW_AXES), step_map=jnp.zeros((n_rows, size), jnp.int32),
       logprobs=jnp.zeros((n_rows, size), F32),
-      cache=_prefill(model, ids, pmask, ppos, plen, size, block) if st.use_cache else None,
+      cache=(_prefill(model, ids, pmask, ppos, plen, _phase_sizes(p, size, block)[0], block)
+             if st.use_cache else None),
       block_start=(plen // block) * block, step_in_block=zeros, num_steps=zeros, end=gen_end,
       done=jnp.zeros((n_rows,), bool), states=states, iteration=jnp.zeros((), jnp.int32))
 
   row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n_rows))
   max_iters = max_blocks * (block + 1)  # every block: at most L steps + one commit
-  c = jax.lax.while_loop(lambda c: ~jnp.all(c.done) & (c.iteration < max_iters),
-                         functools.partial(_step, model, st, kn, row_keys, plen), carry)
+  step = functools.partial(_step, model, st, kn, row_keys, plen)
+  c = carry
+  for phase_size in (_phase_sizes(p, size, block) if st.use_cache else [size]):
+    # A phase runs while every live row's window fits its cache; the next grows the cache.
+    if c.cache is not None and phase_size != c.cache.size:
+      c = c.replace(cache=_grow_cache(c.cache, phase_size))
+
+    def cond(c, last=phase_size == size, phase_size=phase_size):
+      go = ~jnp.all(c.done) & (c.iteration < max_iters)
+      return go if last else go & jnp.all(c.done | (c.block_start + block <= phase_size))
+
+    c = jax.lax.while_loop(cond, step, c)
 
   # Completion space: position P_b + j; everything past the kept end is pad / 0.
   comp_pos = plen[:, None] + jnp.arange(g, dtype=jnp.int32)

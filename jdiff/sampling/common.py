@@ -99,6 +99,15 @@ def sample_categorical(key: jax.Array, logits: jax.Array, temperature: float = 1
   return ids.astype(jnp.int32), jnp.take_along_axis(probs, ids[..., None], axis=-1)[..., 0]
 
 
+def argmax_first(x: jax.Array) -> jax.Array:
+  """``jnp.argmax(x, -1)`` (first index of the maximum) for NaN-free ``x``, as two plain
+  reductions: XLA's CPU backend runs argmax's variadic (value, index) reduce as a slow scalar
+  loop, which costs more than the whole rest of a tiny model's sampling step."""
+  top = jnp.max(x, axis=-1, keepdims=True)
+  idx = jnp.arange(x.shape[-1], dtype=jnp.int32)
+  return jnp.min(jnp.where(x == top, idx, x.shape[-1]), axis=-1).astype(jnp.int32)
+
+
 def gumbel_argmax(key: jax.Array, logits: jax.Array, temperature: float) -> jax.Array:
   """LLaDA's Gumbel-max sampling: argmax(logits + temperature * Gumbel noise).
 

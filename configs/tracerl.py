@@ -60,4 +60,7 @@ def get_config():
   c.optim = ml_collections.ConfigDict(dict(lr=1e-4, schedule="constant", max_grad_norm=1.0,
                                            weight_decay=0.0))
   c.checkpoint = ml_collections.ConfigDict(dict(every=10, max_to_keep=2))
+  # Device mesh (data, fsdp, tensor); -1 takes the remaining devices. Multi-host: the same
+  # shape spans every process's devices (README, "Mesh and multi-host").
+  c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
   return c

@@ -154,7 +154,7 @@ def run(config, model_dir=None, workdir=None, mode="static", threshold=None, out
     name, settings = mode_sampler(config.eval.sampler, model.config.family, m, thr)
     _, cfg = setup.sampler_config(dict(settings, name=name), model.config.family)
     t0 = time.time()
-    ev = evaluate(model, tokenizer, task, prompts, name, cfg, config, key)
+    ev = evaluate(model, None, tokenizer, task, prompts, name, cfg, config, key)  # 1 device
     seconds = time.time() - t0
     results["modes"][m] = {"accuracy": ev["accuracy"], "reward": ev["reward"], "sampler": name,
                            "settings": settings, "seconds": seconds}

@@ -30,7 +30,9 @@ use ``read_only=True``, so they never delete its in-flight tmp dir.
 Multi-process. Every process calls ``save`` / ``restore`` with the same arguments: Orbax
 coordinates the write (each process writes its own shards; JSON items, the rename and the
 commit file come from the primary process only). This wrapper writes no files of its own; its
-only filesystem side effect, the stale-tmp cleanup, runs on process 0 only.
+only filesystem side effect, the stale-tmp cleanup, runs on process 0 only, and a writer's
+constructor waits for it on every process (a barrier). A read-only reader may be opened by
+one process alone (it has no barrier).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 
 META, INDEX = "meta", "jdiff_index"  # reserved item names
 _SINGLE = "value"  # storage key of an item that is a single leaf (e.g. a step counter)
@@ -178,8 +181,10 @@ class Checkpointer:
                async_save: bool = False, read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(os.fspath(directory)), "checkpoints")
     self.read_only = read_only
-    if not read_only:
+    if not read_only:  # every process of a run opens its writer here, so all reach the barrier
       remove_stale_tmp_dirs(self.directory)
+      if jax.process_count() > 1:  # no process may start writing before the cleanup is done
+        multihost_utils.sync_global_devices("jdiff_checkpointer_cleanup")
     options = ocp.CheckpointManagerOptions(  # read-only: no pruning, no saves
         max_to_keep=None if read_only else max_to_keep,
         save_interval_steps=0 if read_only else save_interval_steps,

@@ -1,9 +1,20 @@
-"""The RL loop, in one process: rollout -> rewards -> advantages -> updates -> eval -> checkpoint.
+"""The RL loop: rollout -> rewards -> advantages -> updates -> eval -> checkpoint, on a mesh.
 
 New parameters go straight to the sampler (no disk round trip); the optimizer state is kept
 across RL steps unless ``rl.reset_optimizer`` (the reference re-creates AdamW every step).
 Randomness is a pure function of (seed, step), and the prompt order of (seed, epoch), so a
 run resumed from a checkpoint continues exactly as the uninterrupted run would have.
+
+Mesh and processes. ``config.mesh.shape`` (data, fsdp, tensor; one -1 fills the rest) lays out
+the policy, value model and reference params by ``TRAIN_RULES``; rollouts run on the same
+mesh with the weights in the ``SAMPLING_RULES`` layout and the prompts sharded over the data
+axes. Every process (one per host, same command) runs this same function: it pads and places
+only the prompt rows its devices hold, decodes and scores only those rows, and the rewards are
+gathered so that advantages and the method's host-side batch are built from the full batch,
+identically everywhere (see :mod:`jdiff.train.distributed`). Process 0 alone writes metrics,
+logs, ``config.json`` and ``results.json``; every process takes part in Orbax saves/restores.
+The optional SFT warm start runs unsharded and identically in each process (it is sized for
+the embedded default; warm-start real models with scripts/sft.py).
 """
 
 from __future__ import annotations
@@ -27,12 +38,16 @@ from jdiff.rl import advantages as adv_lib
 from jdiff.rl import value as value_lib
 from jdiff.rl.method import methods, num_iterations, score_all, select_iteration
 from jdiff.sampling import registry as samplers
+from jdiff.sharding import make_mesh, shard_state, use_rules
+from jdiff.sharding.rules import SAMPLING_RULES, TRAIN_RULES
+from jdiff.train import distributed as dist
 from jdiff.train import setup
 from jdiff.train.checkpointing import Checkpointer
 from jdiff.train.metrics import MetricsWriter
 from jdiff.train.optim import make_optimizer
 from jdiff.train.sft_loop import run_sft, sft_rows
-from jdiff.train.update import init_train_state, make_update_step
+from jdiff.train.update import (batch_shardings, init_train_state, make_update_step,
+                                tree_shardings)
 
 
 def section_to(cls, section, where: str, skip=()):
@@ -73,26 +88,68 @@ def _columns(task, rows):
   return {c: [r[c] for r in rows] for c in task.columns}
 
 
-def rollout(model, sampler_name, sampler_cfg, prompt_ids, pad_id, prompt_len, key):
-  ids, mask, _ = left_pad(prompt_ids, pad_id, length=prompt_len)
-  traj = samplers.sample(sampler_name, model, ids, mask, key, sampler_cfg)
-  return jax.device_get(traj)
+def build_mesh(config):
+  """The mesh of ``config.mesh.shape``: 3 ints (data, fsdp, tensor), at most one -1."""
+  shape = config.get("mesh", {}).get("shape", (-1, 1, 1))
+  if (not isinstance(shape, (tuple, list)) or len(shape) != 3
+      or not all(isinstance(s, int) and not isinstance(s, bool) and (s > 0 or s == -1)
+                 for s in shape)):
+    raise ValueError(f"config.mesh.shape must be 3 ints (data, fsdp, tensor), each positive or "
+                     f"-1 (fill the remaining devices), got {shape!r}")
+  try:
+    mesh = make_mesh(tuple(shape))
+  except ValueError as e:
+    raise ValueError(f"config.mesh.shape={tuple(shape)}: {e}") from None
+  if jax.process_count() > 1 and mesh.devices.size != jax.device_count():
+    # A process without a device in the mesh could hold no rows of any batch.
+    raise ValueError(f"config.mesh.shape={tuple(shape)} uses {mesh.devices.size} of "
+                     f"{jax.device_count()} devices; a multi-process mesh must use all of them")
+  return mesh
 
 
-def evaluate(model, tokenizer, task, prompts: Prompts, sampler_name, sampler_cfg, cfg,
+def rollout(model, mesh, sampler_name, sampler_cfg, prompt_ids, pad_id, prompt_len, key):
+  """Samples ``prompt_ids`` (the whole global batch, as every process knows it) on ``mesh``.
+
+  Each process pads and places only the rows its devices hold. Returns the trajectory as
+  global arrays and those local rows' global indices.
+  """
+  shape = (len(prompt_ids), int(prompt_len))
+  sharding = dist.row_sharding(mesh, shape, SAMPLING_RULES)
+  rows = dist.local_rows(sharding, shape)
+  ids, mask, _ = left_pad([prompt_ids[i] for i in rows], pad_id, length=prompt_len)
+  ids = dist.rows_to_global(ids, rows, shape, sharding)
+  mask = dist.rows_to_global(mask, rows, shape, sharding)
+  with jax.set_mesh(mesh):
+    traj = samplers.sample(sampler_name, model, ids, mask, key, sampler_cfg)
+  return traj, rows
+
+
+def local_rewards(spec, tokenizer, task, tokens, lengths, rows, task_rows):
+  """Summed rewards of the local ``rows`` only: the text is decoded and scored where it lives
+  (reward functions may be slow, e.g. running code)."""
+  texts = setup.decode(tokenizer, tokens[rows], lengths[rows])
+  return compute_rewards(spec, texts, **_columns(task, [task_rows[i] for i in rows])).sum(-1)
+
+
+def evaluate(model, mesh, tokenizer, task, prompts: Prompts, sampler_name, sampler_cfg, cfg,
              key) -> Dict[str, float]:
-  """Accuracy and mean reward over the eval prompts (fixed batches, one compile)."""
+  """Accuracy and mean reward over the eval prompts (fixed batches, one compile).
+
+  ``model``'s state lies on ``mesh``; None: one device (an unsharded model).
+  """
+  mesh = make_mesh((1, 1, 1)) if mesh is None else mesh
   bs = int(cfg.eval.batch_size)
   correct, rewards = [], []
   for start in range(0, len(prompts.rows), bs):
     idx = list(range(start, min(start + bs, len(prompts.rows))))
     idx += [idx[-1]] * (bs - len(idx))  # pad the last batch to the compiled size
-    traj = rollout(model, sampler_name, sampler_cfg, [prompts.ids[i] for i in idx],
-                   model.config.pad_token_id, cfg.data.max_prompt_len,
-                   jax.random.fold_in(key, start))
-    texts = setup.decode(tokenizer, traj.tokens, traj.lengths)
-    rows = [prompts.rows[i] for i in idx]
-    r = compute_rewards(task.reward, texts, **_columns(task, rows)).sum(-1)
+    traj, mine = rollout(model, mesh, sampler_name, sampler_cfg, [prompts.ids[i] for i in idx],
+                         model.config.pad_token_id, cfg.data.max_prompt_len,
+                         jax.random.fold_in(key, start))
+    tokens, lengths = dist.to_host((traj.tokens, traj.lengths))
+    r = local_rewards(task.reward, tokenizer, task, tokens, lengths, mine,
+                      [prompts.rows[i] for i in idx])
+    r = dist.gather_rows(r, mine, bs)
     n_real = min(bs, len(prompts.rows) - start)
     rewards.extend(r[:n_real].tolist())
     correct.extend(task.correct(r)[:n_real].tolist())
@@ -119,9 +176,11 @@ def run(config, workdir: str) -> Dict[str, Any]:
   method_cfg = section_to(method.config_cls, config.method, "config.method", skip=("name",))
   sampler_name, sampler_cfg = setup.sampler_config(config.sampler, mc.family)
   eval_name, eval_cfg = setup.sampler_config(config.eval.sampler, mc.family)
+  mesh = build_mesh(config)
   writer = MetricsWriter(workdir, tensorboard=config.get("tensorboard", True))
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if dist.is_primary():
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
 
   ckpt = Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep)
   start = ckpt.latest_step()
@@ -136,11 +195,26 @@ def run(config, workdir: str) -> Dict[str, Any]:
     model, _ = run_sft(model, rows, config.sft, seed=config.seed, log=_log)
 
   optimizer = make_optimizer(dict(config.optim))
-  graphdef, state = init_train_state(model, optimizer)
+  graphdef, state = init_train_state(model, optimizer, mesh=mesh, rules=TRAIN_RULES)
   loss = functools.partial(method.loss_fn, cfg=method_cfg)
-  update = make_update_step(graphdef, optimizer, loss, grad_accum=int(rc.grad_accum))
+  update = make_update_step(graphdef, optimizer, loss, mesh=mesh, rules=TRAIN_RULES,
+                            grad_accum=int(rc.grad_accum))
   score = jax.jit(lambda params, rest, batch: method.logprob_fn(
       nnx.merge(graphdef, params, rest), batch, method_cfg))
+
+  # A re-created optimizer state laid out as the update step's in_shardings expect.
+  fresh_opt_state = jax.jit(optimizer.init, out_shardings=tree_shardings(
+      jax.eval_shape(optimizer.init, state.params), mesh, TRAIN_RULES))
+
+  def on_mesh(fn, *args):
+    """``fn(*args)`` traced with the mesh and training layout active (activation constraints)."""
+    with jax.set_mesh(mesh), use_rules(TRAIN_RULES):
+      return fn(*args)
+
+  def put(batch):
+    """A host batch (the same on every process) as global arrays laid out as the update step
+    takes them; jit rejects host arrays that would span other processes' devices."""
+    return dist.to_global(batch, batch_shardings(batch, mesh, TRAIN_RULES))
 
   use_value = bool(config.value.enabled)
   if use_value:
@@ -149,14 +223,19 @@ def run(config, workdir: str) -> Dict[str, Any]:
     vcfg = section_to(value_lib.ValueConfig, config.value, "config.value",
                       skip=("enabled", "optim"))
     voptim = make_optimizer(dict(config.value.optim))
-    vgraphdef, vstate = init_train_state(ValueModel.from_policy(model), voptim)
+    vgraphdef, vstate = init_train_state(ValueModel.from_policy(model), voptim, mesh=mesh,
+                                         rules=TRAIN_RULES)
     vloss = lambda m, b: value_lib.value_loss_fn(m, b, vcfg, attention_mask(b, mc))  # noqa
-    vupdate = make_update_step(vgraphdef, voptim, vloss, grad_accum=int(rc.grad_accum))
+    vupdate = make_update_step(vgraphdef, voptim, vloss, mesh=mesh, rules=TRAIN_RULES,
+                               grad_accum=int(rc.grad_accum))
     vscore = jax.jit(lambda p, r, b: value_lib.value_fn(
         nnx.merge(vgraphdef, p, r), b, attention_mask(b, mc)))
 
   def current_model():
-    return nnx.merge(graphdef, state.params, state.rest)
+    """The policy for sampling: weights in the sampling layout (no FSDP gathers per step; the
+    same arrays, not copies, when the two layouts agree, e.g. without an fsdp axis)."""
+    return nnx.merge(graphdef, shard_state(state.params, mesh, SAMPLING_RULES),
+                     shard_state(state.rest, mesh, SAMPLING_RULES))
 
   # d1 / CJ-GRPO / dTRPO: a KL to the frozen starting policy (after the warm start).
   ref_params = jax.tree.map(jnp.copy, state.params) if method.needs_ref(method_cfg) else None
@@ -175,8 +254,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
     _log(f"resumed from step {start}")
   else:
     start = 0
-    before = evaluate(current_model(), tokenizer, task, evalset, eval_name, eval_cfg, config,
-                      eval_key)
+    before = evaluate(current_model(), mesh, tokenizer, task, evalset, eval_name, eval_cfg,
+                      config, eval_key)
     results["accuracy_before"] = before["accuracy"]
     _log(f"eval before RL: accuracy {before['accuracy']:.3f} reward {before['reward']:.3f}")
 
@@ -188,11 +267,12 @@ def run(config, workdir: str) -> Dict[str, Any]:
     idx = train.batch(step * int(rc.prompts_per_step), int(rc.prompts_per_step))
     prompt_ids = [train.ids[i] for i in idx for _ in range(group)]
     rows = [train.rows[i] for i in idx for _ in range(group)]
-    traj = rollout(current_model(), sampler_name, sampler_cfg, prompt_ids, mc.pad_token_id,
-                   config.data.max_prompt_len, jax.random.fold_in(skey, 0))
-    texts = setup.decode(tokenizer, traj.tokens, traj.lengths)
-    rewards = compute_rewards(config.task.get("reward") or task.reward, texts,
-                              **_columns(task, rows)).sum(-1)
+    traj, mine = rollout(current_model(), mesh, sampler_name, sampler_cfg, prompt_ids,
+                         mc.pad_token_id, config.data.max_prompt_len, jax.random.fold_in(skey, 0))
+    traj = dist.to_host(traj)  # the method's batch builder reads whole trajectories
+    rewards = local_rewards(config.task.get("reward") or task.reward, tokenizer, task,
+                            traj.tokens, traj.lengths, mine, rows)
+    rewards = dist.gather_rows(rewards, mine, len(prompt_ids))
     rollout_s = time.time() - t0
 
     t1 = time.time()
@@ -202,26 +282,29 @@ def run(config, workdir: str) -> Dict[str, Any]:
       adv = adv * adv_lib.group_filter(rewards, group, rc.filter_low, rc.filter_high)
     batch = method.build_batch(traj, adv, jax.random.fold_in(skey, 1), method_cfg, mc)
     if use_value:
-      v_rows = np.asarray(vscore(vstate.params, vstate.rest, batch))
+      v_rows = dist.to_host(on_mesh(vscore, vstate.params, vstate.rest, put(batch)))
       returns, tok_adv, _ = value_lib.returns_and_advantages(
           batch, v_rows, adv, len(rewards), traj.tokens.shape[1], vcfg)
       value_lib.scatter_to_rows(batch, tok_adv, "advantages")
-    batch["old_logp"] = score_all(lambda b: score(state.params, state.rest, b), batch)
+    batch["old_logp"] = dist.to_host(score_all(
+        lambda b: on_mesh(score, state.params, state.rest, put(b)), batch))
     if ref_params is not None:
-      batch["ref_logp"] = score_all(lambda b: score(ref_params, state.rest, b), batch)
+      batch["ref_logp"] = dist.to_host(score_all(
+          lambda b: on_mesh(score, ref_params, state.rest, put(b)), batch))
     if rc.reset_optimizer:
-      state = state.replace(opt_state=optimizer.init(state.params))
+      state = state.replace(opt_state=fresh_opt_state(state.params))
     metrics_acc = []
     # μ inner updates per rollout batch: the method's num_iterations (d1, CJ-GRPO), else
     # rl.inner_epochs; iteration m trains on the m-th stacked input when there are several.
     mu = num_iterations(batch)
     for it in range(int(getattr(method_cfg, "num_iterations", 0) or rc.inner_epochs)):
-      state, m = update(state, select_iteration(batch, it % mu) if mu > 1 else batch)
-      metrics_acc.append(jax.device_get(m))
+      state, m = update(state, put(select_iteration(batch, it % mu) if mu > 1 else batch))
+      metrics_acc.append(dist.to_host(m))
     if use_value and step % vcfg.train_value_every == 0:
       vbatch = dict(batch, old_values=v_rows)
       value_lib.scatter_to_rows(vbatch, returns, "returns")
-      vstate, vm = vupdate(vstate, vbatch)
+      vstate, vm = vupdate(vstate, put(vbatch))
+      vm = dist.to_host(vm)
       metrics_acc[-1]["value_loss"] = vm["loss"]
     train_s = time.time() - t1
 
@@ -233,7 +316,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
     for k in metrics_acc[-1]:
       row[k] = float(np.mean([m[k] for m in metrics_acc]))
     if rc.eval_every and (step + 1) % int(rc.eval_every) == 0:
-      ev = evaluate(current_model(), tokenizer, task, evalset, eval_name, eval_cfg, config,
+      ev = evaluate(current_model(), mesh, tokenizer, task, evalset, eval_name, eval_cfg, config,
                     eval_key)
       row.update({"eval_accuracy": ev["accuracy"], "eval_reward": ev["reward"]})
     writer.write(step + 1, row)
@@ -242,13 +325,14 @@ def run(config, workdir: str) -> Dict[str, Any]:
               "results": results}
       ckpt.save(step + 1, saved_items(), meta=meta, force=True)
 
-  after = evaluate(current_model(), tokenizer, task, evalset, eval_name, eval_cfg, config,
+  after = evaluate(current_model(), mesh, tokenizer, task, evalset, eval_name, eval_cfg, config,
                    eval_key)
   results["accuracy_after"] = after["accuracy"]
   _log(f"eval after RL: accuracy {after['accuracy']:.3f} reward {after['reward']:.3f}"
        + (f" (before: {results['accuracy_before']:.3f})" if "accuracy_before" in results else ""))
   ckpt.wait()
   writer.close()
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  if dist.is_primary():
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
   return results

@@ -66,7 +66,7 @@ from jdiff.models import masks
 from jdiff.models.config import ModelConfig
 from jdiff.models.kv_cache import KVCache
 from jdiff.sampling.common import (F32, Trajectory, argmax_first, filter_logits, left_pad,
-                                   select_top_n, token_logprob, transfer_schedule)
+                                   prob_at, select_top_n, token_logprob, transfer_schedule)
 from jdiff.sharding.rules import SAMPLING_RULES, constrain, logical_spec, use_rules
 
 _CACHE_AXES = ("layers", "batch", "kv_length", "kv_heads", "head_dim")
@@ -238,11 +238,7 @@ def _draw(row_keys, num_steps, logits, mask_id: int, top_k: int, kn: _Knobs):
     return jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32), filtered
 
   ids, dist = jax.lax.cond(kn.temperature == 0, lambda: (argmax_first(logits), logits), sampled)
-  # softmax(dist)[id] without normalising the whole vocabulary: the same float as
-  # jax.nn.softmax's exp(x - max) / sum, taken at one entry before the division.
-  unnorm = jnp.exp(dist - jnp.max(dist, axis=-1, keepdims=True))
-  conf = jnp.take_along_axis(unnorm, ids[..., None], axis=-1)[..., 0] / jnp.sum(unnorm, axis=-1)
-  return ids, conf, dist
+  return ids, prob_at(dist, ids), dist
 
 
 # --------------------------------------------------------------------------- loop

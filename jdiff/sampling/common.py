@@ -116,9 +116,17 @@ def gumbel_argmax(key: jax.Array, logits: jax.Array, temperature: float) -> jax.
   """
   logits = logits.astype(F32)
   if temperature == 0:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return argmax_first(logits)
   g = jax.random.gumbel(key, logits.shape, F32)
-  return jnp.argmax(logits + temperature * g, axis=-1).astype(jnp.int32)
+  return argmax_first(logits + temperature * g)
+
+
+def prob_at(logits: jax.Array, ids: jax.Array) -> jax.Array:
+  """``jax.nn.softmax(logits)[..., ids]`` without normalising every entry: the same float
+  (softmax is exp(x - max) / sum; the division is taken at one entry only)."""
+  unnorm = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+  picked = jnp.take_along_axis(unnorm, ids[..., None], axis=-1)[..., 0]
+  return picked / jnp.sum(unnorm, axis=-1)
 
 
 def token_logprob(logits: jax.Array, ids: jax.Array) -> jax.Array:

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from jdiff.models.kv_cache import KVCache
-from jdiff.sampling.common import F32, NEG_INF, select_top_n
+from jdiff.sampling.common import F32, NEG_INF, argmax_first
 
 CACHE_MODES = ("none", "prefix", "dual")
 
@@ -52,7 +52,9 @@ def threshold_select(confidence: jax.Array, eligible: jax.Array, threshold: floa
   progress. ``confidence`` is the ranking confidence p(x̂) (= the max probability when
   greedy), as in Fast-dLLM's code."""
   conf = jnp.where(eligible, confidence.astype(F32), NEG_INF)
-  top1 = select_top_n(conf, eligible, jnp.ones(conf.shape[:1], jnp.int32))
+  # The leftmost most confident eligible position: select_top_n's n = 1 pick, without its
+  # two sorts (an ineligible argmax only happens when no position is eligible).
+  top1 = jnp.arange(conf.shape[-1]) == argmax_first(conf)[:, None]
   return eligible & ((conf >= threshold) | top1)
 
 

@@ -53,8 +53,8 @@ from flax import nnx
 from jdiff.models import masks as masks_lib
 from jdiff.sampling import fast_dllm
 from jdiff.sampling import schedules as sched
-from jdiff.sampling.common import (F32, Trajectory, gumbel_argmax, select_top_n, token_logprob,
-                                   transfer_schedule)
+from jdiff.sampling.common import (F32, Trajectory, gumbel_argmax, prob_at, select_top_n,
+                                   token_logprob, transfer_schedule)
 from jdiff.sharding.rules import SAMPLING_RULES, use_rules
 
 REMASKING = ("low_confidence", "random")
@@ -261,8 +261,7 @@ def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig) -> LLaDATra
       xhat = jax.vmap(jax.vmap(gumbel_argmax, (0, 0, None)), (0, 0, None))(
           pos_keys, guided, c.temperature)
     if c.remasking == "low_confidence":
-      probs = jax.nn.softmax(guided.astype(F32), axis=-1)
-      conf = jnp.take_along_axis(probs, xhat[..., None], axis=-1)[..., 0]
+      conf = prob_at(guided.astype(F32), xhat)
     else:
       pos_keys = _position_keys(kr, b, cols)
       conf = jax.vmap(jax.vmap(lambda k: jax.random.uniform(k, (), F32)))(pos_keys)

@@ -14,7 +14,11 @@ one of two phases, decided by whether its window still holds masks:
 - commit: the window is clean; the forward stores its K/V (the reference's extra
   ``store_kv=True`` pass), the block is scanned for a stop id and the row moves on or ends.
 Both phases share one forward (only ``store`` differs per row), so rows advance
-independently: a dynamic-strategy row may be two blocks ahead of its neighbour.
+independently: a dynamic-strategy row may be two blocks ahead of its neighbour. The loop is
+split into a few static cache sizes (``_phase_sizes``): a step's attention and cache copies
+cost per slot, so early blocks do not pay for the whole canvas; a phase ends as soon as a
+live row's window leaves its cache, which then grows by empty slots (outputs are unchanged).
+Greedy steps skip the sampling filters and key folding (both inside the sampled branch).
 
 Random draws. Row b's t-th step (0-based, counted per row across blocks) samples with key
 ``fold_in(fold_in(key, b), t)``: one ``common.sample_categorical`` over the L window slots

@@ -42,17 +42,19 @@ from tqdm import tqdm
 
 from jdiff.data import load_prompts
 from jdiff.data.loading import left_pad
-from jdiff.rewards import compute_rewards
 from jdiff.rl.dtrpo import PreferencePairs
 from jdiff.rl.method import methods
-from jdiff.sampling import registry as samplers
+from jdiff.sharding import shard_state, use_rules
+from jdiff.sharding.rules import SAMPLING_RULES, TRAIN_RULES
+from jdiff.train import distributed as dist
 from jdiff.train import setup
 from jdiff.train.checkpointing import Checkpointer
 from jdiff.train.metrics import MetricsWriter
 from jdiff.train.optim import make_optimizer
-from jdiff.train.rl_loop import evaluate, section_to
+from jdiff.train.rl_loop import build_mesh, evaluate, local_rewards, rollout, section_to
 from jdiff.train.sft_loop import run_sft, sft_rows
-from jdiff.train.update import init_train_state, make_update_step
+from jdiff.train.update import batch_shardings, init_train_state, make_update_step
+from jdiff.train.validate import validate_config
 
 PAIRS_FILE = "pairs.jsonl"
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
@@ -71,6 +73,7 @@ class OfflineConfig:
   epochs: int = 1
   grad_accum: int = 1
   eval_every: int = 0  # update steps between evals (0 = only before and after)
+  max_steps: int = 0  # stop after this many update steps (0 = `epochs` worth)
 
   def __post_init__(self):
     for f in ("group_size", "rollout_batch", "pairs_per_step", "epochs", "grad_accum"):
@@ -97,10 +100,10 @@ def _log(msg: str) -> None:
 # ----------------------------------------------------------------------------- pair sets
 
 
-def sample_pairs(model, tokenizer, task, rows, ids, sampler_name, sampler_cfg, oc, config,
-                 key):
-  """Pairs from ``group_size`` samples per prompt; returns (pair records, stats)."""
-  mc = model.config
+def sample_pairs(model, mesh, tokenizer, task, rows, ids, sampler_name, sampler_cfg, oc,
+                 config, key):
+  """Pairs from ``group_size`` samples per prompt; returns (pair records, stats). Sampling
+  runs on ``mesh`` like rl_loop's rollouts (each process decodes and scores its own rows)."""
   g, bs = int(oc.group_size), int(oc.rollout_batch)
   reward_spec = config.task.get("reward") or task.reward
   pairs, all_rewards, ties = [], [], 0
@@ -109,28 +112,29 @@ def sample_pairs(model, tokenizer, task, rows, ids, sampler_name, sampler_cfg, o
     n_real = len(idx)
     idx += [idx[-1]] * (bs - n_real)  # pad the last call to the compiled shape
     prompt_ids = [ids[i] for i in idx for _ in range(g)]
-    pids, pmask, _ = left_pad(prompt_ids, mc.pad_token_id, length=config.data.max_prompt_len)
-    traj = jax.device_get(samplers.sample(sampler_name, model, pids, pmask,
-                                          jax.random.fold_in(key, start), sampler_cfg))
-    tokens, lengths = np.asarray(traj.tokens), np.asarray(traj.lengths)
-    texts = setup.decode(tokenizer, tokens, lengths)
-    cols = {c: [rows[i][c] for i in idx for _ in range(g)] for c in task.columns}
-    r = np.asarray(compute_rewards(reward_spec, texts, **cols), np.float64).sum(-1)
+    group_rows = [rows[i] for i in idx for _ in range(g)]
+    traj, mine = rollout(model, mesh, sampler_name, sampler_cfg, prompt_ids,
+                         model.config.pad_token_id, config.data.max_prompt_len,
+                         jax.random.fold_in(key, start))
+    tokens, lengths = (np.asarray(x) for x in dist.to_host((traj.tokens, traj.lengths)))
+    r = local_rewards(reward_spec, tokenizer, task, tokens, lengths, mine, group_rows)
+    r = np.asarray(dist.gather_rows(r, mine, len(prompt_ids)), np.float64)
     for k in range(n_real):
-      grp = slice(k * g, (k + 1) * g)
-      rg = r[grp]
+      rg = r[k * g:(k + 1) * g]
       all_rewards.extend(rg.tolist())
-      best, worst = k * g + int(np.argmax(rg)), k * g + int(np.argmin(rg))
-      if rg.max() - rg.min() <= 1e-9:
+      if rg.max() - rg.min() <= 1e-9:  # nothing to prefer
         ties += 1
         continue
+      best, worst = k * g + int(np.argmax(rg)), k * g + int(np.argmin(rg))  # first of ties
+      chosen, rejected = tokens[best, :lengths[best]], tokens[worst, :lengths[worst]]
       i = idx[k]
       pairs.append(dict(
-          prompt=rows[i]["prompt"], chosen=texts[best], rejected=texts[worst],
-          prompt_ids=list(map(int, ids[i])),
-          chosen_ids=tokens[best, :lengths[best]].tolist(),
-          rejected_ids=tokens[worst, :lengths[worst]].tolist(),
-          chosen_reward=float(r[best]), rejected_reward=float(r[worst]), prompt_index=i))
+          prompt=rows[i]["prompt"],
+          chosen=setup.decode(tokenizer, chosen[None], [len(chosen)])[0],
+          rejected=setup.decode(tokenizer, rejected[None], [len(rejected)])[0],
+          prompt_ids=list(map(int, ids[i])), chosen_ids=chosen.tolist(),
+          rejected_ids=rejected.tolist(), chosen_reward=float(r[best]),
+          rejected_reward=float(r[worst]), prompt_index=i))
   stats = {"sampled_prompts": len(rows), "pairs": len(pairs), "tied_groups": ties,
            "pair_build_reward_mean": float(np.mean(all_rewards)) if all_rewards else math.nan}
   return pairs, stats
@@ -226,12 +230,13 @@ def warm_start(model, tokenizer, task, ids, rows, config):
 
 def run(config, workdir: str) -> Dict[str, Any]:
   """Runs the offline ``config`` (see configs/dtrpo.py) in ``workdir``; returns results."""
-  os.makedirs(workdir, exist_ok=True)
-  oc = offline_config(config)
   method = methods.get(config.method.name)
   if not method.offline:
     raise ValueError(f"config.method.name={config.method.name!r} is an online method; use "
                      "jdiff.train.rl_loop")
+  validate_config(config)  # every key, before a model or data is loaded
+  os.makedirs(workdir, exist_ok=True)
+  oc = offline_config(config)
   method_cfg = section_to(method.config_cls, config.method, "config.method", skip=("name",))
   model, tokenizer = setup.load_policy(config.model, config.seed)
   mc = model.config
@@ -243,9 +248,11 @@ def run(config, workdir: str) -> Dict[str, Any]:
   evalset = types.SimpleNamespace(rows=ekept, ids=eids)  # what rl_loop.evaluate reads
   sampler_name, sampler_cfg = setup.sampler_config(config.sampler, mc.family)
   eval_name, eval_cfg = setup.sampler_config(config.eval.sampler, mc.family)
+  mesh = build_mesh(config)
   writer = MetricsWriter(workdir, tensorboard=config.get("tensorboard", True))
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if dist.is_primary():
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
 
   ckpt = Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep)
   start = ckpt.latest_step()
@@ -254,50 +261,66 @@ def run(config, workdir: str) -> Dict[str, Any]:
   pairs_path = os.path.join(workdir, PAIRS_FILE)
   results: Dict[str, Any] = {"dropped_prompts": dropped}
 
+  # The pair set: this workdir's (a resume trains on the same pairs), else a pairs file (read
+  # before the warm start, so a malformed file fails fast), else sampled after the warm start.
+  build_s, pairs, stats = 0.0, None, None
+  if os.path.exists(pairs_path):
+    pairs = read_pairs(pairs_path)
+    _log(f"read {len(pairs)} pairs from {pairs_path}")
+  elif start is not None:
+    raise FileNotFoundError(f"{workdir} has checkpoints but no {PAIRS_FILE}: cannot resume")
+  elif oc.pairs_path:
+    t0 = time.time()
+    pairs, stats = file_pairs(oc.pairs_path, oc.field_map, tokenizer, config, mc.eos_token_id,
+                              oc.max_response_len)
+    build_s = time.time() - t0
+
   if start is None and config.sft.steps > 0:
     model = warm_start(model, tokenizer, task, ids, kept, config)
 
-  build_s = 0.0
-  if os.path.exists(pairs_path):  # this workdir's pair set: a resume trains on the same pairs
-    pairs = read_pairs(pairs_path)
-    _log(f"read {len(pairs)} pairs from {pairs_path}")
-  else:
-    if start is not None:
-      raise FileNotFoundError(f"{workdir} has checkpoints but no {PAIRS_FILE}: cannot resume")
-    t0 = time.time()
-    if oc.pairs_path:
-      pairs, stats = file_pairs(oc.pairs_path, oc.field_map, tokenizer, config,
-                                mc.eos_token_id, oc.max_response_len)
-    else:
-      n = int(oc.num_prompts) or len(kept)
-      pairs, stats = sample_pairs(model, tokenizer, task, kept[:n], ids[:n], sampler_name,
-                                  sampler_cfg, oc, config, jax.random.fold_in(key, 2**31 - 2))
-    build_s = time.time() - t0
-    results.update(stats, pair_build_s=build_s)
-    _log(f"pairs: {json.dumps(stats)} ({build_s:.0f}s)")
-    if not pairs:
-      raise ValueError("no preference pairs: every sampled group had equal rewards (or the "
-                       "pairs file is empty); raise offline.group_size or sampler temperature")
-    if jax.process_index() == 0:
-      save_pairs(pairs_path, pairs)
-  width = response_width(pairs, sampler_cfg, oc)
-
   optimizer = make_optimizer(dict(config.optim))
-  graphdef, state = init_train_state(model, optimizer)
+  graphdef, state = init_train_state(model, optimizer, mesh=mesh, rules=TRAIN_RULES)
   update = make_update_step(graphdef, optimizer, functools.partial(method.loss_fn, cfg=method_cfg),
-                            grad_accum=int(oc.grad_accum))
+                            mesh=mesh, rules=TRAIN_RULES, grad_accum=int(oc.grad_accum))
   score = jax.jit(lambda params, rest, batch: method.logprob_fn(
       nnx.merge(graphdef, params, rest), batch, method_cfg))
   ref_params = jax.tree.map(jnp.copy, state.params)  # frozen: the warm-started policy
 
   def current_model():
-    return nnx.merge(graphdef, state.params, state.rest)
+    """The policy in the sampling layout (as rl_loop samples it)."""
+    return nnx.merge(graphdef, shard_state(state.params, mesh, SAMPLING_RULES),
+                     shard_state(state.rest, mesh, SAMPLING_RULES))
+
+  def put(batch):
+    return dist.to_global(batch, batch_shardings(batch, mesh, TRAIN_RULES))
+
+  def ref_logp(batch):
+    with jax.set_mesh(mesh), use_rules(TRAIN_RULES):
+      return score(ref_params, state.rest, put(batch))
 
   def run_eval():
     if not evalset.rows:
       return None
-    return evaluate(current_model(), tokenizer, task, evalset, eval_name, eval_cfg, config,
-                    eval_key)
+    return evaluate(current_model(), mesh, tokenizer, task, evalset, eval_name, eval_cfg,
+                    config, eval_key)
+
+  if pairs is None:
+    t0 = time.time()
+    n = int(oc.num_prompts) or len(kept)
+    pairs, stats = sample_pairs(current_model(), mesh, tokenizer, task, kept[:n], ids[:n],
+                                sampler_name, sampler_cfg, oc, config,
+                                jax.random.fold_in(key, 2**31 - 2))
+    build_s = time.time() - t0
+  if stats is not None:  # a new pair set: report and save it
+    results.update(stats, pair_build_s=build_s)
+    _log(f"pairs: {json.dumps(stats)} ({build_s:.0f}s)")
+    if not pairs:
+      raise ValueError("no preference pairs: every sampled group had equal rewards (or the "
+                       "pairs file is empty); raise offline.group_size or sampler temperature")
+    if dist.is_primary():
+      save_pairs(pairs_path, pairs)
+    dist.barrier("offline_pairs")
+  width = response_width(pairs, sampler_cfg, oc)
 
   if start is not None:
     items, meta = ckpt.restore(start, targets={"policy": state, "reference": ref_params})
@@ -315,6 +338,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
   size = int(oc.pairs_per_step)
   steps = math.ceil(int(oc.epochs) * len(pairs) / size)
   results["steps"] = steps
+  if oc.max_steps:  # stop early; a rerun with a larger max_steps (or 0) continues
+    steps = min(steps, int(oc.max_steps))
   reward_mean = results.get("pair_build_reward_mean", math.nan)
   for step in tqdm(range(start, steps), initial=start, total=steps, desc="offline",
                    disable=jax.process_index() != 0):
@@ -323,12 +348,11 @@ def run(config, workdir: str) -> Dict[str, Any]:
     batch = method.build_batch(pair_batch(pairs, idx, width, config.data.max_prompt_len,
                                           mc.pad_token_id),
                                None, jax.random.fold_in(key, step), method_cfg, mc)
-    batch["ref_logp"] = score(ref_params, state.rest, batch)
-    state, m = update(state, batch)
-    row = {k: float(v) for k, v in jax.device_get(m).items()}
+    batch["ref_logp"] = dist.to_host(ref_logp(batch))
+    state, m = update(state, put(batch))
+    row = {k: float(v) for k, v in dist.to_host(m).items()}
     row.update(train_s=time.time() - t1, reward_mean=reward_mean,
-               rollout_s=build_s if step == 0 else 0.0,
-               epoch=step * size / len(pairs))
+               rollout_s=build_s if step == 0 else 0.0, epoch=step * size / len(pairs))
     if oc.eval_every and (step + 1) % int(oc.eval_every) == 0 and step + 1 < steps:
       ev = run_eval()
       if ev is not None:
@@ -347,7 +371,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
             else ""))
   ckpt.wait()
   writer.close()
-  if jax.process_index() == 0:
+  if dist.is_primary():
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
   return results

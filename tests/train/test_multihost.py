@@ -33,7 +33,7 @@ OVERRIDES = [
     "--config=" + os.path.join(ROOT, "configs", "tracerl.py"),
     "--config.tensorboard=False", "--config.task.num_train=64", "--config.task.num_eval=8",
     "--config.task.reward=test_digit_fraction", "--config.eval.batch_size=8",
-    "--config.sft.steps=0", f"--config.rl.steps={STEPS}", "--config.rl.prompts_per_step=2",
+    "--config.sft.steps=0", "--config.rl.prompts_per_step=2",
     "--config.rl.group_size=4", "--config.rl.inner_epochs=1", "--config.rl.eval_every=0",
     "--config.sampler.max_tokens=8", "--config.eval.sampler.max_tokens=8",
     "--config.checkpoint.every=1",
@@ -47,7 +47,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _launch(workdir, num_processes, mesh_shape):
+def _launch(workdir, num_processes, mesh_shape, steps=STEPS):
   """Starts one run (all its processes); returns [(Popen, log path)]."""
   os.makedirs(workdir, exist_ok=True)
   env = dict(os.environ, JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false",
@@ -55,13 +55,13 @@ def _launch(workdir, num_processes, mesh_shape):
              # Same optimisation level as the pytest process (conftest): faster compiles.
              XLA_FLAGS=(f"--xla_force_host_platform_device_count={8 // num_processes} "
                         "--xla_backend_optimization_level=0"))
-  args = [sys.executable, DRIVER, *OVERRIDES, f"--workdir={workdir}",
-          "--config.mesh.shape=" + repr(tuple(mesh_shape))]
+  args = [sys.executable, DRIVER, *OVERRIDES, f"--config.rl.steps={steps}",
+          "--config.mesh.shape=" + repr(tuple(mesh_shape)), f"--workdir={workdir}"]
   if num_processes > 1:
     args += [f"--coordinator=127.0.0.1:{_free_port()}", f"--num_processes={num_processes}"]
   procs = []
   for pid in range(num_processes):
-    log = os.path.join(workdir, f"log.{pid}.txt")
+    log = os.path.join(workdir, f"log.{pid}.steps{steps}.txt")
     cmd = args + ([f"--process_id={pid}"] if num_processes > 1 else [])
     procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "w"),
                                    stderr=subprocess.STDOUT), log))
@@ -128,13 +128,18 @@ def test_two_processes_match_one(runs):
 
 
 @pytest.mark.slow
-def test_two_processes_fsdp_tensor_mesh(runs, tmp_path):
+def test_two_processes_fsdp_tensor_mesh_resumed(runs, tmp_path):
   """(data, fsdp, tensor) = (2, 2, 2) over 2 processes: weights FSDP/tensor-sharded across
-  hosts, resharded to the sampling layout for rollouts. Against the data-parallel 1 x 8 run
-  only summation order differs (2.1e-6 measured)."""
-  _wait([_launch(str(tmp_path / "two"), 2, (2, 2, 2))])
+  hosts, resharded to the sampling layout for rollouts; stopped after step 1 and resumed
+  (every process restores its shards). Against the data-parallel 1 x 8 run only summation
+  order differs (2.1e-6 measured without the resume)."""
+  two = str(tmp_path / "two")
+  _wait([_launch(two, 2, (2, 2, 2), steps=1)])
+  _wait([_launch(two, 2, (2, 2, 2))])
+  assert "resumed from step 1" in open(os.path.join(two, f"log.0.steps{STEPS}.txt")).read()
+  assert [r["step"] for r in _metrics(two)] == list(range(1, STEPS + 1))
   one = _policy(runs["1x8"])
-  two = _policy(str(tmp_path / "two"), like=one)
+  two = _policy(two, like=one)
   diff = _max_diff(one["params"], two["params"])
   print(f"max |param(2x4, mesh 2x2x2) - param(1x8, mesh 8x1x1)| = {diff:.3e}")
   assert diff <= 2e-5
@@ -147,7 +152,7 @@ def test_only_process_zero_writes(runs):
       "checkpoints", "config.json", "metrics.jsonl", "results.json"]
   assert Checkpointer(two, read_only=True).steps() == list(range(1, STEPS + 1))
   # Process 1 logs nothing of its own (no progress bar, no eval lines).
-  log1 = open(os.path.join(two, "log.1.txt")).read()
+  log1 = open(os.path.join(two, f"log.1.steps{STEPS}.txt")).read()
   assert "eval" not in log1 and "rl:" not in log1
 
 

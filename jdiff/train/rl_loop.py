@@ -307,6 +307,10 @@ def run(config, workdir: str) -> Dict[str, Any]:
       vm = dist.to_host(vm)
       metrics_acc[-1]["value_loss"] = vm["loss"]
     train_s = time.time() - t1
+    skipped = int(sum(float(m.get("skipped", 0.0)) for m in metrics_acc))
+    if skipped:  # the update step kept params and optimizer state; say so, don't stop
+      _log(f"step {step + 1}: non-finite loss or gradient in {skipped} of {len(metrics_acc)} "
+           "update(s); skipped, parameters and optimizer state kept")
 
     lengths = np.asarray(traj.lengths)
     row = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),

@@ -211,9 +211,9 @@ def _online(config, method, method_cfg, sampler_name, sampler_cfg) -> None:
     what = "responses" if steps == 1 else f"rows ({responses} responses x {steps} steps)"
     raise _err("rl.grad_accum", f"{ga} does not divide the {responses * steps} {what} per "
                "step (config.rl.prompts_per_step * config.rl.group_size)")
-  if rc.get("filter_groups") and not 0 <= rc.filter_low <= rc.filter_high <= 1:
-    raise _err("rl.filter_low", f"need 0 <= filter_low <= filter_high <= 1, got "
-               f"{rc.filter_low}, {rc.filter_high}")
+  # (A range outside [0, 1] is allowed: it filters every group, which the loop warns about.)
+  if rc.get("filter_groups") and not rc.filter_low <= rc.filter_high:
+    raise _err("rl.filter_low", f"{rc.filter_low} > config.rl.filter_high={rc.filter_high}")
   if method.name == "cj_grpo":
     if not getattr(sampler_cfg, "record_states", False):
       raise _err("sampler.record_states", "CJ-GRPO trains on the rollout's intermediate "

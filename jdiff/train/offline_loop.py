@@ -205,10 +205,13 @@ def pair_batch(pairs, idx, width: int, prompt_len: int, pad_id: int) -> Preferen
 
 def pair_order(n: int, position: int, size: int, seed: int) -> List[int]:
   """Indices ``position .. position+size`` of the concatenated per-epoch permutations."""
+  perms = {}  # one permutation per epoch the batch touches
   out = []
   for q in range(position, position + size):
     epoch, i = divmod(q, n)
-    out.append(int(np.random.default_rng([seed, epoch]).permutation(n)[i]))
+    if epoch not in perms:
+      perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
+    out.append(int(perms[epoch][i]))
   return out
 
 

@@ -7,9 +7,10 @@ run resumed from a checkpoint continues exactly as the uninterrupted run would h
 
 Mesh and processes. ``config.mesh.shape`` (data, fsdp, tensor; one -1 fills the rest) lays out
 the policy, value model and reference params by ``TRAIN_RULES``; rollouts run on the same
-mesh with the weights in the ``SAMPLING_RULES`` layout and the prompts sharded over the data
-axes. Every process (one per host, same command) runs this same function: it pads and places
-only the prompt rows its devices hold, decodes and scores only those rows, and the rewards are
+mesh with the weights in ``config.mesh.sampling_layout`` ("gathered" by default, see
+:data:`SAMPLING_LAYOUTS`) and the prompts sharded over the data axes. Every process (one per
+host, same command) runs this same function: it pads and places only the prompt rows its
+devices hold, decodes and scores only those rows, and the rewards are
 gathered so that advantages and the method's host-side batch are built from the full batch,
 identically everywhere (see :mod:`jdiff.train.distributed`). Process 0 alone writes metrics,
 logs, ``config.json`` and ``results.json``; every process takes part in Orbax saves/restores.
@@ -105,6 +106,24 @@ def build_mesh(config):
     raise ValueError(f"config.mesh.shape={tuple(shape)} uses {mesh.devices.size} of "
                      f"{jax.device_count()} devices; a multi-process mesh must use all of them")
   return mesh
+
+
+SAMPLING_LAYOUTS = {
+    # Weights all-gathered over fsdp once per rollout: no gathers inside the step loop, but
+    # every fsdp group holds a full copy (an 8B model in bf16 is 16 GB per device).
+    "gathered": SAMPLING_RULES,
+    # The training shards as they are: memory-lean, the compiler gathers weights per forward.
+    "fsdp": TRAIN_RULES,
+}
+
+
+def sampling_rules(config):
+  """The weight layout rollouts and evals use, from ``config.mesh.sampling_layout``."""
+  layout = config.get("mesh", {}).get("sampling_layout", "gathered")
+  if layout not in SAMPLING_LAYOUTS:
+    raise ValueError(f"config.mesh.sampling_layout={layout!r}; expected one of "
+                     f"{sorted(SAMPLING_LAYOUTS)}")
+  return SAMPLING_LAYOUTS[layout]
 
 
 def rollout(model, mesh, sampler_name, sampler_cfg, prompt_ids, pad_id, prompt_len, key):
@@ -231,11 +250,13 @@ def run(config, workdir: str) -> Dict[str, Any]:
     vscore = jax.jit(lambda p, r, b: value_lib.value_fn(
         nnx.merge(vgraphdef, p, r), b, attention_mask(b, mc)))
 
+  sample_rules = sampling_rules(config)
+
   def current_model():
-    """The policy for sampling: weights in the sampling layout (no FSDP gathers per step; the
-    same arrays, not copies, when the two layouts agree, e.g. without an fsdp axis)."""
-    return nnx.merge(graphdef, shard_state(state.params, mesh, SAMPLING_RULES),
-                     shard_state(state.rest, mesh, SAMPLING_RULES))
+    """The policy for sampling: weights in ``config.mesh.sampling_layout`` (the same arrays,
+    not copies, when it agrees with the training layout, e.g. without an fsdp axis)."""
+    return nnx.merge(graphdef, shard_state(state.params, mesh, sample_rules),
+                     shard_state(state.rest, mesh, sample_rules))
 
   # d1 / CJ-GRPO / dTRPO: a KL to the frozen starting policy (after the warm start).
   ref_params = jax.tree.map(jnp.copy, state.params) if method.needs_ref(method_cfg) else None

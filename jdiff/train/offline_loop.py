@@ -45,13 +45,14 @@ from jdiff.data.loading import left_pad
 from jdiff.rl.dtrpo import PreferencePairs
 from jdiff.rl.method import methods
 from jdiff.sharding import shard_state, use_rules
-from jdiff.sharding.rules import SAMPLING_RULES, TRAIN_RULES
+from jdiff.sharding.rules import TRAIN_RULES
 from jdiff.train import distributed as dist
 from jdiff.train import setup
 from jdiff.train.checkpointing import Checkpointer
 from jdiff.train.metrics import MetricsWriter
 from jdiff.train.optim import make_optimizer
-from jdiff.train.rl_loop import build_mesh, evaluate, local_rewards, rollout, section_to
+from jdiff.train.rl_loop import (build_mesh, evaluate, local_rewards, rollout, sampling_rules,
+                                 section_to)
 from jdiff.train.sft_loop import run_sft, sft_rows
 from jdiff.train.update import batch_shardings, init_train_state, make_update_step
 from jdiff.train.validate import validate_config
@@ -289,10 +290,12 @@ def run(config, workdir: str) -> Dict[str, Any]:
       nnx.merge(graphdef, params, rest), batch, method_cfg))
   ref_params = jax.tree.map(jnp.copy, state.params)  # frozen: the warm-started policy
 
+  sample_rules = sampling_rules(config)
+
   def current_model():
-    """The policy in the sampling layout (as rl_loop samples it)."""
-    return nnx.merge(graphdef, shard_state(state.params, mesh, SAMPLING_RULES),
-                     shard_state(state.rest, mesh, SAMPLING_RULES))
+    """The policy in ``config.mesh.sampling_layout`` (as rl_loop samples it)."""
+    return nnx.merge(graphdef, shard_state(state.params, mesh, sample_rules),
+                     shard_state(state.rest, mesh, sample_rules))
 
   def put(batch):
     return dist.to_global(batch, batch_shardings(batch, mesh, TRAIN_RULES))

@@ -29,7 +29,7 @@ SECTIONS = {
            "std_normalize", "filter_groups", "filter_low", "filter_high", "reset_optimizer",
            "eval_every"},
     "checkpoint": {"every", "max_to_keep"},
-    "mesh": {"shape", "axis_names"},
+    "mesh": {"shape", "axis_names", "sampling_layout"},
 }
 TOP_LEVEL = {"seed", "tensorboard", "sampler", "method", "value", "optim", "offline"} | set(SECTIONS)
 
@@ -168,6 +168,10 @@ def _mesh(mesh) -> None:
     raise _err("mesh.shape", f"{tuple(shape)}: entries must be positive ints or -1")
   if shape.count(-1) > 1:
     raise _err("mesh.shape", f"{tuple(shape)}: at most one entry may be -1")
+  from jdiff.train.rl_loop import SAMPLING_LAYOUTS
+  layout = mesh.get("sampling_layout", "gathered")
+  if layout not in SAMPLING_LAYOUTS:
+    raise _err("mesh.sampling_layout", f"{layout!r}; expected one of {sorted(SAMPLING_LAYOUTS)}")
   names = mesh.get("axis_names")
   if names is not None and len(list(names)) != 3:
     raise _err("mesh.axis_names", f"{names} must name 3 axes")

@@ -76,6 +76,7 @@ BROKEN = [
     ("tracerl", "sft.grad_accum", 5, "config.sft.grad_accum"),
     ("tracerl", "mesh", {"shape": (-1, -1, 1)}, "config.mesh.shape"),
     ("tracerl", "mesh", {"shape": (2, 2)}, "config.mesh.shape"),
+    ("tracerl", "mesh", {"shape": (1, -1, 1), "sampling_layout": "x"}, "config.mesh.sampling_layout"),
     ("tracerl", "checkpoint.every", 0, "config.checkpoint.every"),
     ("tracerl", "learning_rate", 1.0, "config.learning_rate"),
     ("tracerl", "data.max_prompt_len", 0, "config.data.max_prompt_len"),

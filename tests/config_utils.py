@@ -27,3 +27,13 @@ def tiny(config, steps=2):
     c.sampler.max_tokens = c.eval.sampler.max_tokens = 8
   c.checkpoint.every = 1
   return c
+
+
+def policy_leaves(workdir, step):
+  """The policy TrainState's leaves (numpy) of RL checkpoint ``step`` in ``workdir``."""
+  import jax
+  import numpy as np
+
+  from jdiff.train.checkpointing import Checkpointer
+  items, _ = Checkpointer(workdir, read_only=True).restore(step)
+  return [np.asarray(x) for x in jax.tree.leaves(items["policy"])]

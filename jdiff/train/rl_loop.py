@@ -49,6 +49,7 @@ from jdiff.train.optim import make_optimizer
 from jdiff.train.sft_loop import run_sft, sft_rows
 from jdiff.train.update import (batch_shardings, init_train_state, make_update_step,
                                 tree_shardings)
+from jdiff.train.validate import validate_config
 
 
 def section_to(cls, section, where: str, skip=()):
@@ -177,6 +178,7 @@ def evaluate(model, mesh, tokenizer, task, prompts: Prompts, sampler_name, sampl
 
 def run(config, workdir: str) -> Dict[str, Any]:
   """Runs ``config`` (see configs/tracerl.py) in ``workdir``; returns the final eval metrics."""
+  validate_config(config)  # every key, before a model or data is loaded
   os.makedirs(workdir, exist_ok=True)
   rc = config.rl
   model, tokenizer = setup.load_policy(config.model, config.seed)

@@ -7,29 +7,16 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 
-from config_utils import ROOT, load_config, tiny
+from config_utils import ROOT, load_config, policy_leaves, tiny
 from jdiff.train import rl_loop
 from jdiff.train.checkpointing import Checkpointer
 
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # where orbax writes a step before it commits it
 
 
-def _policy_leaves(workdir, step):
-  items, _ = Checkpointer(workdir, read_only=True).restore(step)
-  return [np.asarray(x) for x in jax.tree.leaves(items["policy"])]
-
-
 def _metrics(workdir):
   return [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-
-
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("straight"))
-  rl_loop.run(tiny(load_config()), workdir)
-  return workdir
 
 
 def test_nan_loss_skips_the_step_keeps_state_and_reports(tmp_path, monkeypatch, capsys):
@@ -116,11 +103,11 @@ def test_kill_9_mid_checkpoint_then_resume(straight, tmp_path):
   assert Checkpointer(str(workdir), read_only=True).latest_step() == 1
   # The step-1 checkpoint is intact, and the resumed run ends exactly where the straight
   # run does; the killed run's metrics row for step 2 is replaced, not duplicated.
-  for a, b in zip(_policy_leaves(straight, 1), _policy_leaves(str(workdir), 1)):
+  for a, b in zip(policy_leaves(straight[0], 1), policy_leaves(str(workdir), 1)):
     np.testing.assert_array_equal(a, b)
   rl_loop.run(tiny(load_config()), str(workdir))
   assert Checkpointer(str(workdir), read_only=True).steps() == [1, 2]
   assert not (ckdir / ("2" + TMP_SUFFIX)).exists()
-  for a, b in zip(_policy_leaves(straight, 2), _policy_leaves(str(workdir), 2)):
+  for a, b in zip(policy_leaves(straight[0], 2), policy_leaves(str(workdir), 2)):
     np.testing.assert_array_equal(a, b)
   assert [r["step"] for r in _metrics(str(workdir))] == [1, 2]

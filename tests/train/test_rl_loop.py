@@ -10,20 +10,7 @@ import pytest
 from jdiff.train import rl_loop
 from jdiff.train.checkpointing import Checkpointer
 
-import jax
-from config_utils import load_config, tiny
-
-
-def _policy_leaves(workdir, step):
-  items, _ = Checkpointer(workdir, read_only=True).restore(step)
-  return [np.asarray(x) for x in jax.tree.leaves(items["policy"])]
-
-
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("straight"))
-  results = rl_loop.run(tiny(load_config()), workdir)
-  return workdir, results
+from config_utils import load_config, policy_leaves, tiny
 
 
 def test_outputs(straight):
@@ -43,7 +30,7 @@ def test_resume_equals_straight_run(straight, tmp_path):
   resumed = str(tmp_path / "resumed")
   rl_loop.run(tiny(load_config(), steps=1), resumed)
   rl_loop.run(tiny(load_config(), steps=2), resumed)  # picks up at step 1
-  for a, b in zip(_policy_leaves(workdir, 2), _policy_leaves(resumed, 2)):
+  for a, b in zip(policy_leaves(workdir, 2), policy_leaves(resumed, 2)):
     np.testing.assert_array_equal(a, b)
   rows = [json.loads(l) for l in open(os.path.join(resumed, "metrics.jsonl"))]
   assert [r["step"] for r in rows] == [1, 2]

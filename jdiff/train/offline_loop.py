@@ -31,7 +31,6 @@ import json
 import math
 import os
 import time
-import types
 from typing import Any, Dict, List
 
 import jax
@@ -49,13 +48,10 @@ from jdiff.sharding.rules import TRAIN_RULES
 from jdiff.train import distributed as dist
 from jdiff.train import setup
 from jdiff.train.checkpointing import Checkpointer
-from jdiff.train.metrics import MetricsWriter
 from jdiff.train.optim import make_optimizer
-from jdiff.train.rl_loop import (build_mesh, evaluate, local_rewards, rollout, sampling_rules,
-                                 section_to)
-from jdiff.train.sft_loop import run_sft, sft_rows
+from jdiff.train.rl_loop import evaluate, local_rewards, rollout, sampling_rules, section_to
+from jdiff.train.run_setup import epoch_order, open_run, warm_start
 from jdiff.train.update import batch_shardings, init_train_state, make_update_step
-from jdiff.train.validate import validate_config
 
 PAIRS_FILE = "pairs.jsonl"
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
@@ -204,32 +200,7 @@ def pair_batch(pairs, idx, width: int, prompt_len: int, pad_id: int) -> Preferen
   return dataclasses.replace(p, prompt_ids=pids, prompt_mask=pmask)
 
 
-def pair_order(n: int, position: int, size: int, seed: int) -> List[int]:
-  """Indices ``position .. position+size`` of the concatenated per-epoch permutations."""
-  perms = {}  # one permutation per epoch the batch touches
-  out = []
-  for q in range(position, position + size):
-    epoch, i = divmod(q, n)
-    if epoch not in perms:
-      perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
-    out.append(int(perms[epoch][i]))
-  return out
-
-
 # ----------------------------------------------------------------------------- the loop
-
-
-def warm_start(model, tokenizer, task, ids, rows, config):
-  """The rl_loop warm start: ``sft.steps`` of SFT on the task's target completions."""
-  if task.completion is None:
-    raise ValueError(f"config.sft.steps={config.sft.steps} but task {task.name!r} has no "
-                     "target completions; set config.sft.steps=0 (warm-start with "
-                     "scripts/sft.py and point config.model.checkpoint at its model)")
-  mc = model.config
-  sft = sft_rows(tokenizer, ids, [task.completion(r) for r in rows], config.sft.max_len,
-                 mc.eos_token_id, mc.pad_token_id, pad_in_loss=config.sft.pad_in_loss)
-  model, _ = run_sft(model, sft, config.sft, seed=config.seed, log=_log)
-  return model
 
 
 def run(config, workdir: str) -> Dict[str, Any]:
@@ -238,30 +209,15 @@ def run(config, workdir: str) -> Dict[str, Any]:
   if not method.offline:
     raise ValueError(f"config.method.name={config.method.name!r} is an online method; use "
                      "jdiff.train.rl_loop")
-  validate_config(config)  # every key, before a model or data is loaded
-  os.makedirs(workdir, exist_ok=True)
+  r = open_run(config, workdir, _log)  # validates every key before anything loads
   oc = offline_config(config)
   method_cfg = section_to(method.config_cls, config.method, "config.method", skip=("name",))
-  model, tokenizer = setup.load_policy(config.model, config.seed)
-  mc = model.config
-  task, train_rows, eval_rows = setup.task_rows(config.task)
-  kept, ids, dropped = setup.encode(tokenizer, train_rows, config.data.max_prompt_len,
-                                    config.data.use_chat_template)
-  ekept, eids, _ = setup.encode(tokenizer, eval_rows, config.data.max_prompt_len,
-                                config.data.use_chat_template)
-  evalset = types.SimpleNamespace(rows=ekept, ids=eids)  # what rl_loop.evaluate reads
-  sampler_name, sampler_cfg = setup.sampler_config(config.sampler, mc.family)
-  eval_name, eval_cfg = setup.sampler_config(config.eval.sampler, mc.family)
-  mesh = build_mesh(config)
-  writer = MetricsWriter(workdir, tensorboard=config.get("tensorboard", True))
-  if dist.is_primary():
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-
-  ckpt = Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep)
-  start = ckpt.latest_step()
-  key = jax.random.key(config.seed)
-  eval_key = jax.random.fold_in(key, 2**31 - 1)  # the same draws for every evaluation
+  model, tokenizer, task, evalset = r.model, r.tokenizer, r.task, r.evalset
+  kept, ids, dropped = r.train.rows, r.train.ids, r.dropped
+  mc, mesh, writer, ckpt, start = model.config, r.mesh, r.writer, r.ckpt, r.start
+  key, eval_key = r.key, r.eval_key
+  (sampler_name, sampler_cfg), (eval_name, eval_cfg) = r.sampler, r.eval_sampler
+  results: Dict[str, Any] = {"dropped_prompts": dropped}
   pairs_path = os.path.join(workdir, PAIRS_FILE)
   results: Dict[str, Any] = {"dropped_prompts": dropped}
 
@@ -280,7 +236,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
     build_s = time.time() - t0
 
   if start is None and config.sft.steps > 0:
-    model = warm_start(model, tokenizer, task, ids, kept, config)
+    model = warm_start(r, config, _log)
 
   optimizer = make_optimizer(dict(config.optim))
   graphdef, state = init_train_state(model, optimizer, mesh=mesh, rules=TRAIN_RULES)
@@ -312,7 +268,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
 
   if pairs is None:
     t0 = time.time()
-    n = int(oc.num_prompts) or len(kept)
+    n = int(oc.num_prompts) or len(r.train.require("train").rows)
     pairs, stats = sample_pairs(current_model(), mesh, tokenizer, task, kept[:n], ids[:n],
                                 sampler_name, sampler_cfg, oc, config,
                                 jax.random.fold_in(key, 2**31 - 2))
@@ -350,7 +306,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
   for step in tqdm(range(start, steps), initial=start, total=steps, desc="offline",
                    disable=jax.process_index() != 0):
     t1 = time.time()
-    idx = pair_order(len(pairs), step * size, size, config.seed)
+    idx = epoch_order(len(pairs), step * size, size, config.seed)
     batch = method.build_batch(pair_batch(pairs, idx, width, config.data.max_prompt_len,
                                           mc.pad_token_id),
                                None, jax.random.fold_in(key, step), method_cfg, mc)

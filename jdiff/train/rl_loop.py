@@ -43,13 +43,10 @@ from jdiff.sharding import make_mesh, shard_state, use_rules
 from jdiff.sharding.rules import SAMPLING_RULES, TRAIN_RULES
 from jdiff.train import distributed as dist
 from jdiff.train import setup
-from jdiff.train.checkpointing import Checkpointer
-from jdiff.train.metrics import MetricsWriter
 from jdiff.train.optim import make_optimizer
-from jdiff.train.sft_loop import run_sft, sft_rows
+from jdiff.train.run_setup import Prompts, build_mesh, open_run, warm_start  # noqa: F401
 from jdiff.train.update import (batch_shardings, init_train_state, make_update_step,
                                 tree_shardings)
-from jdiff.train.validate import validate_config
 
 
 def section_to(cls, section, where: str, skip=()):
@@ -68,45 +65,8 @@ def _log(msg: str) -> None:
     tqdm.write(msg)
 
 
-class Prompts:
-  """Encoded prompts with their task columns; batches in a seeded per-epoch order."""
-
-  def __init__(self, rows, ids, seed):
-    if not rows:
-      raise ValueError("no prompts left after encoding (all longer than max_prompt_len?)")
-    self.rows, self.ids, self.seed = rows, ids, seed
-
-  def batch(self, position: int, size: int):
-    n = len(self.rows)
-    out = []
-    for p in range(position, position + size):
-      epoch, i = divmod(p, n)
-      order = np.random.default_rng([self.seed, epoch]).permutation(n)
-      out.append(int(order[i]))
-    return out
-
-
 def _columns(task, rows):
   return {c: [r[c] for r in rows] for c in task.columns}
-
-
-def build_mesh(config):
-  """The mesh of ``config.mesh.shape``: 3 ints (data, fsdp, tensor), at most one -1."""
-  shape = config.get("mesh", {}).get("shape", (-1, 1, 1))
-  if (not isinstance(shape, (tuple, list)) or len(shape) != 3
-      or not all(isinstance(s, int) and not isinstance(s, bool) and (s > 0 or s == -1)
-                 for s in shape)):
-    raise ValueError(f"config.mesh.shape must be 3 ints (data, fsdp, tensor), each positive or "
-                     f"-1 (fill the remaining devices), got {shape!r}")
-  try:
-    mesh = make_mesh(tuple(shape))
-  except ValueError as e:
-    raise ValueError(f"config.mesh.shape={tuple(shape)}: {e}") from None
-  if jax.process_count() > 1 and mesh.devices.size != jax.device_count():
-    # A process without a device in the mesh could hold no rows of any batch.
-    raise ValueError(f"config.mesh.shape={tuple(shape)} uses {mesh.devices.size} of "
-                     f"{jax.device_count()} devices; a multi-process mesh must use all of them")
-  return mesh
 
 
 SAMPLING_LAYOUTS = {
@@ -178,42 +138,19 @@ def evaluate(model, mesh, tokenizer, task, prompts: Prompts, sampler_name, sampl
 
 def run(config, workdir: str) -> Dict[str, Any]:
   """Runs ``config`` (see configs/tracerl.py) in ``workdir``; returns the final eval metrics."""
-  validate_config(config)  # every key, before a model or data is loaded
-  os.makedirs(workdir, exist_ok=True)
   rc = config.rl
-  model, tokenizer = setup.load_policy(config.model, config.seed)
-  task, train_rows, eval_rows = setup.task_rows(config.task)
-  mc = model.config
-  kept, ids, dropped = setup.encode(tokenizer, train_rows, config.data.max_prompt_len,
-                                    config.data.use_chat_template)
-  train = Prompts(kept, ids, config.seed)
-  ekept, eids, edropped = setup.encode(tokenizer, eval_rows, config.data.max_prompt_len,
-                                       config.data.use_chat_template)
-  evalset = Prompts(ekept, eids, config.seed)
-  if dropped or edropped:
-    _log(f"dropped {dropped} train / {edropped} eval prompts longer than "
-         f"{config.data.max_prompt_len} tokens")
+  r = open_run(config, workdir, _log)  # validates every key before anything loads
+  model, tokenizer, task = r.model, r.tokenizer, r.task
+  train, evalset = r.train.require("train"), r.evalset.require("eval")
+  mc, mesh, writer, ckpt, start = model.config, r.mesh, r.writer, r.ckpt, r.start
+  key, eval_key = r.key, r.eval_key
+  (sampler_name, sampler_cfg), (eval_name, eval_cfg) = r.sampler, r.eval_sampler
   method = methods.get(config.method.name)
   method_cfg = section_to(method.config_cls, config.method, "config.method", skip=("name",))
-  sampler_name, sampler_cfg = setup.sampler_config(config.sampler, mc.family)
-  eval_name, eval_cfg = setup.sampler_config(config.eval.sampler, mc.family)
-  mesh = build_mesh(config)
-  writer = MetricsWriter(workdir, tensorboard=config.get("tensorboard", True))
-  if dist.is_primary():
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-
-  ckpt = Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep)
-  start = ckpt.latest_step()
-  key = jax.random.key(config.seed)
-  eval_key = jax.random.fold_in(key, 2**31 - 1)  # the same draws for every evaluation
-  results: Dict[str, Any] = {"dropped_prompts": dropped}
+  results: Dict[str, Any] = {"dropped_prompts": r.dropped}
 
   if start is None and config.sft.steps > 0:  # warm start before the first RL step
-    completions = [task.completion(r) for r in train.rows]
-    rows = sft_rows(tokenizer, train.ids, completions, config.sft.max_len, mc.eos_token_id,
-                    mc.pad_token_id, pad_in_loss=config.sft.pad_in_loss)
-    model, _ = run_sft(model, rows, config.sft, seed=config.seed, log=_log)
+    model = warm_start(r, config, _log)
 
   optimizer = make_optimizer(dict(config.optim))
   graphdef, state = init_train_state(model, optimizer, mesh=mesh, rules=TRAIN_RULES)
@@ -323,12 +260,13 @@ def run(config, workdir: str) -> Dict[str, Any]:
     for it in range(int(getattr(method_cfg, "num_iterations", 0) or rc.inner_epochs)):
       state, m = update(state, put(select_iteration(batch, it % mu) if mu > 1 else batch))
       metrics_acc.append(dist.to_host(m))
+    value_metrics = {}
     if use_value and step % vcfg.train_value_every == 0:
       vbatch = dict(batch, old_values=v_rows)
       value_lib.scatter_to_rows(vbatch, returns, "returns")
       vstate, vm = vupdate(vstate, put(vbatch))
       vm = dist.to_host(vm)
-      metrics_acc[-1]["value_loss"] = vm["loss"]
+      value_metrics = {"value_loss": float(vm["loss"]), "value_skipped": float(vm["skipped"])}
     train_s = time.time() - t1
     skipped = int(sum(float(m.get("skipped", 0.0)) for m in metrics_acc))
     if skipped:  # the update step kept params and optimizer state; say so, don't stop
@@ -340,8 +278,9 @@ def run(config, workdir: str) -> Dict[str, Any]:
            "accuracy": float(task.correct(rewards).mean()),
            "response_length": float(lengths.mean()), "rollout_s": rollout_s,
            "train_s": train_s, "tokens_per_s": float(lengths.sum()) / max(rollout_s, 1e-9)}
-    for k in metrics_acc[-1]:
+    for k in metrics_acc[-1]:  # policy metrics: the mean over the step's updates
       row[k] = float(np.mean([m[k] for m in metrics_acc]))
+    row.update(value_metrics)
     if rc.eval_every and (step + 1) % int(rc.eval_every) == 0:
       ev = evaluate(current_model(), mesh, tokenizer, task, evalset, eval_name, eval_cfg, config,
                     eval_key)

@@ -25,6 +25,9 @@ def test_config_runs_one_step(name, tmp_path):
       c.sampler.steps = c.eval.sampler.steps = 8
   if "num_iterations" in c.method:
     c.method.num_iterations = 2
+  else:  # the shipped inner_epochs: per-update and per-step (value) metrics must both land
+    c.rl.inner_epochs = load_config(name).rl.inner_epochs
+    assert c.rl.inner_epochs > 1
   rl_loop.run(c, str(tmp_path))
   row = json.loads(open(os.path.join(tmp_path, "metrics.jsonl")).readline())
   assert math.isfinite(row["loss"]) and row["skipped"] == 0

@@ -5,8 +5,9 @@ Warm-started by block SFT, then TraceRL raises held-out accuracy.
   python scripts/train.py --config configs/tracerl.py [--config.rl.steps=40] [--workdir DIR]
 
 The warm start is deliberately short (200 SFT steps): it leaves the policy partially right on
-unseen digit strings (held-out accuracy ~0.3-0.6), so the RL phase has room to show a gain. Held-out
-problems are unseen 4-digit strings; sorting generalises in a tiny model where arithmetic on
+unseen digit strings (held-out accuracy 0.25 / 0.02 / 0.38 for seeds 0 / 1 / 2), so the RL phase
+has room to show a gain (after 20 steps: 0.40 / 0.46 / 0.70). Held-out problems are unseen
+4-digit strings; sorting generalises in a tiny model where arithmetic on
 unseen operand pairs does not. The whole run takes a few minutes on 2 CPU cores.
 """
 

@@ -50,7 +50,7 @@ from jdiff.train import setup
 from jdiff.train.checkpointing import Checkpointer
 from jdiff.train.optim import make_optimizer
 from jdiff.train.rl_loop import evaluate, local_rewards, rollout, sampling_rules, section_to
-from jdiff.train.run_setup import epoch_order, open_run, warm_start
+from jdiff.train.run_setup import close_run, epoch_order, open_run, warm_start
 from jdiff.train.update import batch_shardings, init_train_state, make_update_step
 
 PAIRS_FILE = "pairs.jsonl"
@@ -331,12 +331,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
     _log(f"eval after: accuracy {after['accuracy']:.3f} reward {after['reward']:.3f}"
          + (f" (before: {results['accuracy_before']:.3f})" if "accuracy_before" in results
             else ""))
-  ckpt.wait()
-  writer.close()
-  if dist.is_primary():
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
-  return results
+  return close_run(r, workdir, results)
 
 
 def params_of(workdir: str) -> dict:

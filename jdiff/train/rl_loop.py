@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 import time
 from typing import Any, Dict
 
@@ -44,7 +42,7 @@ from jdiff.sharding.rules import SAMPLING_RULES, TRAIN_RULES
 from jdiff.train import distributed as dist
 from jdiff.train import setup
 from jdiff.train.optim import make_optimizer
-from jdiff.train.run_setup import Prompts, build_mesh, open_run, warm_start  # noqa: F401
+from jdiff.train.run_setup import Prompts, close_run, open_run, warm_start
 from jdiff.train.update import (batch_shardings, init_train_state, make_update_step,
                                 tree_shardings)
 
@@ -296,9 +294,4 @@ def run(config, workdir: str) -> Dict[str, Any]:
   results["accuracy_after"] = after["accuracy"]
   _log(f"eval after RL: accuracy {after['accuracy']:.3f} reward {after['reward']:.3f}"
        + (f" (before: {results['accuracy_before']:.3f})" if "accuracy_before" in results else ""))
-  ckpt.wait()
-  writer.close()
-  if dist.is_primary():
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
-  return results
+  return close_run(r, workdir, results)

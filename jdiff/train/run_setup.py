@@ -5,6 +5,7 @@ settings, mesh, metrics writer and checkpointer; and the SFT warm start both loo
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, List, Optional
 
@@ -130,3 +131,13 @@ def warm_start(run: Run, config, log) -> Any:
                   mc.eos_token_id, mc.pad_token_id, pad_in_loss=config.sft.pad_in_loss)
   model, _ = run_sft(run.model, rows, config.sft, seed=config.seed, log=log)
   return model
+
+
+def close_run(run: Run, workdir: str, results: dict) -> dict:
+  """Waits for the last checkpoint, closes the metrics and (process 0) writes results.json."""
+  run.ckpt.wait()
+  run.writer.close()
+  if dist.is_primary():
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  return results

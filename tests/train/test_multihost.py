@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jdiff.train import rl_loop
+from jdiff.train import run_setup
 from jdiff.train.checkpointing import Checkpointer
 
 from config_utils import load_config
@@ -157,8 +157,8 @@ def test_only_process_zero_writes(runs):
 
 
 def test_mesh_shape_from_config():
-  assert dict(rl_loop.build_mesh(load_config()).shape) == {"data": 8, "fsdp": 1, "tensor": 1}
+  assert dict(run_setup.build_mesh(load_config()).shape) == {"data": 8, "fsdp": 1, "tensor": 1}
   for shape in [(2, 2), (0, 1, 1), (3, -1, 1), (16, 1, 1), (-1, -1, 1), "data"]:
     c = ml_collections.ConfigDict({"mesh": {"shape": shape}})
     with pytest.raises(ValueError, match=r"config\.mesh\.shape"):
-      rl_loop.build_mesh(c)
+      run_setup.build_mesh(c)

@@ -9,7 +9,6 @@ clip_frac, response_length, and rollout_s / train_s together in ``timing.png`` â
 skipped. A step logged twice (a resumed run) keeps its last value.
 """
 
-import json
 import math
 import os
 import sys
@@ -41,18 +40,12 @@ def read_metrics(path):
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no metrics file at {path} (scripts/train.py and scripts/sft.py "
                             "write DIR/metrics.jsonl)")
+  from jdiff.data.loading import jsonl_objects
   by_step = {}
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path} line {n}: not valid JSON ({e})") from None
-      if not isinstance(row, dict) or "step" not in row:
-        raise ValueError(f"{path} line {n}: expected a JSON object with a 'step'")
-      by_step.setdefault(int(row["step"]), {}).update(row)
+  for n, row in jsonl_objects(path):
+    if "step" not in row:
+      raise ValueError(f"{path} line {n}: expected a JSON object with a 'step'")
+    by_step.setdefault(int(row["step"]), {}).update(row)
   series = {}
   for step in sorted(by_step):
     for k, v in by_step[step].items():

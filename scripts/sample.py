@@ -63,30 +63,22 @@ def read_prompts(path):
   """``[(line_number, {"prompt": str} | {"prompt_ids": [int]})]`` with every line checked."""
   if not os.path.isfile(path):
     raise InputError(f"prompts file not found: {path}")
+  from jdiff.data.loading import jsonl_objects
   out = []
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise InputError(f"{path} line {n}: not valid JSON ({e})") from None
-      if not isinstance(row, dict):
-        raise InputError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
-      if "prompt_ids" in row:
-        ids = row["prompt_ids"]
-        if (not isinstance(ids, list) or not ids
-            or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids)):
-          raise InputError(f"{path} line {n}: 'prompt_ids' must be a non-empty list of "
-                           "non-negative ints")
-      elif "prompt" in row:
-        if not isinstance(row["prompt"], str):
-          raise InputError(f"{path} line {n}: 'prompt' must be a string")
-      else:
-        raise InputError(f"{path} line {n}: has neither 'prompt' nor 'prompt_ids' "
-                         f"(keys: {sorted(row)})")
-      out.append((n, row))
+  for n, row in jsonl_objects(path, InputError):
+    if "prompt_ids" in row:
+      ids = row["prompt_ids"]
+      if (not isinstance(ids, list) or not ids
+          or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids)):
+        raise InputError(f"{path} line {n}: 'prompt_ids' must be a non-empty list of "
+                         "non-negative ints")
+    elif "prompt" in row:
+      if not isinstance(row["prompt"], str):
+        raise InputError(f"{path} line {n}: 'prompt' must be a string")
+    else:
+      raise InputError(f"{path} line {n}: has neither 'prompt' nor 'prompt_ids' "
+                       f"(keys: {sorted(row)})")
+    out.append((n, row))
   if not out:
     raise InputError(f"{path} holds no prompts")
   return out

@@ -8,9 +8,10 @@ fetched from the Hugging Face Hub.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -24,6 +25,23 @@ _DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 # --------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------
+
+
+def jsonl_objects(path: str, error: type = ValueError) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file; a line that is not
+    valid JSON or not a JSON object raises ``error`` naming the file and line."""
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{path} line {n}: not valid JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise error(f"{path} line {n}: expected a JSON object, got "
+                            f"{type(row).__name__}")
+            yield n, row
 
 
 def _builder_for(path: Path) -> str:

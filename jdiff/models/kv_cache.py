@@ -3,6 +3,12 @@
 Slot ``p`` of row ``b`` holds the keys/values of the token at position ``p`` of that row,
 so rows of a left-padded batch whose blocks start at different physical offsets share one
 layout and no per-row write pointer is needed. ``valid`` marks the slots that hold a token.
+
+Keys and values are stored heads-first with the slot axis last, ``[layers, B, kv_heads,
+head_dim, S]``: a decoding step contracts a layer's slice as it lies (scores = q @ K, output
+= p @ V^T, both over the slot axis) and rearranges only its few new tokens. On XLA's CPU
+matmuls this layout runs the two products over a 96-288-slot cache 1.3-1.6x faster than the
+token-major ``[B, S, kv_heads, head_dim]`` one, which a step also had to transpose.
 """
 
 from __future__ import annotations
@@ -18,21 +24,21 @@ from jdiff.models.config import ModelConfig
 
 @flax.struct.dataclass
 class KVCache:
-  k: jax.Array  # [layers, B, S, kv_heads, head_dim]
-  v: jax.Array  # [layers, B, S, kv_heads, head_dim]
+  k: jax.Array  # [layers, B, kv_heads, head_dim, S]
+  v: jax.Array  # [layers, B, kv_heads, head_dim, S]
   valid: jax.Array  # bool [B, S]
 
   @classmethod
   def init(cls, config: ModelConfig, batch: int, size: int,
            dtype: Optional[jnp.dtype] = None) -> "KVCache":
     dtype = jnp.dtype(config.dtype if dtype is None else dtype)
-    shape = (config.num_layers, batch, size, config.num_kv_heads, config.head_dim)
+    shape = (config.num_layers, batch, config.num_kv_heads, config.head_dim, size)
     return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                valid=jnp.zeros((batch, size), bool))
 
   @property
   def size(self) -> int:
-    return self.k.shape[2]
+    return self.k.shape[4]
 
   def store(self, new_k: jax.Array, new_v: jax.Array, positions: jax.Array,
             write: Optional[jax.Array] = None) -> "KVCache":
@@ -46,8 +52,12 @@ class KVCache:
       write = jnp.ones(positions.shape, bool)
     slots = jnp.where(write, positions, self.size)  # out of range -> dropped
     rows = jnp.arange(positions.shape[0])[:, None]
-    k = self.k.at[:, rows, slots].set(new_k.astype(self.k.dtype), mode="drop")
-    v = self.v.at[:, rows, slots].set(new_v.astype(self.v.dtype), mode="drop")
+    # Advanced indices split by slices put their dims first: values go as [B, Q, layers, kv, hd].
+    order = (1, 2, 0, 3, 4)
+    k = self.k.at[:, rows, :, :, slots].set(new_k.astype(self.k.dtype).transpose(order),
+                                             mode="drop")
+    v = self.v.at[:, rows, :, :, slots].set(new_v.astype(self.v.dtype).transpose(order),
+                                             mode="drop")
     valid = self.valid.at[rows, slots].set(True, mode="drop")
     return self.replace(k=k, v=v, valid=valid)
 

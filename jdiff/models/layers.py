@@ -32,6 +32,30 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
+def _heads_major(q: jax.Array, kv: int) -> jax.Array:
+  """``[B, T, H, hd]`` queries as ``[B, kv, g*T, hd]`` (g = H / kv query heads per KV head)."""
+  b, t, h, hd = q.shape
+  g = h // kv
+  return q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, hd)
+
+
+def _from_heads_major(out: jax.Array, t: int) -> jax.Array:
+  """``[B, kv, g*T, hd]`` attention outputs back to ``[B, T, H, hd]``."""
+  b, kv, gt, hd = out.shape
+  g = gt // t
+  return out.reshape(b, kv, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, kv * g, hd)
+
+
+def _masked_scores(qh, kh, mask, g, keys_transposed=False):
+  """Scaled scores ``[B, kv, g, T, S]`` with blocked pairs at float32's most negative value.
+  ``kh``: ``[B, kv, S, hd]``, or ``[B, kv, hd, S]`` with ``keys_transposed``."""
+  b, kv, gt, hd = qh.shape
+  spec = "bkqd,bkds->bkqs" if keys_transposed else "bkqd,bksd->bkqs"
+  scores = jnp.einsum(spec, qh, kh, preferred_element_type=F32)
+  scores = scores.reshape(b, kv, g, gt // g, -1) * (hd ** -0.5)
+  return jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(F32).min)
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
   """Grouped-query attention. ``q`` ``[B,T,H,hd]``, ``k/v`` ``[B,S,K,hd]``, ``mask`` bool ``[B,T,S]``.
 
@@ -40,15 +64,40 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
   """
   b, t, h, hd = q.shape
   kv = k.shape[2]
-  g = h // kv
   # Heads-major layouts make both contractions plain batched matmuls ([b, kv] batch dims),
   # which CPU and GPU backends run markedly faster than the 5-D einsum over [t, kv, g].
-  qh = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, hd)
+  qh = _heads_major(q, kv)
   kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-  scores = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=F32)
-  scores = scores.reshape(b, kv, g, t, -1) * (hd ** -0.5)
-  scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(F32).min)
-  probs = jax.nn.softmax(scores, axis=-1).reshape(b, kv, g * t, -1)
+  probs = jax.nn.softmax(_masked_scores(qh, kh, mask, h // kv), axis=-1)
+  probs = probs.reshape(b, kv, h // kv * t, -1)
   out = jnp.einsum("bkqs,bksd->bkqd", probs.astype(v.dtype), vh, preferred_element_type=F32)
-  out = out.reshape(b, kv, g, t, hd).transpose(0, 3, 1, 2, 4)
-  return out.reshape(b, t, h, hd).astype(q.dtype)
+  return _from_heads_major(out, t).astype(q.dtype)
+
+
+def attention_with_cache(q: jax.Array, k: jax.Array, v: jax.Array, cache_k: jax.Array,
+                         cache_v: jax.Array, mask: jax.Array) -> jax.Array:
+  """:func:`attention` of new tokens over a heads-first cache followed by themselves.
+
+  ``q/k/v`` ``[B,T,·,hd]`` as in :func:`attention`; ``cache_k/cache_v`` ``[B, K, hd, S]``
+  (a layer of :class:`KVCache`);
+  ``mask`` ``[B, T, S + T]`` with the cache's slots first. The two key sets are never
+  concatenated: one softmax spans both score blocks (shared max and normaliser) and the two
+  value products are summed, so a step reads the cache in place instead of copying it.
+  """
+  b, t, h, hd = q.shape
+  kv = k.shape[2]
+  g = h // kv
+  size = cache_k.shape[3]
+  qh = _heads_major(q, kv)
+  kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  s_cache = _masked_scores(qh, cache_k, mask[..., :size], g, keys_transposed=True)
+  s_new = _masked_scores(qh, kh, mask[..., size:], g)
+  top = jnp.maximum(jnp.max(s_cache, axis=-1, keepdims=True),
+                    jnp.max(s_new, axis=-1, keepdims=True))
+  e_cache, e_new = jnp.exp(s_cache - top), jnp.exp(s_new - top)
+  denom = jnp.sum(e_cache, axis=-1, keepdims=True) + jnp.sum(e_new, axis=-1, keepdims=True)
+  p_cache = (e_cache / denom).reshape(b, kv, g * t, size).astype(v.dtype)
+  p_new = (e_new / denom).reshape(b, kv, g * t, t).astype(v.dtype)
+  out = (jnp.einsum("bkqs,bkds->bkqd", p_cache, cache_v, preferred_element_type=F32)
+         + jnp.einsum("bkqs,bksd->bkqd", p_new, vh, preferred_element_type=F32))
+  return _from_heads_major(out, t).astype(q.dtype)

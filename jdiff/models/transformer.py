@@ -16,7 +16,7 @@ from flax import nnx
 from jdiff.models import masks as masks_lib
 from jdiff.models.config import ModelConfig
 from jdiff.models.kv_cache import KVCache
-from jdiff.models.layers import F32, attention, rms_norm, rope
+from jdiff.models.layers import F32, attention, attention_with_cache, rms_norm, rope
 from jdiff.sharding.rules import constrain
 
 _REMAT = {
@@ -81,11 +81,10 @@ def _layer(config: ModelConfig, x, p, positions, mask, cache_k, cache_v):
   q = rope(q, positions, c.rope_theta)
   k = rope(k, positions, c.rope_theta)
   q = constrain(q, ("batch", "length", "heads", "head_dim"))
-  keys, values = k, v
-  if cache_k is not None:
-    keys = jnp.concatenate([cache_k.astype(dt), k], axis=1)
-    values = jnp.concatenate([cache_v.astype(dt), v], axis=1)
-  out = attention(q, keys, values, mask)
+  if cache_k is None:
+    out = attention(q, k, v, mask)
+  else:
+    out = attention_with_cache(q, k, v, cache_k.astype(dt), cache_v.astype(dt), mask)
   x = x + jnp.einsum("btnh,nhd->btd", out, p["wo"].astype(dt))
   x = constrain(x, ("batch", "length", "embed"))
   h = rms_norm(x, p["mlp_norm"], c.rms_norm_eps)

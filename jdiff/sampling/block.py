@@ -73,7 +73,7 @@ from jdiff.sampling.common import (F32, Trajectory, argmax_first, filter_logits,
                                    prob_at, select_top_n, token_logprob, transfer_schedule)
 from jdiff.sharding.rules import SAMPLING_RULES, constrain, logical_spec, use_rules
 
-_CACHE_AXES = ("layers", "batch", "kv_length", "kv_heads", "head_dim")
+_CACHE_AXES = ("layers", "batch", "kv_heads", "head_dim", "kv_length")
 _ROW_AXES = ("batch", "length")
 _PHASES = 4  # cache-size phases of the sampling loop (see _phase_sizes)
 
@@ -294,8 +294,7 @@ def _phase_sizes(p: int, size: int, block: int, phases: int = _PHASES):
 def _grow_cache(cache: KVCache, size: int) -> KVCache:
   """The cache with empty (invalid) slots appended up to ``size``."""
   extra = size - cache.size
-  pad = [(0, 0)] * cache.k.ndim
-  pad[2] = (0, extra)
+  pad = [(0, 0)] * 4 + [(0, extra)]  # the slot axis is last
   return _constrain_cache(KVCache(k=jnp.pad(cache.k, pad), v=jnp.pad(cache.v, pad),
                                   valid=jnp.pad(cache.valid, [(0, 0), (0, extra)])))
 

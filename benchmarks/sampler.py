@@ -336,7 +336,7 @@ def main():
                       "XLA's CPU runtime sizes its thread pool from them; at the tiny size, "
                       "whose ops are microseconds long, 1 core avoids the pool's hand-offs. "
                       "Both sides then run on the same cores")
-  p.add_argument("--quick", action="store_true", help="smoke run: tiny only, gen 32")
+  p.add_argument("--quick", action="store_true", help="smoke run: tiny only, gen 32, 2 rounds")
   args = p.parse_args()
   if args.cores:
     # Must precede the first JAX computation: the CPU client reads the affinity when created.
@@ -344,8 +344,8 @@ def main():
     if args.cores > len(allowed):
       p.error(f"--cores {args.cores}: only {len(allowed)} cores are available")
     os.sched_setaffinity(0, allowed[:args.cores])
-  if args.quick:
-    args.sizes, args.gen, args.llada_gen, args.repeats = "tiny", "32", None, 1
+  if args.quick:  # 2 rounds: a program's first run also builds XLA's per-kernel runtimes
+    args.sizes, args.gen, args.llada_gen, args.repeats = "tiny", "32", None, 2
   sizes = [s for s in args.sizes.split(",") if s]
   gens = [int(g) for g in args.gen.split(",") if g]
   llada_gens = gens if args.llada_gen is None else [int(g) for g in args.llada_gen.split(",")]

@@ -19,7 +19,7 @@ from jdiff.train import setup
 from jdiff.train.checkpointing import Checkpointer
 from jdiff.train.metrics import MetricsWriter
 from jdiff.train.sft_loop import run_sft, sft_rows
-from jdiff.train.validate import validate_config
+from jdiff.train.validate import mesh_shape, validate_config
 
 
 def epoch_order(n: int, position: int, size: int, seed: int) -> List[int]:
@@ -54,19 +54,14 @@ class Prompts:
 
 def build_mesh(config) -> Mesh:
   """The mesh of ``config.mesh.shape``: 3 ints (data, fsdp, tensor), at most one -1."""
-  shape = config.get("mesh", {}).get("shape", (-1, 1, 1))
-  if (not isinstance(shape, (tuple, list)) or len(shape) != 3
-      or not all(isinstance(s, int) and not isinstance(s, bool) and (s > 0 or s == -1)
-                 for s in shape)):
-    raise ValueError(f"config.mesh.shape must be 3 ints (data, fsdp, tensor), each positive or "
-                     f"-1 (fill the remaining devices), got {shape!r}")
+  shape = mesh_shape(config.get("mesh", {}).get("shape", (-1, 1, 1)))
   try:
-    mesh = make_mesh(tuple(shape))
+    mesh = make_mesh(shape)
   except ValueError as e:
-    raise ValueError(f"config.mesh.shape={tuple(shape)}: {e}") from None
+    raise ValueError(f"config.mesh.shape={shape}: {e}") from None
   if jax.process_count() > 1 and mesh.devices.size != jax.device_count():
     # A process without a device in the mesh could hold no rows of any batch.
-    raise ValueError(f"config.mesh.shape={tuple(shape)} uses {mesh.devices.size} of "
+    raise ValueError(f"config.mesh.shape={shape} uses {mesh.devices.size} of "
                      f"{jax.device_count()} devices; a multi-process mesh must use all of them")
   return mesh
 

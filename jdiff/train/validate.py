@@ -156,18 +156,24 @@ def _sft(sc) -> None:
     _positive(sc, "max_len", "sft")
 
 
-def _mesh(mesh) -> None:
-  _keys(mesh, SECTIONS["mesh"], "mesh")
-  shape = mesh.get("shape")
+def mesh_shape(shape) -> tuple:
+  """``config.mesh.shape`` as a tuple of 3 ints (data, fsdp, tensor), each positive or -1 (at
+  most one: it fills the remaining devices); anything else raises naming the key."""
   if shape is None:
     raise _err("mesh.shape", "missing")
-  shape = list(shape)
-  if len(shape) != 3:
-    raise _err("mesh.shape", f"{tuple(shape)} must have 3 entries (data, fsdp, tensor)")
+  if not isinstance(shape, (tuple, list)) or len(shape) != 3:
+    raise _err("mesh.shape", f"{shape!r} must be 3 entries (data, fsdp, tensor)")
+  shape = tuple(shape)
   if any(not isinstance(s, int) or isinstance(s, bool) or (s < 1 and s != -1) for s in shape):
-    raise _err("mesh.shape", f"{tuple(shape)}: entries must be positive ints or -1")
+    raise _err("mesh.shape", f"{shape}: entries must be positive ints or -1")
   if shape.count(-1) > 1:
-    raise _err("mesh.shape", f"{tuple(shape)}: at most one entry may be -1")
+    raise _err("mesh.shape", f"{shape}: at most one entry may be -1")
+  return shape
+
+
+def _mesh(mesh) -> None:
+  _keys(mesh, SECTIONS["mesh"], "mesh")
+  mesh_shape(mesh.get("shape"))
   from jdiff.train.rl_loop import SAMPLING_LAYOUTS
   layout = mesh.get("sampling_layout", "gathered")
   if layout not in SAMPLING_LAYOUTS:

@@ -8,12 +8,13 @@ pad after). Blocks are anchored at position 0, so row b's active block is the wi
 are read and written with per-row gathers/scatters. The KV cache is indexed the same way
 (slot = position), so no per-row write pointer exists.
 
-Loop. One ``lax.while_loop`` iteration runs one forward of every row's window. A row is in
-one of two phases, decided by whether its window still holds masks:
-- denoise: sample x0 at every window slot, unmask the subset the strategy picks;
-- commit: the window is clean; the forward stores its K/V (the reference's extra
-  ``store_kv=True`` pass), the block is scanned for a stop id and the row moves on or ends.
-Both phases share one forward (only ``store`` differs per row), so rows advance
+Loop. One ``lax.while_loop`` iteration runs one forward of every row's window. A live row
+whose block is clean commits it: the block's K/V are stored (the reference's extra
+``store_kv=True`` pass), it is scanned for a stop id, and the row moves on or ends; a row
+that moves on takes the first denoising step of its next block in the same forward (the
+clean block rides along as extra queries, see ``_cached_window_logits``), so a block costs
+its denoising steps and no separate commit forward. Every other live row takes a denoising
+step: sample x0 at every window slot, unmask the subset the strategy picks. Rows advance
 independently: a dynamic-strategy row may be two blocks ahead of its neighbour. The loop is
 split into a few static cache sizes (``_phase_sizes``): a step's attention and cache copies
 cost per slot, so early blocks do not pay for the whole canvas; a phase ends as soon as a
@@ -312,40 +313,87 @@ def _prefill(model, ids, pmask, ppos, plen, size, block):
   return _constrain_cache(cache)
 
 
-def _window_logits(model, c: _Carry, win_pos, win_valid, gen_end, commit, block):
-  """Logits ``[B, L, V]`` of every row's active window, and the cache after storing the
-  windows of committing rows."""
-  if c.cache is not None:
-    # Queries: the window; keys: the cache's committed slots + the window's live slots.
-    tokens = _gather(c.canvas, win_pos)
-    mask = masks.with_cache(c.cache.valid, masks.block_causal(win_pos, block, win_valid))
-    logits, cache = model(tokens, win_pos, mask, c.cache, store=commit[:, None] & win_valid)
-    return logits, _constrain_cache(cache)
-  # Uncached: the whole canvas under the block-causal mask; project only the window.
+def _window_logits(model, c: _Carry, win_pos, win_valid, gen_end, block):
+  """Logits ``[B, L, V]`` of every row's window at ``win_pos``, uncached: the whole canvas
+  under the block-causal mask, only the window projected."""
   pos = jnp.broadcast_to(jnp.arange(c.canvas.shape[1], dtype=jnp.int32), c.canvas.shape)
   valid = pos < gen_end[:, None]
   h, _ = model.backbone(c.canvas, pos, masks.block_causal(pos, block, valid))
-  return model.logits_from_hidden(jnp.take_along_axis(h, win_pos[:, :, None], axis=1)), None
+  return model.logits_from_hidden(jnp.take_along_axis(h, win_pos[:, :, None], axis=1))
+
+
+def _cached_window_logits(model, c: _Carry, commit_pos, commit, win_pos, win_valid, block):
+  """Logits ``[B, L, V]`` of every row's denoising window from the cache, and the cache.
+
+  Rows with ``commit`` also store their clean block at ``commit_pos`` in the same forward:
+  the clean block goes first as extra queries whose K/V are written, the window after it
+  sees it through the block-causal mask exactly as it would see it in the cache (K/V of a
+  token depend only on the tokens it attends to, and the window's block is later). This is
+  the reference's separate ``store_kv`` pass merged into the next block's first step; only
+  an iteration in which some row commits pays for the doubled query count.
+  """
+  def denoise(cache):
+    tokens = _gather(c.canvas, win_pos)
+    mask = masks.with_cache(cache.valid, masks.block_causal(win_pos, block, win_valid))
+    logits, _ = model(tokens, win_pos, mask, cache)
+    return logits, cache
+
+  def commit_and_denoise(cache):
+    store = commit[:, None] & (commit_pos >= 0)
+    pos = jnp.concatenate([jnp.maximum(commit_pos, 0), win_pos], axis=1)
+    valid = jnp.concatenate([store, win_valid], axis=1)
+    mask = masks.with_cache(cache.valid, masks.block_causal(pos, block, valid))
+    h, cache = model.backbone(_gather(c.canvas, pos), pos, mask, cache,
+                              store=jnp.concatenate([store, jnp.zeros_like(win_valid)], 1))
+    return model.logits_from_hidden(h[:, block:]), _constrain_cache(cache)
+
+  return jax.lax.cond(jnp.any(commit), commit_and_denoise, denoise, c.cache)
 
 
 def _step(model, st: _Static, kn: _Knobs, row_keys, plen, c: _Carry) -> _Carry:
-  """One forward for every live row: a denoising step or a block commit."""
+  """One forward for every live row: a row whose block is clean commits it (stores its K/V,
+  scans it for a stop id, moves on or ends) and, if it moves on, takes the first denoising
+  step of its next block in the same forward; every other live row takes a denoising step."""
   block, g = st.block_length, st.max_tokens
   mask_id = model.config.mask_token_id
   gen_end = plen + g
-  win_pos = c.block_start[:, None] + jnp.arange(block, dtype=jnp.int32)
+  offsets = jnp.arange(block, dtype=jnp.int32)
+
+  # Commit: keep the block up to and including its first stop id, then move on or finish.
+  cur_pos = c.block_start[:, None] + offsets
+  cur = _gather(c.canvas, cur_pos)
+  cur_valid = cur_pos < gen_end[:, None]
+  completion = cur_valid & (cur_pos >= plen[:, None])
+  commit = ~c.done & ~jnp.any((cur == mask_id) & completion, axis=-1)
+  is_stop = jnp.zeros(cur.shape, bool)
+  for s in st.stop_ids:
+    is_stop |= cur == s
+  is_stop &= completion
+  has_stop = commit & jnp.any(is_stop, axis=-1)
+  end = jnp.where(has_stop, c.block_start + jnp.argmax(is_stop, axis=-1) + 1, c.end)
+  finished = commit & (has_stop | (c.block_start + block >= gen_end))
+  advance = commit & ~finished
+  done = c.done | finished
+  block_start = jnp.where(advance, c.block_start + block, c.block_start)
+
+  # Denoise the (possibly new) active block: draw x0 at every slot, unmask the strategy's pick.
+  win_pos = block_start[:, None] + offsets
   win = _gather(c.canvas, win_pos)
-  win_valid = win_pos < gen_end[:, None]
-  eligible = (win == mask_id) & win_valid & (win_pos >= plen[:, None]) & ~c.done[:, None]
+  win_valid = (win_pos < gen_end[:, None]) & ~done[:, None]
+  eligible = (win == mask_id) & win_valid & (win_pos >= plen[:, None])
   denoise = jnp.any(eligible, axis=-1)
-  commit = ~c.done & ~denoise
+  if c.cache is not None:
+    # A row that commits stores its block; -1 marks the others (never written or seen).
+    commit_pos = jnp.where(commit[:, None], cur_pos, -1)
+    logits, cache = _cached_window_logits(model, c, commit_pos, commit, win_pos, win_valid,
+                                          block)
+  else:
+    logits, cache = _window_logits(model, c, win_pos, win_valid, gen_end, block), None
 
-  logits, cache = _window_logits(model, c, win_pos, win_valid, gen_end, commit, block)
-
-  # Denoise: draw x0 at every slot, unmask the strategy's pick among the masks.
   x0, conf, dist = _draw(row_keys, c.num_steps, logits, mask_id, st.top_k, kn)
+  step_in_block = jnp.where(advance, 0, c.step_in_block)
   schedule = jnp.asarray(transfer_schedule(block, st.denoising_steps))
-  n_k = schedule[jnp.minimum(c.step_in_block, st.denoising_steps - 1)]
+  n_k = schedule[jnp.minimum(step_in_block, st.denoising_steps - 1)]
   transfer = jax.lax.switch(kn.strategy, list(STRATEGIES.values()), eligible, conf, dist,
                             n_k, kn) & eligible
   num_steps = c.num_steps + denoise.astype(jnp.int32)
@@ -353,18 +401,7 @@ def _step(model, st: _Static, kn: _Knobs, row_keys, plen, c: _Carry) -> _Carry:
   step_map = _scatter_where(c.step_map, win_pos, transfer,
                             jnp.broadcast_to(num_steps[:, None], win_pos.shape))
   logprobs = _scatter_where(c.logprobs, win_pos, transfer, token_logprob(logits, x0))
-
-  # Commit: keep the block up to and including its first stop id, then move on or finish.
-  is_stop = jnp.zeros(win.shape, bool)
-  for s in st.stop_ids:
-    is_stop |= win == s
-  is_stop &= win_valid & (win_pos >= plen[:, None])
-  has_stop = commit & jnp.any(is_stop, axis=-1)
-  end = jnp.where(has_stop, c.block_start + jnp.argmax(is_stop, axis=-1) + 1, c.end)
-  finished = commit & (has_stop | (c.block_start + block >= gen_end))
-  advance = commit & ~finished
-  block_start = jnp.where(advance, c.block_start + block, c.block_start)
-  step_in_block = jnp.where(advance, 0, c.step_in_block + denoise.astype(jnp.int32))
+  step_in_block = step_in_block + denoise.astype(jnp.int32)
 
   states = c.states
   if states is not None:  # row b's completion after its t-th step goes to states[t - 1, b]
@@ -376,7 +413,7 @@ def _step(model, st: _Static, kn: _Knobs, row_keys, plen, c: _Carry) -> _Carry:
   return _Carry(canvas=constrain(canvas, _ROW_AXES), step_map=constrain(step_map, _ROW_AXES),
                 logprobs=constrain(logprobs, _ROW_AXES), cache=cache, block_start=block_start,
                 step_in_block=step_in_block, num_steps=num_steps, end=end,
-                done=c.done | finished, states=states, iteration=c.iteration + 1)
+                done=done, states=states, iteration=c.iteration + 1)
 
 
 def _generate(model, ids, pmask, key, st: _Static, kn: _Knobs) -> Trajectory:

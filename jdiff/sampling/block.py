@@ -322,32 +322,31 @@ def _window_logits(model, c: _Carry, win_pos, win_valid, gen_end, block):
   return model.logits_from_hidden(jnp.take_along_axis(h, win_pos[:, :, None], axis=1))
 
 
-def _cached_window_logits(model, c: _Carry, commit_pos, commit, win_pos, win_valid, block):
-  """Logits ``[B, L, V]`` of every row's denoising window from the cache, and the cache.
+def _cached_window_logits(model, cache, win, win_pos, win_valid, cur, cur_pos, store, block):
+  """Logits ``[B, L, V]`` of every row's denoising window ``win`` from the cache, and the cache.
 
-  Rows with ``commit`` also store their clean block at ``commit_pos`` in the same forward:
-  the clean block goes first as extra queries whose K/V are written, the window after it
-  sees it through the block-causal mask exactly as it would see it in the cache (K/V of a
-  token depend only on the tokens it attends to, and the window's block is later). This is
-  the reference's separate ``store_kv`` pass merged into the next block's first step; only
-  an iteration in which some row commits pays for the doubled query count.
+  Rows with ``store`` (``[B, L]``: committing rows' completion slots) also store their clean
+  block ``cur`` in the same forward: the clean block goes first as extra queries whose K/V
+  are written, the window after it sees it through the block-causal mask exactly as it would
+  see it in the cache (K/V of a token depend only on the tokens it attends to, and the
+  window's block is later). This is the reference's separate ``store_kv`` pass merged into
+  the next block's first step; only an iteration in which some row commits pays for the
+  doubled query count.
   """
   def denoise(cache):
-    tokens = _gather(c.canvas, win_pos)
     mask = masks.with_cache(cache.valid, masks.block_causal(win_pos, block, win_valid))
-    logits, _ = model(tokens, win_pos, mask, cache)
+    logits, _ = model(win, win_pos, mask, cache)
     return logits, cache
 
   def commit_and_denoise(cache):
-    store = commit[:, None] & (commit_pos >= 0)
-    pos = jnp.concatenate([jnp.maximum(commit_pos, 0), win_pos], axis=1)
+    pos = jnp.concatenate([cur_pos, win_pos], axis=1)
     valid = jnp.concatenate([store, win_valid], axis=1)
     mask = masks.with_cache(cache.valid, masks.block_causal(pos, block, valid))
-    h, cache = model.backbone(_gather(c.canvas, pos), pos, mask, cache,
+    h, cache = model.backbone(jnp.concatenate([cur, win], axis=1), pos, mask, cache,
                               store=jnp.concatenate([store, jnp.zeros_like(win_valid)], 1))
     return model.logits_from_hidden(h[:, block:]), _constrain_cache(cache)
 
-  return jax.lax.cond(jnp.any(commit), commit_and_denoise, denoise, c.cache)
+  return jax.lax.cond(jnp.any(store), commit_and_denoise, denoise, cache)
 
 
 def _step(model, st: _Static, kn: _Knobs, row_keys, plen, c: _Carry) -> _Carry:
@@ -383,10 +382,10 @@ def _step(model, st: _Static, kn: _Knobs, row_keys, plen, c: _Carry) -> _Carry:
   eligible = (win == mask_id) & win_valid & (win_pos >= plen[:, None])
   denoise = jnp.any(eligible, axis=-1)
   if c.cache is not None:
-    # A row that commits stores its block; -1 marks the others (never written or seen).
-    commit_pos = jnp.where(commit[:, None], cur_pos, -1)
-    logits, cache = _cached_window_logits(model, c, commit_pos, commit, win_pos, win_valid,
-                                          block)
+    # Slots past the completion are never stored (invisible as keys), as in the prefill.
+    store = commit[:, None] & cur_valid
+    logits, cache = _cached_window_logits(model, c.cache, win, win_pos, win_valid, cur,
+                                          cur_pos, store, block)
   else:
     logits, cache = _window_logits(model, c, win_pos, win_valid, gen_end, block), None
 

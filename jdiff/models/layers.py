@@ -78,9 +78,9 @@ def attention_with_cache(q: jax.Array, k: jax.Array, v: jax.Array, cache_k: jax.
                          cache_v: jax.Array, mask: jax.Array) -> jax.Array:
   """:func:`attention` of new tokens over a heads-first cache followed by themselves.
 
-  ``q/k/v`` ``[B,T,·,hd]`` as in :func:`attention`; ``cache_k/cache_v`` ``[B, K, hd, S]``
-  (a layer of :class:`KVCache`);
-  ``mask`` ``[B, T, S + T]`` with the cache's slots first. The two key sets are never
+  ``q`` ``[B,T,H,hd]``, ``k/v`` ``[B,T',K,hd]`` as in :func:`attention`; ``cache_k/cache_v``
+  ``[B, K, hd, S]`` (a layer of :class:`KVCache`);
+  ``mask`` ``[B, T, S + T']`` with the cache's slots first. The two key sets are never
   concatenated: one softmax spans both score blocks (shared max and normaliser) and the two
   value products are summed, so a step reads the cache in place instead of copying it.
   """
@@ -97,7 +97,7 @@ def attention_with_cache(q: jax.Array, k: jax.Array, v: jax.Array, cache_k: jax.
   e_cache, e_new = jnp.exp(s_cache - top), jnp.exp(s_new - top)
   denom = jnp.sum(e_cache, axis=-1, keepdims=True) + jnp.sum(e_new, axis=-1, keepdims=True)
   p_cache = (e_cache / denom).reshape(b, kv, g * t, size).astype(v.dtype)
-  p_new = (e_new / denom).reshape(b, kv, g * t, t).astype(v.dtype)
+  p_new = (e_new / denom).reshape(b, kv, g * t, k.shape[1]).astype(v.dtype)
   out = (jnp.einsum("bkqs,bkds->bkqd", p_cache, cache_v, preferred_element_type=F32)
          + jnp.einsum("bkqs,bksd->bkqd", p_new, vh, preferred_element_type=F32))
   return _from_heads_major(out, t).astype(q.dtype)

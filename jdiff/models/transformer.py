@@ -7,7 +7,7 @@ grow with depth; one layer can be rematerialised with a configurable policy.
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -65,20 +65,29 @@ class LayerStack(nnx.Module):
     return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
 
 
-def _layer(config: ModelConfig, x, p, positions, mask, cache_k, cache_v):
-  """One pre-norm block. Returns the new residual stream and this call's (k, v)."""
+def _layer(config: ModelConfig, x, p, positions, mask, cache_k, cache_v, window=None):
+  """One pre-norm block. Returns the new residual stream and this call's (k, v).
+
+  ``window = (start, width)``: only the queries of positions ``[start, start + width)`` are
+  computed (keys and values still cover every token), and the returned stream is that
+  slice. Each kept row is computed exactly as in the full call.
+  """
   dt = x.dtype
   c = config
   h = rms_norm(x, p["attn_norm"], c.rms_norm_eps)
-  q = jnp.einsum("btd,dnh->btnh", h, p["wq"].astype(dt))
   k = jnp.einsum("btd,dnh->btnh", h, p["wk"].astype(dt))
   v = jnp.einsum("btd,dnh->btnh", h, p["wv"].astype(dt))
+  q_pos = positions
+  if window is not None:
+    cut = lambda a: jax.lax.dynamic_slice_in_dim(a, window[0], window[1], axis=1)  # noqa: E731
+    x, h, q_pos, mask = cut(x), cut(h), cut(positions), cut(mask)
+  q = jnp.einsum("btd,dnh->btnh", h, p["wq"].astype(dt))
   if c.qkv_bias:
     q, k, v = q + p["bq"].astype(dt), k + p["bk"].astype(dt), v + p["bv"].astype(dt)
   if c.qk_norm:  # Qwen3/SDAR: per-head RMSNorm before RoPE
     q = rms_norm(q, p["q_norm"], c.rms_norm_eps)
     k = rms_norm(k, p["k_norm"], c.rms_norm_eps)
-  q = rope(q, positions, c.rope_theta)
+  q = rope(q, q_pos, c.rope_theta)
   k = rope(k, positions, c.rope_theta)
   q = constrain(q, ("batch", "length", "heads", "head_dim"))
   if cache_k is None:
@@ -111,10 +120,23 @@ class Backbone(nnx.Module):
 
   def __call__(self, tokens: jax.Array, positions: Optional[jax.Array] = None,
                mask: Optional[jax.Array] = None, cache: Optional[KVCache] = None, *,
-               store: StoreArg = False):
+               store: StoreArg = False, window: Optional[Tuple[Any, int]] = None):
+    """Hidden states ``[B, T, D]`` (and the cache, updated when ``store``).
+
+    ``window = (start, width)`` (start may be traced, width static) returns only positions
+    ``[start, start + width)``, ``[B, width, D]``: the last layer then computes queries, the
+    attention output and the MLP for those rows only (every layer's keys and values still
+    cover all tokens, so the cache is stored as without it). A sampler that reads logits on
+    one block of a bidirectional canvas needs nothing else, and the last layer's work
+    outside the block is skipped; the kept rows equal the full call's.
+    """
     c = self.config
     tokens = jnp.asarray(tokens, jnp.int32)
     b, t = tokens.shape
+    if window is not None:
+      if not isinstance(window[1], int) or not 0 < window[1] <= t:
+        raise ValueError(f"window width must be a static int in [1, {t}], got {window[1]!r}")
+      window = (jnp.asarray(window[0], jnp.int32), window[1])
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     positions = jnp.asarray(positions, jnp.int32)
@@ -134,8 +156,22 @@ class Backbone(nnx.Module):
 
     if c.remat != "none":
       body = jax.checkpoint(body, policy=_REMAT[c.remat], prevent_cse=False)
-    cache_kv = (cache.k, cache.v) if cache is not None else (None, None)
-    x, new_kv = jax.lax.scan(body, x, (self.layers.arrays(), *cache_kv))
+    stacked = (self.layers.arrays(), *((cache.k, cache.v) if cache is not None else (None, None)))
+    if window is None:
+      x, new_kv = jax.lax.scan(body, x, stacked)
+    else:
+      # All layers but the last as usual, then the last on the window's queries. The layers
+      # are indexed in place (as scan indexes its xs): slicing off the last one would copy
+      # the whole stack. A lax.cond on the layer index inside one scan measured slower.
+      n = c.num_layers
+      take = lambda i: jax.tree.map(  # noqa: E731
+          lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), stacked)
+      x, new_kv = jax.lax.scan(lambda x, i: body(x, take(i)), x,
+                               jnp.arange(n - 1, dtype=jnp.int32))
+      p, ck, cv = take(jnp.int32(n - 1))
+      x, k, v = _layer(c, x, p, positions, mask, ck, cv, window)
+      if storing:
+        new_kv = tuple(jnp.concatenate([head, last[None]]) for head, last in zip(new_kv, (k, v)))
     h = rms_norm(x, self.final_norm[...], c.rms_norm_eps)
     if storing:
       write = None if isinstance(store, bool) else jnp.asarray(store, bool)

@@ -222,8 +222,7 @@ def _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, *, cfg: DreamSamp
     start = (c.step // spb) * w
     last = i == spb - 1
     tokens = jnp.concatenate([prompt_ids, c.canvas], axis=1)
-    h, _ = model.backbone(tokens, positions, attn)
-    h = jax.lax.dynamic_slice_in_dim(h, p + start - int(ids.shift), w, axis=1)
+    h, _ = model.backbone(tokens, positions, attn, window=(p + start - int(ids.shift), w))
     logits = model.logits_from_hidden(h)  # [B, W, V] float32, already shifted
     key, k_tok, k_pos = jax.random.split(c.key, 3)
     filtered = filter_logits(logits.at[..., ids.mask].set(-jnp.inf),

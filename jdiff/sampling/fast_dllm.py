@@ -86,9 +86,10 @@ def refresh(model, mode: str, canvas, positions, attn, valid, start: int, block_
   b, n = canvas.shape
   size = start if mode == "prefix" else n
   cache = KVCache.init(model.config, b, size)
-  h, cache = model.backbone(canvas, positions, attn, cache, store=valid)
+  h, cache = model.backbone(canvas, positions, attn, cache, store=valid,
+                            window=(start, block_length))
   keep = cache_keep(mode, positions[:, start], block_length, size)
-  return jax.lax.slice_in_dim(h, start, start + block_length, axis=1), cache.keep(keep)
+  return h, cache.keep(keep)
 
 
 def cached_hidden(model, mode: str, canvas, positions, cache: KVCache, start: int,
@@ -101,5 +102,5 @@ def cached_hidden(model, mode: str, canvas, positions, cache: KVCache, start: in
   toks = jax.lax.slice_in_dim(canvas, start, end, axis=1)
   pos = jax.lax.slice_in_dim(positions, start, end, axis=1)
   mask = jnp.ones((canvas.shape[0], end - start, end - start), bool)  # completion: no padding
-  h, _ = model.backbone(toks, pos, mask, cache)
-  return h[:, :block_length]
+  h, _ = model.backbone(toks, pos, mask, cache, window=(0, block_length))
+  return h

@@ -229,15 +229,15 @@ def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig) -> LLaDATra
   def window_logits(comp, ws):
     """(conditional logits, guided logits) ``[B, width, V]`` on completion ``[ws, ws+width)``."""
     canvas = jnp.concatenate([prompt_ids, comp], axis=1)
+    # Only the window's hidden states: the last layer and the LM head skip the other rows.
     if c.cfg_scale > 0:
       uncond = jnp.where(valid & (jnp.arange(p + g) < p), mask_id, canvas)
       h, _ = model.backbone(jnp.concatenate([canvas, uncond]),
                             jnp.concatenate([positions, positions]),
-                            jnp.concatenate([attn, attn]))
+                            jnp.concatenate([attn, attn]), window=(p + ws, width))
     else:
-      h, _ = model.backbone(canvas, positions, attn)
-    # Slicing before the LM head saves the [N, V] head matmul outside the block.
-    lg = model.logits_from_hidden(jax.lax.dynamic_slice_in_dim(h, p + ws, width, axis=1))
+      h, _ = model.backbone(canvas, positions, attn, window=(p + ws, width))
+    lg = model.logits_from_hidden(h)
     if c.cfg_scale == 0:
       return lg, lg
     cond, un = lg[:b], lg[b:]

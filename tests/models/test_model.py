@@ -144,3 +144,37 @@ def test_forward_argument_errors(hf_checkpoints, jdiff_models):
     jdiff.forward(model, _ids(), positions=np.zeros((B, L + 1), np.int32))
   with pytest.raises(ValueError, match="attention_mask"):
     jdiff.forward(model, _ids(), attention_mask=np.ones((B, L, L + 1), bool))
+
+
+@pytest.mark.parametrize("family", ["llada", "dream", "sdar"])
+def test_window_equals_slice_of_full_call(family, hf_checkpoints, jdiff_models):
+  """``backbone(..., window=(start, width))`` (last layer on the window's queries only) gives
+  the full call's hidden states at those rows, with a traced start, and stores the same
+  cache (every layer's keys and values still cover all tokens)."""
+  from jdiff.models import masks
+  from jdiff.models.kv_cache import KVCache
+
+  model = jdiff_models(hf_checkpoints(family))
+  ids = _ids(1)
+  pos = np.broadcast_to(np.arange(L, dtype=np.int32) + 2, (B, L))  # offset: rope uses positions
+  valid = np.ones((B, L), bool)
+  valid[0, :3] = False  # a left-padded row
+  mask = (masks.block_causal(jnp.asarray(pos), model.config.block_size, jnp.asarray(valid))
+          if model.config.block_causal else masks.bidirectional(jnp.asarray(valid)))
+  cache = KVCache.init(model.config, B, L + 2)
+
+  @functools.partial(jax.jit, static_argnames="width")
+  def run(start, width):
+    win = None if width is None else (start, width)
+    return model.backbone(ids, pos, mask, cache, store=jnp.asarray(valid), window=win)
+
+  full, full_cache = run(0, None)
+  for start, width in [(0, 5), (7, 6), (L - 4, 4), (0, L)]:
+    got, got_cache = run(start, width)
+    assert got.shape == (B, width, model.config.hidden_size)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(full[:, start:start + width]),
+                               rtol=1e-5, atol=2e-5)  # float reassociation only
+    for a, b in [(got_cache.k, full_cache.k), (got_cache.v, full_cache.v)]:
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=2e-5)
+  with pytest.raises(ValueError, match="window width"):
+    model.backbone(ids, pos, mask, window=(0, L + 1))

@@ -3,6 +3,7 @@
 Slot ``p`` of row ``b`` holds the keys/values of the token at position ``p`` of that row,
 so rows of a left-padded batch whose blocks start at different physical offsets share one
 layout and no per-row write pointer is needed. ``valid`` marks the slots that hold a token.
+(:meth:`KVCache.from_tokens` is the exception: a read-only cache in token order.)
 
 Keys and values are stored heads-first with the slot axis last, ``[layers, B, kv_heads,
 head_dim, S]``: a decoding step contracts a layer's slice as it lies (scores = q @ K, output
@@ -35,6 +36,26 @@ class KVCache:
     shape = (config.num_layers, batch, config.num_kv_heads, config.head_dim, size)
     return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                valid=jnp.zeros((batch, size), bool))
+
+  @classmethod
+  def from_tokens(cls, new_k: jax.Array, new_v: jax.Array, valid: jax.Array) -> "KVCache":
+    """A cache whose slot i holds token i of per-layer ``new_k/new_v`` ``[layers, B, T, kv,
+    hd]`` (valid where ``valid`` ``[B, T]``). Slots follow the tokens, not their positions:
+    only for caches that are read afterwards, never written by position."""
+    order = (0, 1, 3, 4, 2)
+    return cls(k=new_k.transpose(order), v=new_v.transpose(order),
+               valid=jnp.asarray(valid, bool))
+
+  def slots(self, start: int, end: int) -> "KVCache":
+    """Slots ``[start, end)`` (static) as a cache of their own."""
+    return self.replace(k=self.k[..., start:end], v=self.v[..., start:end],
+                        valid=self.valid[:, start:end])
+
+  def concat(self, other: "KVCache") -> "KVCache":
+    """This cache's slots followed by ``other``'s."""
+    cat = lambda a, b: jnp.concatenate([a, b], axis=-1)  # noqa: E731 (slots are last)
+    return self.replace(k=cat(self.k, other.k), v=cat(self.v, other.v),
+                        valid=cat(self.valid, other.valid))
 
   @property
   def size(self) -> int:

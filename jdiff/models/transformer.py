@@ -121,7 +121,12 @@ class Backbone(nnx.Module):
   def __call__(self, tokens: jax.Array, positions: Optional[jax.Array] = None,
                mask: Optional[jax.Array] = None, cache: Optional[KVCache] = None, *,
                store: StoreArg = False, window: Optional[Tuple[Any, int]] = None):
-    """Hidden states ``[B, T, D]`` (and the cache, updated when ``store``).
+    """Hidden states ``[B, T, D]`` and the cache.
+
+    ``store`` (True, or bool ``[B, T]``: which tokens) writes this call's keys and values
+    into ``cache`` at slot = position. Without a cache it returns a new one of ``T`` slots
+    in which slot i holds input token i (its K/V rotated at its own position; tokens not
+    stored are invalid slots): a whole-canvas pass's cache built without a scatter.
 
     ``window = (start, width)`` (start may be traced, width static) returns only positions
     ``[start, start + width)``, ``[B, width, D]``: the last layer then computes queries, the
@@ -142,8 +147,6 @@ class Backbone(nnx.Module):
     positions = jnp.asarray(positions, jnp.int32)
     mask = self._full_mask(positions, mask, cache)
     storing = not (isinstance(store, bool) and not store)
-    if storing and cache is None:
-      raise ValueError("store=True needs a KVCache to write into")
 
     dt = jnp.dtype(c.dtype)
     x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
@@ -174,8 +177,12 @@ class Backbone(nnx.Module):
         new_kv = tuple(jnp.concatenate([head, last[None]]) for head, last in zip(new_kv, (k, v)))
     h = rms_norm(x, self.final_norm[...], c.rms_norm_eps)
     if storing:
-      write = None if isinstance(store, bool) else jnp.asarray(store, bool)
-      cache = cache.store(new_kv[0], new_kv[1], positions, write)
+      write = (jnp.ones((b, t), bool) if isinstance(store, bool)
+               else jnp.broadcast_to(jnp.asarray(store, bool), (b, t)))
+      if cache is None:
+        cache = KVCache.from_tokens(new_kv[0], new_kv[1], write)
+      else:
+        cache = cache.store(new_kv[0], new_kv[1], positions, write)
     return h, cache
 
   def _full_mask(self, positions, mask, cache):

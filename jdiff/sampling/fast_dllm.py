@@ -11,7 +11,8 @@ training-free tricks, both **approximations** of the exact sampler in :mod:`llad
     against it.
   - ``dual``: the same refresh also keeps the (still masked) suffix after the block; each later
     in-block step runs only the block's tokens against every cached slot except the block's
-    own (the reference's "replace position"), whose fresh K/V come from the step itself.
+    own (the reference's "replace position"), whose fresh K/V come from the step itself; the
+    block's slots are cut out of the cache rather than masked, so no step attends over them.
 - **Confidence-threshold parallel decoding.** Each step commits every eligible (masked,
   in-block) position whose confidence reaches ``threshold``, and always at least the most
   confident one; a block ends when it has no masks, so the step count is data-dependent and
@@ -19,14 +20,15 @@ training-free tricks, both **approximations** of the exact sampler in :mod:`llad
   next block together once every row's block is full (as Fast-dLLM's batched loop does); a
   row that finished early idles and does not count those steps in its step map.
 
-Batch layout and shapes: the refresh stores K/V by absolute position (slot p = position p,
-pads not written). The sampler unrolls its loop over blocks, so every block has static
+Batch layout and shapes: the refresh is a plain forward over the canvas whose K/V become the
+cache in canvas order (slot i = canvas token i, each rotated at its own position; pads are
+invalid slots), so building it costs a transpose, not a scatter, and the slots a mode keeps
+are static ranges. The sampler unrolls its loop over blocks, so every block has static
 shapes: the prefix cache has exactly the slots before the block and the suffix pass exactly
 the tokens from the block on (no full-width padding, so each step costs what Fast-dLLM's
 does); the refresh runs once per block outside the per-step ``while_loop``, whose carry then
-holds no cache. The refresh pass attends over ``[empty cache | canvas]``, which adds the
-cache's slots to that pass's attention FLOPs but needs no second model entry point. CFG is
-not supported with a cache, and both options need the uniform (equal-block) schedule.
+holds no cache. CFG is not supported with a cache, and both options need the uniform
+(equal-block) schedule.
 
 These functions are the pieces :func:`jdiff.sampling.llada.sample` plugs into its loop when
 ``LLaDASamplerConfig.cache`` / ``threshold`` are set (both off by default). Because cached
@@ -40,7 +42,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jdiff.models.kv_cache import KVCache
 from jdiff.sampling.common import F32, NEG_INF, argmax_first
 
 CACHE_MODES = ("none", "prefix", "dual")
@@ -58,46 +59,29 @@ def threshold_select(confidence: jax.Array, eligible: jax.Array, threshold: floa
   return eligible & ((conf >= threshold) | top1)
 
 
-def cache_keep(mode: str, block_pos: jax.Array, block_length: int, size: int) -> jax.Array:
-  """Cache slots kept after a refresh, bool ``[B, size]``; slot p holds position p.
-
-  ``block_pos`` ``[B]`` is the position of the block's first token (completion positions are
-  consecutive, so the block occupies ``[block_pos, block_pos + block_length)``).
-  """
-  slots = jnp.arange(size, dtype=jnp.int32)[None, :]
-  start = block_pos[:, None]
-  if mode == "prefix":
-    return slots < start
-  if mode == "dual":
-    return (slots < start) | (slots >= start + block_length)
-  raise ValueError(f"cache mode {mode!r} keeps no KV cache")
-
-
 def refresh(model, mode: str, canvas, positions, attn, valid, start: int, block_length: int):
   """Full forward over the canvas that builds the block's cache.
 
   ``start`` (static) is the block's physical index. Returns the block's hidden states
-  ``[B, block_length, D]`` (exactly the no-cache forward's) and the cache holding every real
-  token's K/V, restricted to what ``mode`` keeps. The prefix cache has exactly ``start``
-  slots (a position never exceeds its physical index, so the prefix fits and later tokens'
-  writes are dropped), the dual cache one slot per canvas token. The cache is empty during
-  this pass: its slots only cost attention FLOPs and no second model entry point is needed.
+  ``[B, block_length, D]`` (exactly the no-cache forward's) and the K/V of the canvas tokens
+  ``mode`` keeps, in canvas order (pads are invalid slots): ``prefix`` the ``start`` tokens
+  before the block, ``dual`` every token but the block's own (whose fresh K/V each cached
+  step computes itself).
   """
-  b, n = canvas.shape
-  size = start if mode == "prefix" else n
-  cache = KVCache.init(model.config, b, size)
-  h, cache = model.backbone(canvas, positions, attn, cache, store=valid,
-                            window=(start, block_length))
-  keep = cache_keep(mode, positions[:, start], block_length, size)
-  return h, cache.keep(keep)
+  h, cache = model.backbone(canvas, positions, attn, store=valid, window=(start, block_length))
+  if mode == "prefix":
+    return h, cache.slots(0, start)
+  if mode == "dual":
+    return h, cache.slots(0, start).concat(cache.slots(start + block_length, canvas.shape[1]))
+  raise ValueError(f"cache mode {mode!r} keeps no KV cache")
 
 
-def cached_hidden(model, mode: str, canvas, positions, cache: KVCache, start: int,
+def cached_hidden(model, mode: str, canvas, positions, cache, start: int,
                   block_length: int):
   """Hidden states ``[B, block_length, D]`` of the block at static physical ``start`` from
   the cache: ``prefix`` runs the whole suffix ``[start, N)`` against the cached prefix (its
   width shrinks from block to block, each block has its own static shape), ``dual`` only the
-  block's tokens against every cached slot but the block's own."""
+  block's tokens against the cached prefix and suffix."""
   end = canvas.shape[1] if mode == "prefix" else start + block_length
   toks = jax.lax.slice_in_dim(canvas, start, end, axis=1)
   pos = jax.lax.slice_in_dim(positions, start, end, axis=1)

@@ -157,3 +157,20 @@ def test_prefix_cache_full_attention(family, hf_checkpoints, jdiff_models, recor
   # Sanity: with a bidirectional full forward the prefix would differ.
   bidir = hf_fixtures.torch_logits(ckpt.torch_model, ids, np.ones((NB, n, n), bool), pos)
   assert np.abs(bidir[:, :n_prefix] - ref[:, :n_prefix]).max() > 1e-3
+
+
+def test_slots_and_concat_cut_a_range_out():
+  """``slots(a, b)`` keeps slots [a, b) of k, v and valid; ``concat`` appends another cache:
+  cutting [4, 7) out of a 10-slot cache leaves slots 0-3 then 7-9, in order."""
+  from jdiff.models.kv_cache import KVCache
+
+  rng = np.random.RandomState(0)
+  k, v = (rng.randn(2, NB, 2, 3, 10).astype(np.float32) for _ in range(2))
+  valid = rng.rand(NB, 10) < 0.5
+  cache = KVCache(k=k, v=v, valid=valid)
+  cut = cache.slots(0, 4).concat(cache.slots(7, 10))
+  kept = np.r_[0:4, 7:10]
+  assert cut.size == 7
+  np.testing.assert_array_equal(np.asarray(cut.k), k[..., kept])
+  np.testing.assert_array_equal(np.asarray(cut.v), v[..., kept])
+  np.testing.assert_array_equal(np.asarray(cut.valid), valid[:, kept])

@@ -178,3 +178,23 @@ def test_window_equals_slice_of_full_call(family, hf_checkpoints, jdiff_models):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=2e-5)
   with pytest.raises(ValueError, match="window width"):
     model.backbone(ids, pos, mask, window=(0, L + 1))
+
+
+def test_store_without_cache_holds_tokens_in_order(hf_checkpoints, jdiff_models):
+  """``store`` with no cache returns a fresh one, slot i = input token i: with positions
+  0..T-1 it equals storing into an empty cache by position; unstored tokens are invalid."""
+  from jdiff.models.kv_cache import KVCache
+
+  model = jdiff_models(hf_checkpoints("llada"))
+  ids = _ids(2)
+  write = np.ones((B, L), bool)
+  write[1, :4] = False
+  h, fresh = model.backbone(ids, store=write)
+  h_ref, by_pos = model.backbone(ids, cache=KVCache.init(model.config, B, L), store=write)
+  np.testing.assert_array_equal(np.asarray(fresh.valid), write)
+  np.testing.assert_array_equal(np.asarray(fresh.valid), np.asarray(by_pos.valid))
+  for a, b in [(fresh.k, by_pos.k), (fresh.v, by_pos.v)]:
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a[..., 4:], b[..., 4:], rtol=1e-5, atol=1e-5)  # stored slots
+  np.testing.assert_allclose(np.asarray(h), np.asarray(h_ref), rtol=1e-5, atol=1e-5)

@@ -25,10 +25,12 @@ Rows (batch 8, same-length prompts, greedy, no stop token so every row generates
 - ``dream exact`` (``--dream``): ``dream.sample`` (maskgit_plus) vs
   ``torch_reference.dream_generate``.
 
-GFLOP/s count the forward FLOPs of the reference algorithm (``ModelConfig.flops_per_token``):
-block rows every reference forward (prefill, denoising steps, store passes) at its key length;
-LLaDA rows per step the backbone over all B x (P + G) canvas tokens plus the LM head over the
-B x 32 block tokens (both implementations project only the block). ``% peak`` relates jdiff's
+GFLOP/s count forward FLOPs (``ModelConfig.flops_per_token``): block rows every reference
+forward (prefill, denoising steps, store passes) at its key length, for both sides; LLaDA rows
+per step, for the reference, the backbone over all B x (P + G) canvas tokens plus the LM head
+over the B x 32 block tokens, and for jdiff what it computes: the same except that its last
+layer runs queries, attention output and MLP for the block's rows only (keys and values for
+the whole canvas). ``% peak`` relates jdiff's
 GFLOP/s to the float32 matmul peak of ``forward.matmul_peak``, re-measured around each row's
 timing because the load on a shared machine drifts.
 
@@ -196,11 +198,19 @@ def prompts(cfg, batch, length, seed=0):
   return ids
 
 
-def llada_flops(cfg, batch, canvas, steps, window=LLADA_BLOCK):
-  """Forward FLOPs of ``steps`` exact LLaDA steps: backbone on the canvas, head on the block."""
+def llada_flops(cfg, batch, canvas, steps, window=LLADA_BLOCK, last_layer_window=False):
+  """Forward FLOPs of ``steps`` exact LLaDA steps: backbone on the canvas, head on the block;
+  with ``last_layer_window`` the last layer's queries, output projection and MLP (and their
+  attention) cover the block's ``window`` rows only, as jdiff's sampler computes them."""
   head = 2.0 * cfg.vocab_size * cfg.hidden_size
   body = cfg.flops_per_token(canvas) - head
-  return steps * batch * (canvas * body + window * head)
+  per_step = canvas * body + window * head
+  if last_layer_window:
+    d, hd = cfg.hidden_size, cfg.head_dim
+    kv_proj = 2.0 * 2 * d * cfg.num_kv_heads * hd  # K and V, still over the whole canvas
+    layer = body / cfg.num_layers  # one layer's FLOPs per query token
+    per_step -= (canvas - window) * (layer - kv_proj)
+  return steps * batch * per_step
 
 
 def _steps(g, args):
@@ -259,11 +269,13 @@ def bench_llada(model, tm, ids, g, args, size, rows):
   out = []
   if "torch" in res:
     t_t, (toks, _) = res["torch"]
-    flops = llada_flops(model.config, ids.shape[0], ids.shape[1] + g, steps)
+    flops = llada_flops(model.config, ids.shape[0], ids.shape[1] + g, steps,
+                        last_layer_window=True)
+    ref_flops = llada_flops(model.config, ids.shape[0], ids.shape[1] + g, steps)
     out.append(dict(name="llada exact", ref="torch", t_jdiff=t_exact, t_ref=t_t,
                     tok_step=g / steps, diff=int(np.sum(exact != toks)),
                     target=3.0 if size == "tiny" else 1.0, peak=peak,
-                    gflops=flops / t_exact / 1e9, ref_gflops=flops / t_t / 1e9))
+                    gflops=flops / t_exact / 1e9, ref_gflops=ref_flops / t_t / 1e9))
   for key in [k for m in modes for k in (m, m + " conf") if k in res]:
     t_f, tr = res[key]
     mode, _, conf = key.partition(" ")

@@ -68,9 +68,14 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
   # which CPU and GPU backends run markedly faster than the 5-D einsum over [t, kv, g].
   qh = _heads_major(q, kv)
   kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-  probs = jax.nn.softmax(_masked_scores(qh, kh, mask, h // kv), axis=-1)
-  probs = probs.reshape(b, kv, h // kv * t, -1)
-  out = jnp.einsum("bkqs,bksd->bkqd", probs.astype(v.dtype), vh, preferred_element_type=F32)
+  scores = _masked_scores(qh, kh, mask, h // kv)
+  # Softmax normalised after the value product: the division then runs over [.., hd] outputs
+  # instead of the [.., S] probabilities (one pass less over the largest array; 5-12% of an
+  # exact LLaDA step on one CPU core at the tiny size, gen 256).
+  e = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+  denom = jnp.sum(e, axis=-1).reshape(b, kv, h // kv * t, 1)
+  e = e.reshape(b, kv, h // kv * t, -1)
+  out = jnp.einsum("bkqs,bksd->bkqd", e.astype(v.dtype), vh, preferred_element_type=F32) / denom
   return _from_heads_major(out, t).astype(q.dtype)
 
 

@@ -11,6 +11,7 @@ from typing import Any, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jdiff.models import masks as masks_lib
@@ -139,9 +140,12 @@ class Backbone(nnx.Module):
     tokens = jnp.asarray(tokens, jnp.int32)
     b, t = tokens.shape
     if window is not None:
-      if not isinstance(window[1], int) or not 0 < window[1] <= t:
+      width = window[1]
+      if isinstance(width, (np.integer, int)) and not isinstance(width, bool):
+        width = int(width)
+      if not isinstance(width, int) or not 0 < width <= t:
         raise ValueError(f"window width must be a static int in [1, {t}], got {window[1]!r}")
-      window = (jnp.asarray(window[0], jnp.int32), window[1])
+      window = (jnp.asarray(window[0], jnp.int32), width)
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     positions = jnp.asarray(positions, jnp.int32)

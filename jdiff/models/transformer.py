@@ -141,11 +141,10 @@ class Backbone(nnx.Module):
     b, t = tokens.shape
     if window is not None:
       width = window[1]
-      if isinstance(width, (np.integer, int)) and not isinstance(width, bool):
-        width = int(width)
-      if not isinstance(width, int) or not 0 < width <= t:
+      is_int = isinstance(width, (np.integer, int)) and not isinstance(width, (bool, np.bool_))
+      if not is_int or not 0 < int(width) <= t:
         raise ValueError(f"window width must be a static int in [1, {t}], got {window[1]!r}")
-      window = (jnp.asarray(window[0], jnp.int32), width)
+      window = (jnp.asarray(window[0], jnp.int32), int(width))
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     positions = jnp.asarray(positions, jnp.int32)

@@ -176,7 +176,7 @@ def test_window_equals_slice_of_full_call(family, hf_checkpoints, jdiff_models):
                                rtol=1e-5, atol=2e-5)  # float reassociation only
     for a, b in [(got_cache.k, full_cache.k), (got_cache.v, full_cache.v)]:
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=2e-5)
-  for bad in [L + 1, 0, 2.0, jnp.int32(3)]:  # out of range, not an int, traced-able array
+  for bad in [L + 1, 0, 2.0, True, jnp.int32(3)]:  # out of range, not an int, an array
     with pytest.raises(ValueError, match="window width"):
       model.backbone(ids, pos, mask, window=(0, bad))
   h_np, _ = model.backbone(ids, pos, mask, window=(np.int64(7), np.int64(6)))  # numpy ints

@@ -321,3 +321,30 @@ def test_mesh_matches_single_device(model):
   np.testing.assert_array_equal(traj.tokens, single.tokens)
   np.testing.assert_array_equal(traj.step_map, single.step_map)
   np.testing.assert_allclose(traj.logprobs, single.logprobs, atol=1e-5)
+
+
+def test_commit_stores_no_slot_past_max_tokens(model):
+  """A row committing its last block, cut by max_tokens, stores only the completion's slots:
+  slots past P + max_tokens stay invalid keys of the cache (one ``_step`` on a built carry;
+  prompt 6 tokens, max_tokens 5, L = 4: the last block [8, 12) ends the completion at 11)."""
+  from jdiff.models.kv_cache import KVCache
+
+  mc = model.config
+  cfg = make_cfg(max_tokens=5)
+  static, knobs = block._split(cfg.validate(mc))
+  plen = jnp.array([6], jnp.int32)
+  canvas = jnp.array([[5, 6, 7, 8, 9, 10, 20, 21, 22, 23, 24, 1]], jnp.int32)  # no mask left
+  cache = KVCache.init(mc, 1, 12)
+  cache = cache.replace(valid=jnp.arange(12)[None] < 8)  # blocks 0 and 1 already stored
+  zero = jnp.zeros((1,), jnp.int32)
+  carry = block._Carry(
+      canvas=canvas, step_map=jnp.zeros((1, 12), jnp.int32),
+      logprobs=jnp.zeros((1, 12), jnp.float32), cache=cache, block_start=jnp.array([8]),
+      step_in_block=zero + 2, num_steps=zero + 3, end=plen + 5, done=jnp.zeros((1,), bool),
+      states=None, iteration=jnp.zeros((), jnp.int32))
+  keys = jax.random.split(jax.random.key(0), 1)
+  out = block._step(model, static, knobs, keys, plen, carry)
+  assert bool(out.done[0])  # the block committed and the row finished
+  np.testing.assert_array_equal(np.asarray(out.cache.valid[0]), np.arange(12) < 11)
+  k = np.asarray(out.cache.k)
+  assert np.abs(k[..., 8:11]).max() > 0 and np.all(k[..., 11] == 0)

@@ -144,7 +144,9 @@ class Backbone(nnx.Module):
       is_int = isinstance(width, (np.integer, int)) and not isinstance(width, (bool, np.bool_))
       if not is_int or not 0 < int(width) <= t:
         raise ValueError(f"window width must be a static int in [1, {t}], got {window[1]!r}")
-      window = (jnp.asarray(window[0], jnp.int32), int(width))
+      # A window as wide as the input is all of it (a dynamic slice clamps its start): the
+      # plain scan then runs, without a peeled last layer that would save nothing.
+      window = None if int(width) == t else (jnp.asarray(window[0], jnp.int32), int(width))
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     positions = jnp.asarray(positions, jnp.int32)

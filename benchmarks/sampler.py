@@ -11,6 +11,11 @@ Rows (batch 8, same-length prompts, greedy, no stop token so every row generates
 - ``block+kv``: ``block.sample_block`` (SDAR, KV cache, B=4, 4 denoising steps,
   low_confidence_dynamic 0.9) vs ``torch_reference.sdar_block_generate`` (the HF
   ``generate.py`` loop with a transformers DynamicCache).
+- ``block+kv Ndev`` (``--cpu-devices N``): the same sampler on a ``(N, 1, 1)`` data mesh of
+  N XLA CPU devices, the batch split among them; each device runs its own decoding loop on
+  its rows (``jdiff/sampling/row_shards.py``), as on a multi-chip host. At the tiny size a
+  step's ops last microseconds, and XLA's thread pool spends more on handing them between
+  cores than they save, so separate loops on separate cores use a 2-core machine better.
 - ``llada exact``: ``llada.sample`` (block 32, no cache) vs ``torch_reference.llada_generate``
   (a full bidirectional forward over the canvas every step).
 - ``llada prefix+thr`` / ``llada dual+thr``: Fast-dLLM cache + threshold 0.9 decoding vs the
@@ -46,7 +51,7 @@ several times slower; ``--torch-threads 1`` gives it its best (and steadiest) co
 Run:
 
   python benchmarks/sampler.py [--sizes tiny,small] [--gen 128,256] [--llada-gen 128]
-                               [--torch-threads 1] [--cores 1] [--quick]
+                               [--torch-threads 1] [--cores 1] [--cpu-devices 2] [--quick]
 """
 
 from __future__ import annotations
@@ -167,6 +172,22 @@ def jdiff_call(sample, model, ids, cfg):
   return run
 
 
+def jdiff_mesh_call(model, ids, cfg, devices):
+  """``jdiff_call`` of the block sampler on a ``(devices, 1, 1)`` data mesh (a replicated copy
+  of ``model``): every device runs its own loop on its rows (``row_shards``)."""
+  mesh = jdiff.sharding.make_mesh((devices, 1, 1))
+  sharded = jdiff.sharding.shard_model(nnx.clone(model), mesh, rules=SAMPLING_RULES)
+  pmask = np.ones(ids.shape, bool)
+  key = jax.random.key(0)
+
+  def run():
+    with jax.set_mesh(mesh):
+      return jax.block_until_ready(block.sample_block(sharded, ids, key, cfg, prompt_mask=pmask))
+
+  run()  # compiles
+  return run
+
+
 def torch_call(fn, tm, ids):
   """``fn`` after a one-forward warm-up of the torch model (eager: nothing to compile)."""
   with torch.no_grad():
@@ -226,13 +247,20 @@ def bench_block(model, tm, ids, g, args):
          "torch": torch_call(lambda: ref.sdar_block_generate(
              tm, ids, g, BLOCK_SIZE, BLOCK_STEPS, model.config.mask_token_id, BLOCK_STRATEGY,
              BLOCK_THRESHOLD), tm, ids)}
+  if args.cpu_devices > 1:
+    fns["mesh"] = jdiff_mesh_call(model, ids, cfg, args.cpu_devices)
   res, peak = _measure(fns, args)
-  (t_j, traj), (t_t, (toks, calls)) = res["jdiff"], res["torch"]
+  t_t, (toks, calls) = res["torch"]
   flops = sum(ids.shape[0] * q * model.config.flops_per_token(kv) for q, kv in calls)
-  return [dict(name="block+kv", ref="torch", t_jdiff=t_j, t_ref=t_t,
-               tok_step=g / float(np.mean(_np(traj.num_steps))),
-               diff=int(np.sum(_np(traj.tokens) != toks)), target=10.0, peak=peak,
-               gflops=flops / t_j / 1e9, ref_gflops=flops / t_t / 1e9)]
+  out = []
+  for key, name in (("jdiff", "block+kv"), ("mesh", f"block+kv {args.cpu_devices}dev")):
+    if key in res:
+      t_j, traj = res[key]
+      out.append(dict(name=name, ref="torch", t_jdiff=t_j, t_ref=t_t,
+                      tok_step=g / float(np.mean(_np(traj.num_steps))),
+                      diff=int(np.sum(_np(traj.tokens) != toks)), target=10.0, peak=peak,
+                      gflops=flops / t_j / 1e9, ref_gflops=flops / t_t / 1e9))
+  return out
 
 
 def confident_copy(model, scale):
@@ -348,6 +376,10 @@ def main():
                       "XLA's CPU runtime sizes its thread pool from them; at the tiny size, "
                       "whose ops are microseconds long, 1 core avoids the pool's hand-offs. "
                       "Both sides then run on the same cores")
+  p.add_argument("--cpu-devices", type=int, default=1,
+                 help="also run the block sampler on a data mesh of this many XLA CPU devices "
+                      "(the process's cores split among them; each device loops over its "
+                      "rows, see jdiff/sampling/row_shards.py): the 'block+kv Ndev' row")
   p.add_argument("--quick", action="store_true", help="smoke run: tiny only, gen 32, 2 rounds")
   args = p.parse_args()
   if args.cores:
@@ -356,6 +388,10 @@ def main():
     if args.cores > len(allowed):
       p.error(f"--cores {args.cores}: only {len(allowed)} cores are available")
     os.sched_setaffinity(0, allowed[:args.cores])
+  if args.cpu_devices > 1:  # before the CPU backend starts: it fixes its device count then
+    if args.batch % args.cpu_devices:
+      p.error(f"--cpu-devices {args.cpu_devices} must divide --batch {args.batch}")
+    jax.config.update("jax_num_cpu_devices", args.cpu_devices)
   if args.quick:  # 2 rounds: a program's first run also builds XLA's per-kernel runtimes
     args.sizes, args.gen, args.llada_gen, args.repeats = "tiny", "32", None, 2
   sizes = [s for s in args.sizes.split(",") if s]

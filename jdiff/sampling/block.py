@@ -52,6 +52,11 @@ Decisions where the references are open or buggy:
   are dropped (pad, step 0) although earlier tokens of that block were decoded next to them.
 - Only shape-like settings are compiled in; strategy, temperature, top_p and thresholds are
   traced values. The trace always uses ``SAMPLING_RULES`` (never the caller's rules context).
+
+Meshes. On a mesh whose axes all split the batch (``('data', 'fsdp')``, ``tensor`` = 1) each
+data shard runs its own loop on its rows (``row_shards.on_row_shards``): no cross-device
+reduction per step, and the outputs equal the one-device run's. With ``tensor`` > 1 the
+loop is one SPMD program over the whole mesh.
 """
 
 from __future__ import annotations
@@ -66,12 +71,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jdiff.models import masks
 from jdiff.models.config import ModelConfig
 from jdiff.models.kv_cache import KVCache
 from jdiff.sampling.common import (F32, Trajectory, argmax_first, filter_logits, left_pad,
                                    prob_at, select_top_n, token_logprob, transfer_schedule)
+from jdiff.sampling.row_shards import on_row_shards
 from jdiff.sharding.rules import SAMPLING_RULES, constrain, logical_spec, use_rules
 
 _CACHE_AXES = ("layers", "batch", "kv_heads", "head_dim", "kv_length")
@@ -415,7 +422,7 @@ def _step(model, st: _Static, kn: _Knobs, row_keys, plen, c: _Carry) -> _Carry:
                 done=done, states=states, iteration=c.iteration + 1)
 
 
-def _generate(model, ids, pmask, key, st: _Static, kn: _Knobs) -> Trajectory:
+def _generate(model, ids, pmask, key, st: _Static, kn: _Knobs, row_offset=0) -> Trajectory:
   mc = model.config
   block, g = st.block_length, st.max_tokens
   n_rows, p = ids.shape
@@ -447,7 +454,8 @@ def _generate(model, ids, pmask, key, st: _Static, kn: _Knobs) -> Trajectory:
       block_start=(plen // block) * block, step_in_block=zeros, num_steps=zeros, end=gen_end,
       done=jnp.zeros((n_rows,), bool), states=states, iteration=jnp.zeros((), jnp.int32))
 
-  row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n_rows))
+  rows = row_offset + jnp.arange(n_rows)  # global row indices (a shard's rows start at offset)
+  row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)
   max_iters = max_blocks * (block + 1)  # every block: at most L steps + one commit
   step = functools.partial(_step, model, st, kn, row_keys, plen)
   c = carry
@@ -482,9 +490,19 @@ def _generate(model, ids, pmask, key, st: _Static, kn: _Knobs) -> Trajectory:
 @functools.partial(jax.jit, static_argnames=("graphdef", "static"))
 def _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, knobs: _Knobs,
                   static: _Static) -> Trajectory:
-  model = nnx.merge(graphdef, state)
   with use_rules(SAMPLING_RULES):  # the trace must not depend on the caller's rules
-    return _generate(model, prompt_ids, prompt_mask, key, static, knobs)
+    def run(shared, rows, row_offset):
+      state, key, knobs = shared
+      return _generate(nnx.merge(graphdef, state), *rows, key, static, knobs, row_offset)
+
+    def out_specs(batch):
+      rows = P(batch)
+      return Trajectory(prompt_ids=rows, prompt_mask=rows, tokens=rows, step_map=rows,
+                        logprobs=rows, lengths=rows, num_steps=rows,
+                        states=P(None, batch) if static.record_states else None,
+                        raw_tokens=rows, raw_step_map=rows)
+
+    return on_row_shards(run, out_specs, (state, key, knobs), (prompt_ids, prompt_mask))
 
 
 def generate_block(graphdef, state, prompt_ids, prompt_mask, key,

@@ -97,5 +97,7 @@ def constrain(x: jax.Array, names: Sequence[Optional[str]]) -> jax.Array:
   mesh = jax.sharding.get_abstract_mesh()
   if mesh is None or mesh.empty:
     return x
-  spec = logical_spec(names, x.shape, dict(mesh.shape))
+  # Inside shard_map the manual axes are already split: only the automatic ones can be.
+  manual = set(getattr(mesh, "manual_axes", ()))
+  spec = logical_spec(names, x.shape, {a: s for a, s in mesh.shape.items() if a not in manual})
   return jax.lax.with_sharding_constraint(x, spec)

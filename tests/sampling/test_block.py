@@ -323,6 +323,35 @@ def test_mesh_matches_single_device(model):
   np.testing.assert_allclose(traj.logprobs, single.logprobs, atol=1e-5)
 
 
+@pytest.mark.skipif(jax.device_count() < 4, reason="needs 4 (fake) devices")
+@pytest.mark.parametrize("greedy", [True, False])
+def test_row_shards_match_single_device(eos_model, greedy):
+  """A mesh whose axes all split the batch (one row per shard here) runs one loop per shard
+  (a shard_map in the program) and gives the one-device result. With EOS, rows stop at
+  different steps, so the shards' loops run different trip counts."""
+  knobs = dict(top_k=1) if greedy else dict(SAMPLED, threshold=0.2)
+  cfg = make_cfg(**knobs, stop_ids=(eos_model.config.eos_token_id,))
+  single = run(eos_model, cfg, key=3)
+  assert len(set(single.num_steps.tolist())) > 1  # the shards' loops differ in length
+  sharded_model = nnx.clone(eos_model)
+  mesh = jdiff.sharding.make_mesh((2, 2, 1))
+  jdiff.sharding.shard_model(sharded_model, mesh, rules=jdiff.sharding.SAMPLING_RULES)
+  with jax.set_mesh(mesh):
+    traj = block.sample_block(sharded_model, PROMPTS, jax.random.key(3), cfg, bucket=16)
+    graphdef, state = nnx.split(sharded_model)
+    ids, pmask, _ = left_pad(PROMPTS, 0, bucket=16)
+    static, knobs_ = block._split(cfg.validate(sharded_model.config))
+    hlo = block._generate_jit.lower(graphdef, state, block._place_batch(ids),
+                                    block._place_batch(pmask), jax.random.key(3), knobs_,
+                                    static).as_text()
+  assert "manual_computation" in hlo
+  assert traj.tokens.sharding.spec[0] == ("data", "fsdp")
+  traj = jax.tree.map(np.asarray, traj)
+  for field in ("tokens", "step_map", "num_steps", "lengths", "states", "raw_tokens"):
+    np.testing.assert_array_equal(getattr(traj, field), getattr(single, field), err_msg=field)
+  np.testing.assert_allclose(traj.logprobs, single.logprobs, atol=1e-5)
+
+
 def test_commit_stores_no_slot_past_max_tokens(model):
   """A row committing its last block, cut by max_tokens, stores only the completion's slots:
   slots past P + max_tokens stay invalid keys of the cache (one ``_step`` on a built carry;

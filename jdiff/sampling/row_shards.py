@@ -1,0 +1,65 @@
+"""Running a sampler program independently on each data shard of its prompt batch.
+
+A sampler's rows never interact: each has its own canvas, cache slots, random keys and
+``done`` flag. Partitioned as one global program over a data-parallel mesh, its
+``lax.while_loop`` still has a global trip condition (``all(done)``) and global per-step
+``lax.cond`` predicates ("does any row commit a block"), so every step pays cross-device
+reductions and every device waits for the slowest at every step. Under ``jax.shard_map``
+over the batch's mesh axes each shard runs its own loop on its own rows instead: nothing is
+communicated inside the loop, and a shard whose rows finish early stops early.
+
+This applies when the batch's axes (the rules' ``batch`` entry) are the whole mesh. A mesh
+with ``tensor`` > 1 keeps the one global program: its tensor-parallel collectives sit inside
+the loop, and shards running different trip counts would never meet at them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Tuple
+
+import jax
+from jax.sharding import PartitionSpec as P
+
+from jdiff.sharding.rules import active_rules
+
+
+def row_shard_axes(n_rows: int) -> Tuple[str, ...]:
+  """The active mesh's axes that split a batch of ``n_rows`` into independent shards, or
+  ``()``: no mesh, a batch axis of size 1 only, another axis of size > 1, or a batch that
+  does not divide evenly."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty:
+    return ()
+  axes = active_rules().get("batch")
+  axes = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+  manual = set(getattr(mesh, "manual_axes", ()))
+  axes = tuple(a for a in axes if mesh.shape.get(a, 1) > 1 and a not in manual)
+  if not axes or any(s > 1 and a not in axes for a, s in mesh.shape.items()):
+    return ()
+  size = 1
+  for a in axes:
+    size *= mesh.shape[a]
+  return axes if n_rows % size == 0 else ()
+
+
+def on_row_shards(fn: Callable, out_specs: Callable[[object], object], shared, rows):
+  """``fn(shared, rows, row_offset)``, run on every row shard when :func:`row_shard_axes`
+  splits the batch, else once on the whole batch (``row_offset`` 0).
+
+  ``rows``: a tuple of batch-leading arrays; ``shared`` (weights, key, settings) is
+  replicated to every shard. ``row_offset`` is the global index of a shard's first row: a
+  row's random keys must not depend on the split. ``out_specs(batch)`` returns the output's
+  ``PartitionSpec`` tree, with ``batch`` the mesh axes to put where the output has rows.
+  """
+  n_rows = jax.tree.leaves(rows)[0].shape[0]
+  axes = row_shard_axes(n_rows)
+  if not axes:
+    return fn(shared, rows, 0)
+  batch = axes if len(axes) > 1 else axes[0]
+
+  def local(shared, rows):
+    local_rows = jax.tree.leaves(rows)[0].shape[0]
+    return fn(shared, rows, jax.lax.axis_index(axes) * local_rows)
+
+  return jax.shard_map(local, in_specs=(P(), P(batch)), out_specs=out_specs(batch),
+                       axis_names=set(axes), check_vma=False)(shared, rows)

@@ -53,10 +53,11 @@ Decisions where the references are open or buggy:
 - Only shape-like settings are compiled in; strategy, temperature, top_p and thresholds are
   traced values. The trace always uses ``SAMPLING_RULES`` (never the caller's rules context).
 
-Meshes. On a mesh whose axes all split the batch (``('data', 'fsdp')``, ``tensor`` = 1) each
-data shard runs its own loop on its rows (``row_shards.on_row_shards``): no cross-device
-reduction per step, and the outputs equal the one-device run's. With ``tensor`` > 1 the
-loop is one SPMD program over the whole mesh.
+Meshes. On a mesh whose axes all split the batch (``('data', 'fsdp')``, ``tensor`` = 1),
+with weights not split over them, each data shard runs its own loop on its rows
+(``row_shards``): no cross-device reduction per step, and the outputs equal the one-device
+run's. Otherwise (``tensor`` > 1, FSDP-sharded weights) the loop is one SPMD program over
+the whole mesh.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ from jdiff.models.config import ModelConfig
 from jdiff.models.kv_cache import KVCache
 from jdiff.sampling.common import (F32, Trajectory, argmax_first, filter_logits, left_pad,
                                    prob_at, select_top_n, token_logprob, transfer_schedule)
-from jdiff.sampling.row_shards import on_row_shards
+from jdiff.sampling.row_shards import on_row_shards, row_shard_axes
 from jdiff.sharding.rules import SAMPLING_RULES, constrain, logical_spec, use_rules
 
 _CACHE_AXES = ("layers", "batch", "kv_heads", "head_dim", "kv_length")
@@ -487,9 +488,10 @@ def _generate(model, ids, pmask, key, st: _Static, kn: _Knobs, row_offset=0) -> 
 
 
 # --------------------------------------------------------------------------- entry points
-@functools.partial(jax.jit, static_argnames=("graphdef", "static"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "static", "row_axes"))
 def _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, knobs: _Knobs,
-                  static: _Static) -> Trajectory:
+                  static: _Static, row_axes: Tuple[str, ...] = ()) -> Trajectory:
+  """The sampler; with ``row_axes`` (``row_shards.row_shard_axes``) one loop per row shard."""
   with use_rules(SAMPLING_RULES):  # the trace must not depend on the caller's rules
     def run(shared, rows, row_offset):
       state, key, knobs = shared
@@ -502,7 +504,8 @@ def _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, knobs: _Knobs,
                         states=P(None, batch) if static.record_states else None,
                         raw_tokens=rows, raw_step_map=rows)
 
-    return on_row_shards(run, out_specs, (state, key, knobs), (prompt_ids, prompt_mask))
+    return on_row_shards(run, row_axes, out_specs, (state, key, knobs),
+                         (prompt_ids, prompt_mask))
 
 
 def generate_block(graphdef, state, prompt_ids, prompt_mask, key,
@@ -514,7 +517,8 @@ def generate_block(graphdef, state, prompt_ids, prompt_mask, key,
   settings, mesh); strategy, temperature, top_p and thresholds are traced values.
   """
   static, knobs = _split(config.validate(nnx.merge(graphdef, state).config))
-  return _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, knobs, static)
+  return _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, knobs, static,
+                       row_shard_axes(np.shape(prompt_ids)[0], state))
 
 
 def _place_batch(x: np.ndarray):
@@ -552,4 +556,4 @@ def sample_block(model, prompt_ids, key, config: BlockSamplerConfig, *,
   graphdef, state = nnx.split(model)
   static, knobs = _split(config)
   return _generate_jit(graphdef, state, _place_batch(ids), _place_batch(pmask), key, knobs,
-                       static)
+                       static, row_shard_axes(ids.shape[0], state))

@@ -8,9 +8,11 @@ reductions and every device waits for the slowest at every step. Under ``jax.sha
 over the batch's mesh axes each shard runs its own loop on its own rows instead: nothing is
 communicated inside the loop, and a shard whose rows finish early stops early.
 
-This applies when the batch's axes (the rules' ``batch`` entry) are the whole mesh. A mesh
-with ``tensor`` > 1 keeps the one global program: its tensor-parallel collectives sit inside
-the loop, and shards running different trip counts would never meet at them.
+This applies when the batch's axes (``SAMPLING_RULES['batch']``) are the whole mesh and the
+weights are not split over them. A mesh with ``tensor`` > 1 keeps the one global program:
+its tensor-parallel collectives sit inside the loop, and shards running different trip
+counts would never meet at them. So do FSDP-sharded weights (``sampling_layout="fsdp"``),
+which the global program gathers layer by layer instead of whole.
 """
 
 from __future__ import annotations
@@ -20,39 +22,53 @@ from typing import Callable, Tuple
 import jax
 from jax.sharding import PartitionSpec as P
 
-from jdiff.sharding.rules import active_rules
+from jdiff.sharding.rules import SAMPLING_RULES
 
 
-def row_shard_axes(n_rows: int) -> Tuple[str, ...]:
+def row_shard_axes(n_rows: int, weights=None) -> Tuple[str, ...]:
   """The active mesh's axes that split a batch of ``n_rows`` into independent shards, or
-  ``()``: no mesh, a batch axis of size 1 only, another axis of size > 1, or a batch that
-  does not divide evenly."""
+  ``()``: no mesh, batch axes of size 1 only, another axis of size > 1, a batch that does
+  not divide evenly, or ``weights`` (a pytree of arrays) with a leaf split over one of those
+  axes (FSDP-sharded weights: a shard would have to gather a full copy, which is what
+  sampling from the FSDP layout avoids). Call it outside ``jit``: it reads the weights'
+  placement."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh is None or mesh.empty:
     return ()
-  axes = active_rules().get("batch")
+  axes = SAMPLING_RULES["batch"]
   axes = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
-  manual = set(getattr(mesh, "manual_axes", ()))
-  axes = tuple(a for a in axes if mesh.shape.get(a, 1) > 1 and a not in manual)
+  axes = tuple(a for a in axes if mesh.shape.get(a, 1) > 1)
   if not axes or any(s > 1 and a not in axes for a, s in mesh.shape.items()):
     return ()
   size = 1
   for a in axes:
     size *= mesh.shape[a]
-  return axes if n_rows % size == 0 else ()
+  if n_rows % size or (weights is not None and _split_over(weights, axes)):
+    return ()
+  return axes
 
 
-def on_row_shards(fn: Callable, out_specs: Callable[[object], object], shared, rows):
-  """``fn(shared, rows, row_offset)``, run on every row shard when :func:`row_shard_axes`
-  splits the batch, else once on the whole batch (``row_offset`` 0).
+def _split_over(tree, axes) -> bool:
+  for leaf in jax.tree.leaves(tree):
+    spec = getattr(getattr(leaf, "sharding", None), "spec", None)
+    for entry in spec or ():
+      names = (entry,) if isinstance(entry, str) else (entry or ())
+      if any(a in axes for a in names):
+        return True
+  return False
+
+
+def on_row_shards(fn: Callable, axes: Tuple[str, ...], out_specs: Callable[[object], object],
+                  shared, rows):
+  """``fn(shared, rows, row_offset)``, run on every shard of ``rows`` split over ``axes``
+  (from :func:`row_shard_axes`), or once on the whole batch (``row_offset`` 0) when
+  ``axes`` is empty.
 
   ``rows``: a tuple of batch-leading arrays; ``shared`` (weights, key, settings) is
   replicated to every shard. ``row_offset`` is the global index of a shard's first row: a
   row's random keys must not depend on the split. ``out_specs(batch)`` returns the output's
   ``PartitionSpec`` tree, with ``batch`` the mesh axes to put where the output has rows.
   """
-  n_rows = jax.tree.leaves(rows)[0].shape[0]
-  axes = row_shard_axes(n_rows)
   if not axes:
     return fn(shared, rows, 0)
   batch = axes if len(axes) > 1 else axes[0]

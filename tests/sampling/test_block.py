@@ -341,10 +341,11 @@ def test_row_shards_match_single_device(eos_model, greedy):
     graphdef, state = nnx.split(sharded_model)
     ids, pmask, _ = left_pad(PROMPTS, 0, bucket=16)
     static, knobs_ = block._split(cfg.validate(sharded_model.config))
+    row_axes = block.row_shard_axes(len(PROMPTS), state)
     hlo = block._generate_jit.lower(graphdef, state, block._place_batch(ids),
                                     block._place_batch(pmask), jax.random.key(3), knobs_,
-                                    static).as_text()
-  assert "manual_computation" in hlo
+                                    static, row_axes).as_text()
+  assert row_axes == ("data", "fsdp") and "manual_computation" in hlo
   assert traj.tokens.sharding.spec[0] == ("data", "fsdp")
   traj = jax.tree.map(np.asarray, traj)
   for field in ("tokens", "step_map", "num_steps", "lengths", "states", "raw_tokens"):

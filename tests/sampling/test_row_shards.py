@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 import jdiff
@@ -22,13 +23,24 @@ pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) d
 ])
 def test_row_shard_axes(shape, rows, expected):
   mesh = jdiff.sharding.make_mesh(shape)
-  with jax.set_mesh(mesh), use_rules(SAMPLING_RULES):
+  with jax.set_mesh(mesh):
     assert row_shard_axes(rows) == expected
 
 
+@pytest.mark.parametrize("rules, expected", [(SAMPLING_RULES, ("fsdp",)), (TRAIN_RULES, ())])
+def test_fsdp_sharded_weights_keep_the_global_program(rules, expected):
+  """Weights split over a batch axis (the "fsdp" sampling layout) would be gathered whole
+  into every shard: those keep the one global program."""
+  model = jdiff.DiffusionLM(jdiff.preset("tiny_sdar"), rngs=nnx.Rngs(0))
+  mesh = jdiff.sharding.make_mesh((1, 4, 1))
+  jdiff.sharding.shard_model(model, mesh, rules=rules)
+  with jax.set_mesh(mesh):
+    assert row_shard_axes(8) == ("fsdp",)
+    assert row_shard_axes(8, nnx.state(model)) == expected
+
+
 def test_no_mesh_no_shards():
-  with use_rules(TRAIN_RULES):
-    assert row_shard_axes(8) == ()
+  assert row_shard_axes(8) == ()
 
 
 def test_each_shard_sees_its_rows_and_global_offset():
@@ -44,7 +56,7 @@ def test_each_shard_sees_its_rows_and_global_offset():
   @jax.jit
   def go(x):
     with use_rules(SAMPLING_RULES):
-      return on_row_shards(fn, lambda b: (P(b), P(b), P(b)), np.int32(2), (x,))
+      return on_row_shards(fn, ("data",), lambda b: (P(b), P(b), P(b)), np.int32(2), (x,))
 
   with jax.set_mesh(mesh):
     scaled, offsets, local_rows = jax.tree.map(np.asarray, go(x))

@@ -22,7 +22,7 @@ from typing import Callable, Tuple
 import jax
 from jax.sharding import PartitionSpec as P
 
-from jdiff.sharding.rules import SAMPLING_RULES
+from jdiff.sharding.rules import SAMPLING_RULES, logical_spec
 
 
 def row_shard_axes(n_rows: int, weights=None) -> Tuple[str, ...]:
@@ -35,26 +35,26 @@ def row_shard_axes(n_rows: int, weights=None) -> Tuple[str, ...]:
   mesh = jax.sharding.get_abstract_mesh()
   if mesh is None or mesh.empty:
     return ()
-  axes = SAMPLING_RULES["batch"]
-  axes = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
-  axes = tuple(a for a in axes if mesh.shape.get(a, 1) > 1)
-  if not axes or any(s > 1 and a not in axes for a, s in mesh.shape.items()):
+  mesh_shape = dict(mesh.shape)
+  # The split the rows are placed with (block._place_batch uses the same rule).
+  axes = _names(logical_spec(("batch",), (n_rows,), mesh_shape, SAMPLING_RULES)[0])
+  if not axes or any(s > 1 and a not in axes for a, s in mesh_shape.items()):
     return ()
-  size = 1
-  for a in axes:
-    size *= mesh.shape[a]
-  if n_rows % size or (weights is not None and _split_over(weights, axes)):
+  if weights is not None and _split_over(weights, axes):
     return ()
   return axes
+
+
+def _names(entry) -> Tuple[str, ...]:
+  """The mesh axes of one PartitionSpec entry (None, a name, or a tuple of names)."""
+  return (entry,) if isinstance(entry, str) else tuple(entry or ())
 
 
 def _split_over(tree, axes) -> bool:
   for leaf in jax.tree.leaves(tree):
     spec = getattr(getattr(leaf, "sharding", None), "spec", None)
-    for entry in spec or ():
-      names = (entry,) if isinstance(entry, str) else (entry or ())
-      if any(a in axes for a in names):
-        return True
+    if any(a in axes for entry in spec or () for a in _names(entry)):
+      return True
   return False
 
 

@@ -17,14 +17,23 @@ Rows (batch 8, same-length prompts, greedy, no stop token so every row generates
   step's ops last microseconds, and XLA's thread pool spends more on handing them between
   cores than they save, so separate loops on separate cores use a 2-core machine better.
 - ``llada exact``: ``llada.sample`` (block 32, no cache) vs ``torch_reference.llada_generate``
-  (a full bidirectional forward over the canvas every step).
+  (a full bidirectional forward over the canvas every step). With ``--cpu-devices N`` every
+  LLaDA row also runs on the ``(N, 1, 1)`` mesh (``... Ndev``, one loop per device); the
+  fast rows there are compared with the exact sampler on the same mesh. With threshold
+  decoding the batch moves to the next block once every row has filled it, so a shard of
+  fewer rows waits less for its slowest row.
 - ``llada prefix+thr`` / ``llada dual+thr``: Fast-dLLM cache + threshold 0.9 decoding vs the
   jdiff exact sampler (ratio = exact time / fast time). These are approximations: the last
   column counts the tokens that differ from the exact sampler's output. On random weights no
   prediction reaches 0.9, so threshold decoding unmasks 1 token per step and only the cache
-  shows; the ``conf`` rows rerun both on a copy whose LM head is scaled by
-  ``--confident-scale`` (greedy argmaxes unchanged, softmax sharpened as in a trained model,
-  the regime Fast-dLLM targets), where parallel decoding shows too. The exact sampler's time
+  shows. The ``conf`` rows rerun both on a copy whose LM head is scaled (greedy argmaxes
+  unchanged, softmax sharpened as in a trained model, the regime Fast-dLLM targets), where
+  parallel decoding shows too. The scale is calibrated per size and gen length so that
+  dual-cache threshold decoding commits ``--confident-tokens-per-step`` tokens per step on
+  average: by default 3.25, what Fast-dLLM reports for threshold 0.9 on LLaDA-8B-Instruct
+  (GSM8K, gen 256), so the rows measure the parallelism of a trained model rather than that
+  of an arbitrary scale (a fixed x30 gives 1.8 tokens per step at the tiny size and 12.6 at
+  the small one); ``--confident-scale`` fixes the scale instead. The exact sampler's time
   does not depend on the weights' values (fixed steps, no data-dependent work), so its
   random-weight time is the baseline of both.
 - ``dream exact`` (``--dream``): ``dream.sample`` (maskgit_plus) vs
@@ -172,9 +181,9 @@ def jdiff_call(sample, model, ids, cfg):
   return run
 
 
-def jdiff_mesh_call(model, ids, cfg, devices):
-  """``jdiff_call`` of the block sampler on a ``(devices, 1, 1)`` data mesh (a replicated copy
-  of ``model``): every device runs its own loop on its rows (``row_shards``)."""
+def jdiff_mesh_call(sample, model, ids, cfg, devices):
+  """``jdiff_call`` on a ``(devices, 1, 1)`` data mesh (a replicated copy of ``model``):
+  every device runs its own loop on its rows (``row_shards``)."""
   mesh = jdiff.sharding.make_mesh((devices, 1, 1))
   sharded = jdiff.sharding.shard_model(nnx.clone(model), mesh, rules=SAMPLING_RULES)
   pmask = np.ones(ids.shape, bool)
@@ -182,7 +191,9 @@ def jdiff_mesh_call(model, ids, cfg, devices):
 
   def run():
     with jax.set_mesh(mesh):
-      return jax.block_until_ready(block.sample_block(sharded, ids, key, cfg, prompt_mask=pmask))
+      if sample is block.sample_block:
+        return jax.block_until_ready(sample(sharded, ids, key, cfg, prompt_mask=pmask))
+      return jax.block_until_ready(sample(sharded, ids, pmask, key, cfg))
 
   run()  # compiles
   return run
@@ -248,7 +259,7 @@ def bench_block(model, tm, ids, g, args):
              tm, ids, g, BLOCK_SIZE, BLOCK_STEPS, model.config.mask_token_id, BLOCK_STRATEGY,
              BLOCK_THRESHOLD), tm, ids)}
   if args.cpu_devices > 1:
-    fns["mesh"] = jdiff_mesh_call(model, ids, cfg, args.cpu_devices)
+    fns["mesh"] = jdiff_mesh_call(block.sample_block, model, ids, cfg, args.cpu_devices)
   res, peak = _measure(fns, args)
   t_t, (toks, calls) = res["torch"]
   flops = sum(ids.shape[0] * q * model.config.flops_per_token(kv) for q, kv in calls)
@@ -273,24 +284,65 @@ def confident_copy(model, scale):
   return copy
 
 
+def calibrate_scale(model, ids, g, tokens_per_step, rounds=14):
+  """LM-head scale at which dual-cache threshold decoding (the ``dual+thr`` row's sampler)
+  commits ``tokens_per_step`` tokens per step on average over the batch: a geometric
+  bisection (tokens per step grow with the scale, as confidences sharpen). Returns
+  (scale, tokens per step reached)."""
+  cfg = llada.LLaDASamplerConfig(gen_length=g, block_length=LLADA_BLOCK, steps=g,
+                                 temperature=0.0, cache="dual", threshold=FAST_THRESHOLD)
+  pmask = np.ones(ids.shape, bool)
+
+  def rate(scale):
+    traj = llada.sample(confident_copy(model, scale), ids, pmask, jax.random.key(0), cfg)
+    return g / float(np.mean(_np(traj.num_steps)))
+
+  lo, hi = 1.0, 4096.0
+  if rate(hi) < tokens_per_step:
+    raise ValueError(f"--confident-tokens-per-step {tokens_per_step}: even an LM head scaled "
+                     f"x{hi:g} commits fewer tokens per step")
+  best = (hi, rate(hi))
+  for _ in range(rounds):
+    mid = (lo * hi) ** 0.5
+    r = rate(mid)
+    if abs(r - tokens_per_step) < abs(best[1] - tokens_per_step):
+      best = (mid, r)
+    if abs(r - tokens_per_step) < 0.05:
+      break
+    lo, hi = (mid, hi) if r < tokens_per_step else (lo, mid)
+  return best
+
+
 def bench_llada(model, tm, ids, g, args, size, rows):
   """The exact sampler vs torch, and the Fast-dLLM variants vs the exact sampler."""
   steps = _steps(g, args)
   mask_id = model.config.mask_token_id
   cfg = llada.LLaDASamplerConfig(gen_length=g, block_length=LLADA_BLOCK, steps=steps,
                                  temperature=0.0)
+  ndev = args.cpu_devices
   fns = {"exact": jdiff_call(llada.sample, model, ids, cfg)}
+  if ndev > 1:
+    fns[f"exact {ndev}dev"] = jdiff_mesh_call(llada.sample, model, ids, cfg, ndev)
   if "llada" in rows:
     fns["torch"] = torch_call(lambda: ref.llada_generate(tm, ids, g, LLADA_BLOCK, steps,
                                                          mask_id), tm, ids)
   modes = ("prefix", "dual") if "fast" in rows else ()
-  sharp = confident_copy(model, args.confident_scale) if modes and args.confident_scale else None
+  sharp, scale = None, args.confident_scale
+  if modes and (scale or args.confident_tokens_per_step):
+    if not scale:
+      scale, reached = calibrate_scale(model, ids, g, args.confident_tokens_per_step)
+      print(f"  (llada {size} gen {g}: conf copy = LM head x{scale:.1f}, {reached:.2f} "
+            f"tokens/step with dual+thr; target {args.confident_tokens_per_step})", flush=True)
+    sharp = confident_copy(model, scale)
   for mode in modes:
     fast = llada.LLaDASamplerConfig(gen_length=g, block_length=LLADA_BLOCK, steps=steps,
                                     temperature=0.0, cache=mode, threshold=FAST_THRESHOLD)
-    fns[mode] = jdiff_call(llada.sample, model, ids, fast)
-    if sharp is not None:
-      fns[mode + " conf"] = jdiff_call(llada.sample, sharp, ids, fast)
+    for weights, suffix in ((model, ""), (sharp, " conf")):
+      if weights is None:
+        continue
+      fns[mode + suffix] = jdiff_call(llada.sample, weights, ids, fast)
+      if ndev > 1:
+        fns[f"{mode}{suffix} {ndev}dev"] = jdiff_mesh_call(llada.sample, weights, ids, fast, ndev)
   res, peak = _measure(fns, args)
   t_exact, traj = res["exact"]
   exact = _np(traj.raw_tokens)
@@ -300,18 +352,27 @@ def bench_llada(model, tm, ids, g, args, size, rows):
     flops = llada_flops(model.config, ids.shape[0], ids.shape[1] + g, steps,
                         last_layer_window=True)
     ref_flops = llada_flops(model.config, ids.shape[0], ids.shape[1] + g, steps)
-    out.append(dict(name="llada exact", ref="torch", t_jdiff=t_exact, t_ref=t_t,
-                    tok_step=g / steps, diff=int(np.sum(exact != toks)),
-                    target=3.0 if size == "tiny" else 1.0, peak=peak,
-                    gflops=flops / t_exact / 1e9, ref_gflops=ref_flops / t_t / 1e9))
-  for key in [k for m in modes for k in (m, m + " conf") if k in res]:
-    t_f, tr = res[key]
-    mode, _, conf = key.partition(" ")
-    out.append(dict(name=f"llada {mode}+thr {conf}".rstrip(), ref="exact", t_jdiff=t_f,
-                    t_ref=t_exact,
-                    tok_step=g / float(np.mean(_np(tr.num_steps))),
-                    diff=int(np.sum(_np(tr.raw_tokens) != exact)),
-                    target=5.0 if g == 256 else None))
+    for key in ("exact", f"exact {ndev}dev"):
+      if key not in res:
+        continue
+      t_j, tr = res[key]
+      out.append(dict(name="llada " + key, ref="torch", t_jdiff=t_j, t_ref=t_t,
+                      tok_step=g / steps, diff=int(np.sum(_np(tr.raw_tokens) != toks)),
+                      target=3.0 if size == "tiny" else 1.0, peak=peak,
+                      gflops=flops / t_j / 1e9, ref_gflops=ref_flops / t_t / 1e9))
+  # Each fast row against the exact sampler on the same devices.
+  for mode in modes:
+    for key in (mode, mode + " conf", f"{mode} {ndev}dev", f"{mode} conf {ndev}dev"):
+      if key not in res or (ndev == 1 and key.endswith("dev")):
+        continue
+      t_f, tr = res[key]
+      on_mesh = key.endswith(f"{ndev}dev") and ndev > 1
+      t_base = res[f"exact {ndev}dev"][0] if on_mesh else t_exact
+      out.append(dict(name="llada " + key.replace(mode, mode + "+thr", 1), ref="exact",
+                      t_jdiff=t_f, t_ref=t_base,
+                      tok_step=g / float(np.mean(_np(tr.num_steps))),
+                      diff=int(np.sum(_np(tr.raw_tokens) != exact)),
+                      target=5.0 if g == 256 else None))
   return out
 
 
@@ -328,7 +389,7 @@ def bench_dream(model, tm, ids, g, args):
 
 
 # --------------------------------------------------------------------------- main
-HDR = (f"{'row':21} {'vs':5} {'size':5} {'params':>7} {'gen':>4} {'tok/stp':>7} "
+HDR = (f"{'row':25} {'vs':5} {'size':5} {'params':>7} {'gen':>4} {'tok/stp':>7} "
        f"{'jdiff tok/s':>11} {'ref tok/s':>10} {'ratio':>7} {'target':>10} "
        f"{'jdiff GF/s':>10} {'% peak':>7} {'ref GF/s':>8} {'diff tok':>9}")
 
@@ -342,7 +403,7 @@ def fmt(r, size, params, g, batch):
   gf = f"{r['gflops']:10.1f}" if "gflops" in r else f"{'-':>10}"
   pk = f"{100 * r['gflops'] / r['peak']:6.1f}%" if "gflops" in r else f"{'-':>7}"
   rgf = f"{r['ref_gflops']:8.1f}" if "ref_gflops" in r else f"{'-':>8}"
-  return (f"{r['name']:21} {r['ref']:5} {size:5} {params / 1e6:6.2f}M {g:4d} "
+  return (f"{r['name']:25} {r['ref']:5} {size:5} {params / 1e6:6.2f}M {g:4d} "
           f"{r['tok_step']:7.2f} {toks / r['t_jdiff']:11.1f} {toks / r['t_ref']:10.1f} "
           f"{ratio:6.2f}x {target:>10} {gf} {pk} {rgf} {r['diff']:4d}/{toks:<4d}")
 
@@ -369,8 +430,12 @@ def main():
   p.add_argument("--torch-threads", type=int, default=0,
                  help="torch.set_num_threads for the reference (0: torch's default). On an "
                       "oversubscribed machine 1 thread is much faster and steadier")
-  p.add_argument("--confident-scale", type=float, default=30.0,
-                 help="LM-head scale of the fast rows' confident copy (0: no conf rows)")
+  p.add_argument("--confident-tokens-per-step", type=float, default=3.25,
+                 help="tokens per step the fast rows' confident copy is calibrated to (its "
+                      "LM-head scale found by bisection; default: Fast-dLLM's LLaDA-8B GSM8K "
+                      "figure at threshold 0.9). 0 with no --confident-scale: no conf rows")
+  p.add_argument("--confident-scale", type=float, default=0.0,
+                 help="a fixed LM-head scale for the confident copy instead of calibrating")
   p.add_argument("--cores", type=int, default=0,
                  help="pin the process to its first N CPU cores before JAX starts (0: all). "
                       "XLA's CPU runtime sizes its thread pool from them; at the tiny size, "
@@ -379,7 +444,8 @@ def main():
   p.add_argument("--cpu-devices", type=int, default=1,
                  help="also run the block sampler on a data mesh of this many XLA CPU devices "
                       "(the process's cores split among them; each device loops over its "
-                      "rows, see jdiff/sampling/row_shards.py): the 'block+kv Ndev' row")
+                      "rows, see jdiff/sampling/row_shards.py): the 'block+kv Ndev' row, "
+                      "and 'llada ... Ndev' rows for the LLaDA samplers")
   p.add_argument("--quick", action="store_true", help="smoke run: tiny only, gen 32, 2 rounds")
   args = p.parse_args()
   if args.cores:

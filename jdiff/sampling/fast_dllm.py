@@ -18,7 +18,8 @@ training-free tricks, both **approximations** of the exact sampler in :mod:`llad
   confident one; a block ends when it has no masks, so the step count is data-dependent and
   ``steps`` is ignored (at most ``block_length`` steps per block). In a batch, rows move to the
   next block together once every row's block is full (as Fast-dLLM's batched loop does); a
-  row that finished early idles and does not count those steps in its step map.
+  row that finished early idles and does not count those steps in its step map (on a data
+  mesh the rows of a shard move together, see :mod:`llada`; results are the same).
 
 Batch layout and shapes: the refresh is a plain forward over the canvas whose K/V become the
 cache in canvas order (slot i = canvas token i, each rotated at its own position; pads are

@@ -17,11 +17,21 @@ Deviation: the mask token's logit is set to −∞ before sampling and confidenc
 commit a sampled mask id and silently re-decode that position later, which breaks the step
 map; trained checkpoints give the mask token ~0 mass, so this changes nothing in practice.
 
-Randomness is a pure function of ``(key, global step s, row b, completion index j)``:
+Randomness is a pure function of ``(key, step s, row b, completion index j)``:
 ``kg, kr = split(fold_in(key, s))``; position j of row b draws its Gumbel noise (shape
 ``[V]``) from ``fold_in(fold_in(kg, b), j)`` and its random-remasking confidence from
 ``fold_in(fold_in(kr, b), j)``. Draws thus do not depend on how much of the canvas a step
 looks at, which keeps the exact and Fast-dLLM samplers (and test references) comparable.
+``s`` is the global step for the step plans, where every row takes every step; with
+threshold decoding it is the row's own step count (its draws before its (s+1)-th step), as
+is the index into an EOSER γ schedule: rows then wait for each other at block ends (below)
+without that changing what any row samples.
+
+Rows never depend on each other: threshold decoding's batch moves on to the next block
+together, but a row that waits changes nothing, and its draws follow its own steps. So on a
+data mesh (:mod:`row_shards`) each shard of the batch runs its own loop over its rows, with
+no cross-device reduction per step, and its rows wait only for the rows of their shard;
+tokens, step maps and log-probs equal the one-device run's.
 
 Positions: by default the cumulative count of real tokens, so a left-padded row sees the
 same positions as when run alone. LLaDA's official code is padding-blind (positions are
@@ -49,12 +59,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from jdiff.models import masks as masks_lib
 from jdiff.sampling import fast_dllm
 from jdiff.sampling import schedules as sched
 from jdiff.sampling.common import (F32, Trajectory, gumbel_argmax, prob_at, select_top_n,
                                    token_logprob, transfer_schedule)
+from jdiff.sampling.row_shards import on_row_shards, row_shard_axes
 from jdiff.sharding.rules import SAMPLING_RULES, use_rules
 
 REMASKING = ("low_confidence", "random")
@@ -181,12 +193,25 @@ def sample_state(graphdef, state, prompt_ids, prompt_mask, key,
     raise ValueError(f"prompt_mask shape {prompt_mask.shape} != prompt_ids {prompt_ids.shape}")
   # Sampling layout: weights are not FSDP-gathered at every step.
   with use_rules(SAMPLING_RULES):
-    return _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, config=config)
+    return _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, config=config,
+                       row_axes=row_shard_axes(prompt_ids.shape[0], state))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "config"))
-def _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, *, config):
-  return _run(nnx.merge(graphdef, state), prompt_ids, prompt_mask, key, config)
+@functools.partial(jax.jit, static_argnames=("graphdef", "config", "row_axes"))
+def _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, *, config, row_axes=()):
+  """The sampler; with ``row_axes`` (``row_shards.row_shard_axes``) one loop per row shard."""
+  def run(shared, rows, row_offset):
+    state, key = shared
+    return _run(nnx.merge(graphdef, state), *rows, key, config, row_offset)
+
+  def out_specs(batch):
+    rows = P(batch)
+    return LLaDATrajectory(prompt_ids=rows, prompt_mask=rows, tokens=rows, step_map=rows,
+                           logprobs=rows, lengths=rows, num_steps=rows,
+                           states=P(None, batch) if config.record_states else None,
+                           raw_tokens=rows, raw_step_map=rows, raw_logprobs=rows)
+
+  return on_row_shards(run, row_axes, out_specs, (state, key), (prompt_ids, prompt_mask))
 
 
 def _check_model(mc):
@@ -197,13 +222,16 @@ def _check_model(mc):
     raise ValueError("the model config needs mask_token_id and eos_token_id")
 
 
-def _position_keys(key, rows: int, cols: jax.Array) -> jax.Array:
-  """Keys ``[B, W]``: ``fold_in(fold_in(key, row), col)`` (the scheme in the module doc)."""
-  per_row = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(rows))
+def _position_keys(keys, rows: jax.Array, cols: jax.Array) -> jax.Array:
+  """Keys ``[B, W]``: ``fold_in(fold_in(keys[b], rows[b]), col)`` (the scheme in the module
+  doc); ``keys`` ``[B]`` holds each row's step key, ``rows`` the global row indices."""
+  per_row = jax.vmap(jax.random.fold_in)(keys, rows)
   return jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(cols))(per_row)
 
 
-def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig) -> LLaDATrajectory:
+def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig,
+         row_offset=0) -> LLaDATrajectory:
+  """The sampler on rows ``[row_offset, row_offset + B)`` of the batch (a row shard's)."""
   mc = model.config
   _check_model(mc)
   b, p = prompt_ids.shape
@@ -222,6 +250,7 @@ def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig) -> LLaDATra
     gammas = jnp.asarray(sched.gamma_schedule(c.gamma_name, plan.num_steps, c.eos_min_gamma,
                                               c.eos_max_gamma))
 
+  rows = row_offset + jnp.arange(b, dtype=jnp.int32)  # global row indices (keys)
   valid = jnp.concatenate([prompt_mask, jnp.ones((b, g), bool)], axis=1)
   positions = canvas_positions(valid, c.padding_blind_positions)
   attn = masks_lib.bidirectional(valid)
@@ -253,20 +282,23 @@ def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig) -> LLaDATra
       guided = guided.at[..., eos].set(-jnp.inf)
 
     cols = ws + jnp.arange(width, dtype=jnp.int32)
-    kg, kr = jax.random.split(jax.random.fold_in(key, cr.it))
+    # Threshold decoding: each row's own step count (rows wait at block ends; see module doc).
+    step = cr.nsteps if use_threshold else jnp.full((b,), cr.it)
+    step_keys = jax.vmap(lambda s: jax.random.split(jax.random.fold_in(key, s)))(step)
+    kg, kr = step_keys[:, 0], step_keys[:, 1]
     if c.temperature == 0:
-      xhat = gumbel_argmax(kg, guided, 0.0)
+      xhat = gumbel_argmax(None, guided, 0.0)
     else:
-      pos_keys = _position_keys(kg, b, cols)
+      pos_keys = _position_keys(kg, rows, cols)
       xhat = jax.vmap(jax.vmap(gumbel_argmax, (0, 0, None)), (0, 0, None))(
           pos_keys, guided, c.temperature)
     if c.remasking == "low_confidence":
       conf = prob_at(guided.astype(F32), xhat)
     else:
-      pos_keys = _position_keys(kr, b, cols)
+      pos_keys = _position_keys(kr, rows, cols)
       conf = jax.vmap(jax.vmap(lambda k: jax.random.uniform(k, (), F32)))(pos_keys)
     if gammas is not None:  # EOSER: rank EOS candidates lower early on
-      gamma = gammas[jnp.minimum(cr.it, gammas.shape[0] - 1)]
+      gamma = gammas[jnp.minimum(step, gammas.shape[0] - 1)][:, None]
       conf = jnp.where(xhat == eos, conf * gamma, conf)
 
     win = jax.lax.dynamic_slice_in_dim(cr.comp, ws, width, axis=1)

@@ -75,7 +75,8 @@ def reference(model, ids, pmask, key, cfg):
   before the block (prefix) or all but the block (dual). Later steps: the suffix
   ``[block_start, end)`` (prefix) or the block alone (dual) against that cache. Commit: the
   top-n of the uniform schedule, or threshold decoding (≥ threshold, at least the top-1).
-  Draws follow the sampler's scheme (fold_in(key, global step) -> per row, per position).
+  Draws follow the sampler's scheme (fold_in(key, step) -> per row, per position; the step
+  is the global one for the plans, the row's own count with a threshold).
   """
   mc = model.config
   mask_id = mc.mask_token_id
@@ -118,8 +119,10 @@ def reference(model, ids, pmask, key, cfg):
       block_logits = block_logits.copy()
       block_logits[..., mask_id] = -np.inf  # the sampler never proposes the mask token
       probs = np.asarray(jax.nn.softmax(jnp.asarray(block_logits), axis=-1))
-      kg, _ = jax.random.split(jax.random.fold_in(key, s))
       for r in range(b):
+        # Threshold decoding draws from the row's own step count, plans from the global step.
+        kg, _ = jax.random.split(jax.random.fold_in(key, s if cfg.threshold is None
+                                                    else int(nsteps[r])))
         cands, confs, cols = {}, [], []
         for j in range(bs, be):
           if x[r, p + j] != mask_id:
@@ -221,3 +224,38 @@ def test_fast_config_validation(model, prompts):
       llada.sample(model, ids, mask, jax.random.key(0), _config(**kw))
   assert dataclasses.asdict(_config())["cache"] == "none"  # off by default
   assert _config().threshold is None
+
+
+@pytest.mark.skipif(jax.device_count() < 4, reason="needs 4 (fake) devices")
+@pytest.mark.parametrize("kw, confident", [
+    (dict(threshold=0.9, steps=16, cache="dual", temperature=0.7, record_states=True), True),
+    (dict(temperature=1.0, remasking="random", eoser=True), False),
+])
+def test_row_shards_match_single_device(kw, confident, ckpt, model, confident_model, prompts):
+  """On a mesh whose axes all split the batch (one row per shard here) each shard runs its
+  own loop: with threshold decoding a row then no longer waits for the others at block ends,
+  and its draws follow its own steps, so everything equals the one-device run."""
+  m = confident_model if confident else model
+  cfg = _config(**kw)
+  single = _sample(m, prompts, cfg)
+  if cfg.threshold is not None:  # rows finish the first block at different steps: they wait
+    firsts = [int(single.raw_step_map[r, :cfg.block_length].max()) for r in range(len(PROMPTS))]
+    assert len(set(firsts)) > 1
+  mesh = jdiff.sharding.make_mesh((2, 2, 1))
+  sharded_model = jdiff.sharding.shard_model(nnx.clone(m), mesh,
+                                             rules=jdiff.sharding.SAMPLING_RULES)
+  ids, mask = prompts
+  with jax.set_mesh(mesh):
+    traj = llada.sample(sharded_model, ids, mask, jax.random.key(11), cfg)
+    graphdef, state = nnx.split(sharded_model)
+    row_axes = llada.row_shard_axes(len(PROMPTS), state)
+    with jdiff.sharding.use_rules(jdiff.sharding.SAMPLING_RULES):
+      hlo = llada._sample_jit.lower(graphdef, state, jnp.asarray(ids), jnp.asarray(mask),
+                                    jax.random.key(11), config=cfg, row_axes=row_axes).as_text()
+  assert row_axes == ("data", "fsdp") and "manual_computation" in hlo
+  traj = jax.device_get(traj)
+  for field in ("tokens", "step_map", "num_steps", "lengths", "raw_tokens", "raw_step_map"):
+    np.testing.assert_array_equal(getattr(traj, field), getattr(single, field), err_msg=field)
+  if cfg.record_states:
+    np.testing.assert_array_equal(traj.states, single.states)
+  np.testing.assert_allclose(traj.raw_logprobs, single.raw_logprobs, atol=1e-5)

@@ -35,6 +35,25 @@ class _HFCheckpoint:
     return self.path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _drop_compiled_programs():
+  """Frees every compiled program after each test module.
+
+  XLA's CPU backend maps each executable's machine code into its own memory pages, and the
+  suite compiles thousands of programs in one process: kept alive by JAX's caches, their
+  mappings reached the kernel's per-process limit (vm.max_map_count, 65530 by default)
+  about 90% into the run, and the next compilation died with a segmentation fault. A module
+  that needs a program again recompiles it.
+  """
+  yield
+  import gc
+
+  import jax
+
+  jax.clear_caches()
+  gc.collect()
+
+
 @pytest.fixture(scope="session")
 def hf_checkpoints(tmp_path_factory):
   """Builds (lazily, once per session) one checkpoint per family: ``hf_checkpoints(family)``."""

@@ -36,6 +36,12 @@ Rows (batch 8, same-length prompts, greedy, no stop token so every row generates
   the small one); ``--confident-scale`` fixes the scale instead. The exact sampler's time
   does not depend on the weights' values (fixed steps, no data-dependent work), so its
   random-weight time is the baseline of both.
+- ``N/loop``: the LLaDA samplers with ``rows_per_loop=N`` (groups of N rows decoded one
+  loop after another, same outputs; ``--exact-rows-per-loop``, ``--fast-rows-per-loop``).
+  A threshold loop runs until its slowest row is done, its idle rows computing every step,
+  so 1 row per loop saves that work where steps are compute-bound (this CPU); the exact
+  sampler is run at each of its values too, and every fast row is compared with the fastest
+  exact variant on the same devices (the ``vs`` column names it).
 - ``dream exact`` (``--dream``): ``dream.sample`` (maskgit_plus) vs
   ``torch_reference.dream_generate``.
 
@@ -66,6 +72,7 @@ Run:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -313,16 +320,41 @@ def calibrate_scale(model, ids, g, tokens_per_step, rounds=14):
   return best
 
 
+def _rpl_label(rpl):
+  return "" if rpl is None else f" {rpl}/loop"
+
+
+def _rows_per_loop_list(text, local_rows):
+  """``--*-rows-per-loop`` values that make a difference for ``local_rows`` rows per loop
+  owner (the batch, or a shard's rows): None ("all") first, values >= local_rows dropped
+  (they are "all" again), each kept once."""
+  out = [None]
+  for v in text.split(","):
+    v = v.strip()
+    if v and v != "all" and int(v) < local_rows and int(v) not in out:
+      out.append(int(v))
+  return out
+
+
 def bench_llada(model, tm, ids, g, args, size, rows):
-  """The exact sampler vs torch, and the Fast-dLLM variants vs the exact sampler."""
+  """The exact sampler vs torch, and the Fast-dLLM variants vs the exact sampler.
+
+  Each sampler runs with every ``rows_per_loop`` of its ``--*-rows-per-loop`` list (one row
+  each, named "N/loop"); a fast row's ratio is against the *fastest* exact variant on the
+  same devices, so a grouping that speeds up the baseline too is not credited to the cache."""
   steps = _steps(g, args)
   mask_id = model.config.mask_token_id
-  cfg = llada.LLaDASamplerConfig(gen_length=g, block_length=LLADA_BLOCK, steps=steps,
-                                 temperature=0.0)
   ndev = args.cpu_devices
-  fns = {"exact": jdiff_call(llada.sample, model, ids, cfg)}
-  if ndev > 1:
-    fns[f"exact {ndev}dev"] = jdiff_mesh_call(llada.sample, model, ids, cfg, ndev)
+  batch = ids.shape[0]
+  exact_cfg = llada.LLaDASamplerConfig(gen_length=g, block_length=LLADA_BLOCK, steps=steps,
+                                       temperature=0.0)
+  placements = [("", 1)] + ([(f" {ndev}dev", ndev)] if ndev > 1 else [])
+  fns = {}
+  for suffix, n in placements:
+    call = jdiff_call if n == 1 else (lambda *a, n=n: jdiff_mesh_call(*a, n))
+    for rpl in _rows_per_loop_list(args.exact_rows_per_loop, batch // n):
+      cfg = dataclasses.replace(exact_cfg, rows_per_loop=rpl)
+      fns[f"exact{suffix}{_rpl_label(rpl)}"] = call(llada.sample, model, ids, cfg)
   if "llada" in rows:
     fns["torch"] = torch_call(lambda: ref.llada_generate(tm, ids, g, LLADA_BLOCK, steps,
                                                          mask_id), tm, ids)
@@ -334,45 +366,43 @@ def bench_llada(model, tm, ids, g, args, size, rows):
       print(f"  (llada {size} gen {g}: conf copy = LM head x{scale:.1f}, {reached:.2f} "
             f"tokens/step with dual+thr; target {args.confident_tokens_per_step})", flush=True)
     sharp = confident_copy(model, scale)
+  fast_keys = []
   for mode in modes:
     fast = llada.LLaDASamplerConfig(gen_length=g, block_length=LLADA_BLOCK, steps=steps,
                                     temperature=0.0, cache=mode, threshold=FAST_THRESHOLD)
-    for weights, suffix in ((model, ""), (sharp, " conf")):
+    for weights, conf in ((model, ""), (sharp, " conf")):
       if weights is None:
         continue
-      fns[mode + suffix] = jdiff_call(llada.sample, weights, ids, fast)
-      if ndev > 1:
-        fns[f"{mode}{suffix} {ndev}dev"] = jdiff_mesh_call(llada.sample, weights, ids, fast, ndev)
+      for suffix, n in placements:
+        call = jdiff_call if n == 1 else (lambda *a, n=n: jdiff_mesh_call(*a, n))
+        for rpl in _rows_per_loop_list(args.fast_rows_per_loop, batch // n):
+          key = f"{mode}{conf}{suffix}{_rpl_label(rpl)}"
+          fns[key] = call(llada.sample, weights, ids, dataclasses.replace(fast, rows_per_loop=rpl))
+          fast_keys.append((key, suffix))
   res, peak = _measure(fns, args)
-  t_exact, traj = res["exact"]
-  exact = _np(traj.raw_tokens)
+  exact = _np(res["exact"][1].raw_tokens)
   out = []
   if "torch" in res:
     t_t, (toks, _) = res["torch"]
-    flops = llada_flops(model.config, ids.shape[0], ids.shape[1] + g, steps,
-                        last_layer_window=True)
-    ref_flops = llada_flops(model.config, ids.shape[0], ids.shape[1] + g, steps)
-    for key in ("exact", f"exact {ndev}dev"):
-      if key not in res:
-        continue
+    flops = llada_flops(model.config, batch, ids.shape[1] + g, steps, last_layer_window=True)
+    ref_flops = llada_flops(model.config, batch, ids.shape[1] + g, steps)
+    for key in (k for k in res if k.startswith("exact")):
       t_j, tr = res[key]
       out.append(dict(name="llada " + key, ref="torch", t_jdiff=t_j, t_ref=t_t,
                       tok_step=g / steps, diff=int(np.sum(_np(tr.raw_tokens) != toks)),
                       target=3.0 if size == "tiny" else 1.0, peak=peak,
                       gflops=flops / t_j / 1e9, ref_gflops=ref_flops / t_t / 1e9))
-  # Each fast row against the exact sampler on the same devices.
-  for mode in modes:
-    for key in (mode, mode + " conf", f"{mode} {ndev}dev", f"{mode} conf {ndev}dev"):
-      if key not in res or (ndev == 1 and key.endswith("dev")):
-        continue
-      t_f, tr = res[key]
-      on_mesh = key.endswith(f"{ndev}dev") and ndev > 1
-      t_base = res[f"exact {ndev}dev"][0] if on_mesh else t_exact
-      out.append(dict(name="llada " + key.replace(mode, mode + "+thr", 1), ref="exact",
-                      t_jdiff=t_f, t_ref=t_base,
-                      tok_step=g / float(np.mean(_np(tr.num_steps))),
-                      diff=int(np.sum(_np(tr.raw_tokens) != exact)),
-                      target=5.0 if g == 256 else None))
+  # Each fast row against the fastest exact variant on the same devices.
+  for key, suffix in fast_keys:
+    t_f, tr = res[key]
+    base_key = min((k for k in res if k.startswith("exact" + suffix)
+                    and (suffix or "dev" not in k)), key=lambda k: res[k][0])
+    mode = key.split(" ")[0]
+    out.append(dict(name="llada " + key.replace(mode, mode + "+thr", 1), ref=base_key,
+                    t_jdiff=t_f, t_ref=res[base_key][0],
+                    tok_step=g / float(np.mean(_np(tr.num_steps))),
+                    diff=int(np.sum(_np(tr.raw_tokens) != exact)),
+                    target=5.0 if g == 256 else None))
   return out
 
 
@@ -389,7 +419,7 @@ def bench_dream(model, tm, ids, g, args):
 
 
 # --------------------------------------------------------------------------- main
-HDR = (f"{'row':25} {'vs':5} {'size':5} {'params':>7} {'gen':>4} {'tok/stp':>7} "
+HDR = (f"{'row':33} {'vs':14} {'size':5} {'params':>7} {'gen':>4} {'tok/stp':>7} "
        f"{'jdiff tok/s':>11} {'ref tok/s':>10} {'ratio':>7} {'target':>10} "
        f"{'jdiff GF/s':>10} {'% peak':>7} {'ref GF/s':>8} {'diff tok':>9}")
 
@@ -403,7 +433,7 @@ def fmt(r, size, params, g, batch):
   gf = f"{r['gflops']:10.1f}" if "gflops" in r else f"{'-':>10}"
   pk = f"{100 * r['gflops'] / r['peak']:6.1f}%" if "gflops" in r else f"{'-':>7}"
   rgf = f"{r['ref_gflops']:8.1f}" if "ref_gflops" in r else f"{'-':>8}"
-  return (f"{r['name']:25} {r['ref']:5} {size:5} {params / 1e6:6.2f}M {g:4d} "
+  return (f"{r['name']:33} {r['ref']:14} {size:5} {params / 1e6:6.2f}M {g:4d} "
           f"{r['tok_step']:7.2f} {toks / r['t_jdiff']:11.1f} {toks / r['t_ref']:10.1f} "
           f"{ratio:6.2f}x {target:>10} {gf} {pk} {rgf} {r['diff']:4d}/{toks:<4d}")
 
@@ -427,6 +457,14 @@ def main():
   p.add_argument("--rows", default="block,llada,fast",
                  help="comma list of block, llada, fast, dream")
   p.add_argument("--dream", action="store_true", help="also run the Dream row")
+  p.add_argument("--exact-rows-per-loop", default="all,4",
+                 help="comma list of LLaDASamplerConfig.rows_per_loop values for the exact "
+                      "LLaDA rows ('all': one loop over the batch or shard); the fast rows' "
+                      "baseline is the fastest of them")
+  p.add_argument("--fast-rows-per-loop", default="all,1",
+                 help="the same for the prefix/dual+thr rows: with threshold decoding a loop "
+                      "runs until its slowest row is done, so 1 row per loop wastes no work "
+                      "on idle rows (on a compute-bound CPU) but runs batch-1 steps")
   p.add_argument("--torch-threads", type=int, default=0,
                  help="torch.set_num_threads for the reference (0: torch's default). On an "
                       "oversubscribed machine 1 thread is much faster and steadier")

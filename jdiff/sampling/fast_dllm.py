@@ -19,7 +19,9 @@ training-free tricks, both **approximations** of the exact sampler in :mod:`llad
   ``steps`` is ignored (at most ``block_length`` steps per block). In a batch, rows move to the
   next block together once every row's block is full (as Fast-dLLM's batched loop does); a
   row that finished early idles and does not count those steps in its step map (on a data
-  mesh the rows of a shard move together, see :mod:`llada`; results are the same).
+  mesh the rows of a shard move together, see :mod:`llada`; results are the same;
+  ``rows_per_loop`` decodes groups of rows in separate loops, so a row waits only for its
+  group).
 
 Batch layout and shapes: the refresh is a plain forward over the canvas whose K/V become the
 cache in canvas order (slot i = canvas token i, each rotated at its own position; pads are

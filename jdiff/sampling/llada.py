@@ -31,7 +31,13 @@ Rows never depend on each other: threshold decoding's batch moves on to the next
 together, but a row that waits changes nothing, and its draws follow its own steps. So on a
 data mesh (:mod:`row_shards`) each shard of the batch runs its own loop over its rows, with
 no cross-device reduction per step, and its rows wait only for the rows of their shard;
-tokens, step maps and log-probs equal the one-device run's.
+tokens, step maps and log-probs equal the one-device run's. For the same reason
+``rows_per_loop`` may split a batch (or shard) into groups decoded one loop after another
+(:func:`row_shards.in_row_groups`), with the same outputs: a threshold loop runs until its
+slowest row has filled every block, and its idle rows compute every step until then, so on a
+compute-bound CPU one row per loop saves that work (dual cache + threshold, tiny LLaDA, gen
+256, 2 cores: 1.4x faster than one loop over 8 rows); on an accelerator, whose steps cost
+the same for 1 row as for 8, keep one loop (the default).
 
 Positions: by default the cumulative count of real tokens, so a left-padded row sees the
 same positions as when run alone. LLaDA's official code is padding-blind (positions are
@@ -66,7 +72,8 @@ from jdiff.sampling import fast_dllm
 from jdiff.sampling import schedules as sched
 from jdiff.sampling.common import (F32, Trajectory, gumbel_argmax, prob_at, select_top_n,
                                    token_logprob, transfer_schedule)
-from jdiff.sampling.row_shards import on_row_shards, row_shard_axes
+from jdiff.sampling.row_shards import (check_rows_per_loop, in_row_groups, on_row_shards,
+                                       row_shard_axes, shard_count)
 from jdiff.sharding.rules import SAMPLING_RULES, use_rules
 
 REMASKING = ("low_confidence", "random")
@@ -91,6 +98,10 @@ class LLaDASamplerConfig:
   padding_blind_positions: bool = False
   cache: str = "none"  # Fast-dLLM: none | prefix | dual
   threshold: Optional[float] = None  # Fast-dLLM parallel decoding: commit conf >= threshold
+  # Decode the batch (each data shard's rows) in groups of this many rows, one loop per
+  # group, one group after another; None = one loop. Same outputs for every grouping (see
+  # the module doc); small groups save idle rows' work on a compute-bound CPU.
+  rows_per_loop: Optional[int] = None
 
   @property
   def num_blocks(self) -> int:
@@ -140,6 +151,10 @@ class LLaDASamplerConfig:
       bad("cache", f"expected one of {fast_dllm.CACHE_MODES}")
     if self.threshold is not None and not 0 < self.threshold <= 1:
       bad("threshold", "must be None or in (0, 1]")
+    if self.rows_per_loop is not None and (
+        not isinstance(self.rows_per_loop, (int, np.integer))
+        or isinstance(self.rows_per_loop, bool) or self.rows_per_loop <= 0):
+      bad("rows_per_loop", "must be None or a positive int")
     fast = self.cache != "none" or self.threshold is not None
     if fast and self.schedule != "uniform":
       bad("schedule", "Fast-dLLM cache/threshold decoding needs equal blocks ('uniform')")
@@ -193,16 +208,23 @@ def sample_state(graphdef, state, prompt_ids, prompt_mask, key,
     raise ValueError(f"prompt_mask shape {prompt_mask.shape} != prompt_ids {prompt_ids.shape}")
   # Sampling layout: weights are not FSDP-gathered at every step.
   with use_rules(SAMPLING_RULES):
+    row_axes = row_shard_axes(prompt_ids.shape[0], state)
+    check_rows_per_loop(config.rows_per_loop, prompt_ids.shape[0], shard_count(row_axes),
+                        "LLaDASamplerConfig.rows_per_loop")
     return _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, config=config,
-                       row_axes=row_shard_axes(prompt_ids.shape[0], state))
+                       row_axes=row_axes)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "config", "row_axes"))
 def _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, *, config, row_axes=()):
-  """The sampler; with ``row_axes`` (``row_shards.row_shard_axes``) one loop per row shard."""
-  def run(shared, rows, row_offset):
+  """The sampler; with ``row_axes`` (``row_shards.row_shard_axes``) one loop per row shard
+  (per group of ``config.rows_per_loop`` rows of it)."""
+  def one_loop(shared, rows, row_offset):
     state, key = shared
     return _run(nnx.merge(graphdef, state), *rows, key, config, row_offset)
+
+  def run(shared, rows, row_offset):
+    return in_row_groups(one_loop, config.rows_per_loop, out_specs, shared, rows, row_offset)
 
   def out_specs(batch):
     rows = P(batch)

@@ -13,13 +13,19 @@ weights are not split over them. A mesh with ``tensor`` > 1 keeps the one global
 its tensor-parallel collectives sit inside the loop, and shards running different trip
 counts would never meet at them. So do FSDP-sharded weights (``sampling_layout="fsdp"``),
 which the global program gathers layer by layer instead of whole.
+
+Within a shard (or on one device), :func:`in_row_groups` runs the program on consecutive
+groups of rows, one after another (``lax.map``), each group its own loop. Where the
+hardware is compute-bound (a CPU) this saves the work of rows that idle: a loop runs until
+its slowest row is done, and every row of it computes every step until then.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from jdiff.sharding.rules import SAMPLING_RULES, logical_spec
@@ -79,3 +85,54 @@ def on_row_shards(fn: Callable, axes: Tuple[str, ...], out_specs: Callable[[obje
 
   return jax.shard_map(local, in_specs=(P(), P(batch)), out_specs=out_specs(batch),
                        axis_names=set(axes), check_vma=False)(shared, rows)
+
+
+def check_rows_per_loop(rows_per_loop: Optional[int], n_rows: int, n_shards: int,
+                        owner: str) -> None:
+  """Raises ValueError naming ``owner`` (``"<Config>.rows_per_loop"``) unless
+  ``rows_per_loop`` (None or a positive int, as the config validated) divides each shard's
+  ``n_rows / n_shards`` rows."""
+  if rows_per_loop is None:
+    return
+  local = n_rows // max(n_shards, 1)
+  if local % rows_per_loop:
+    where = (f"each of the {n_shards} data shards' {local} rows" if n_shards > 1
+             else f"the batch of {n_rows} rows")
+    raise ValueError(f"{owner}={rows_per_loop!r}: must divide {where}")
+
+
+def shard_count(axes: Tuple[str, ...]) -> int:
+  """How many shards :func:`on_row_shards` splits the batch into over ``axes``."""
+  mesh = jax.sharding.get_abstract_mesh()
+  n = 1
+  for a in axes:
+    n *= dict(mesh.shape)[a]
+  return n
+
+
+def in_row_groups(fn: Callable, rows_per_loop: Optional[int], out_specs: Callable, shared,
+                  rows, row_offset):
+  """``fn(shared, rows, row_offset)`` on consecutive groups of ``rows_per_loop`` rows, one
+  group after another (a ``lax.map``, so ``fn`` is compiled once), outputs reassembled in
+  row order; ``fn`` on all rows at once when ``rows_per_loop`` is None or covers them all.
+
+  ``row_offset`` is the global index of the first row, so every group's rows keep their
+  keys; ``out_specs`` is :func:`on_row_shards`'s (a leaf's rows sit where its spec names
+  the batch).
+  """
+  n_rows = jax.tree.leaves(rows)[0].shape[0]
+  if rows_per_loop is None or rows_per_loop >= n_rows:
+    return fn(shared, rows, row_offset)
+  groups = n_rows // rows_per_loop
+  grouped = jax.tree.map(lambda a: a.reshape((groups, rows_per_loop) + a.shape[1:]), rows)
+  starts = row_offset + rows_per_loop * jnp.arange(groups, dtype=jnp.int32)
+  out = jax.lax.map(lambda a: fn(shared, a[1], a[0]), (starts, grouped))
+  marker = "rows"
+
+  def merge(spec, leaf):
+    axis = list(spec).index(marker)  # the leaf's row axis (after the leading group axis)
+    leaf = jnp.moveaxis(leaf, 0, axis)  # [.., groups, rows_per_loop, ..]
+    return leaf.reshape(leaf.shape[:axis] + (n_rows,) + leaf.shape[axis + 2:])
+
+  return jax.tree.map(merge, out_specs(marker), out,
+                      is_leaf=lambda x: isinstance(x, P))

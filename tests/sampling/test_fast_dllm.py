@@ -259,3 +259,65 @@ def test_row_shards_match_single_device(kw, confident, ckpt, model, confident_mo
   if cfg.record_states:
     np.testing.assert_array_equal(traj.states, single.states)
   np.testing.assert_allclose(traj.raw_logprobs, single.raw_logprobs, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw, confident, rows_per_loop", [
+    (dict(threshold=0.9, steps=16, cache="dual", temperature=0.7, record_states=True), True, 1),
+    (dict(threshold=0.9, steps=16, cache="prefix"), True, 2),
+    (dict(temperature=1.0, remasking="random", eoser=True, record_states=True), False, 2),
+])
+def test_rows_per_loop_matches_one_loop(kw, confident, rows_per_loop, model, confident_model,
+                                        prompts):
+  """Groups of rows decoded one loop after another give the one-loop run's tokens, step
+  maps, log-probs and states: each group keeps its rows' global indices (their keys), and a
+  threshold row never depended on the rows it waited for. The program holds the loop over
+  groups around the decoding loop."""
+  m = confident_model if confident else model
+  cfg = _config(**kw)
+  one = _sample(m, prompts, cfg)
+  grouped_cfg = dataclasses.replace(cfg, rows_per_loop=rows_per_loop)
+  grouped = _sample(m, prompts, grouped_cfg)
+  for field in ("tokens", "step_map", "num_steps", "lengths", "raw_tokens", "raw_step_map"):
+    np.testing.assert_array_equal(getattr(grouped, field), getattr(one, field), err_msg=field)
+  if cfg.record_states:
+    np.testing.assert_array_equal(grouped.states, one.states)
+  np.testing.assert_allclose(grouped.raw_logprobs, one.raw_logprobs, atol=1e-5)
+  graphdef, state = nnx.split(m)
+  ids, mask = prompts
+
+  def whiles(c):
+    with jdiff.sharding.use_rules(jdiff.sharding.SAMPLING_RULES):
+      return llada._sample_jit.lower(graphdef, state, jnp.asarray(ids), jnp.asarray(mask),
+                                     jax.random.key(11), config=c).as_text().count("while(")
+  assert whiles(grouped_cfg) > whiles(cfg)
+
+
+@pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 (fake) devices")
+def test_rows_per_loop_on_row_shards(confident_model, prompts):
+  """On a 2-way data mesh each shard decodes its 2 rows one loop per row: same outputs."""
+  cfg = _config(threshold=0.9, steps=16, cache="dual", temperature=0.7)
+  single = _sample(confident_model, prompts, cfg)
+  mesh = jdiff.sharding.make_mesh((2, 1, 1))
+  sharded = jdiff.sharding.shard_model(nnx.clone(confident_model), mesh,
+                                       rules=jdiff.sharding.SAMPLING_RULES)
+  ids, mask = prompts
+  with jax.set_mesh(mesh):
+    traj = jax.device_get(llada.sample(sharded, ids, mask, jax.random.key(11),
+                                       dataclasses.replace(cfg, rows_per_loop=1)))
+    with pytest.raises(ValueError, match=r"rows_per_loop=3: must divide each of the 2 data shards' 2 rows"):
+      llada.sample(sharded, ids, mask, jax.random.key(11),
+                   dataclasses.replace(cfg, rows_per_loop=3))
+  for field in ("tokens", "step_map", "num_steps"):
+    np.testing.assert_array_equal(getattr(traj, field), getattr(single, field), err_msg=field)
+  np.testing.assert_allclose(traj.raw_logprobs, single.raw_logprobs, atol=1e-5)
+
+
+@pytest.mark.parametrize("value, match", [
+    (3, r"LLaDASamplerConfig.rows_per_loop=3: must divide the batch of 4 rows"),
+    (0, r"LLaDASamplerConfig.rows_per_loop=0: must be None or a positive int"),
+    (1.5, r"LLaDASamplerConfig.rows_per_loop=1.5: must be None or a positive int"),
+])
+def test_rows_per_loop_errors(value, match, model, prompts):
+  ids, mask = prompts
+  with pytest.raises(ValueError, match=match):
+    llada.sample(model, ids, mask, jax.random.key(0), _config(rows_per_loop=value))

@@ -91,14 +91,15 @@ def check_rows_per_loop(rows_per_loop: Optional[int], n_rows: int, n_shards: int
                         owner: str) -> None:
   """Raises ValueError naming ``owner`` (``"<Config>.rows_per_loop"``) unless
   ``rows_per_loop`` (None or a positive int, as the config validated) divides each shard's
-  ``n_rows / n_shards`` rows."""
+  ``n_rows / n_shards`` rows or covers them all (one loop, as a smaller last batch of a
+  dataset may need)."""
   if rows_per_loop is None:
     return
   local = n_rows // max(n_shards, 1)
-  if local % rows_per_loop:
+  if rows_per_loop < local and local % rows_per_loop:
     where = (f"each of the {n_shards} data shards' {local} rows" if n_shards > 1
              else f"the batch of {n_rows} rows")
-    raise ValueError(f"{owner}={rows_per_loop!r}: must divide {where}")
+    raise ValueError(f"{owner}={rows_per_loop!r}: must divide {where} (or be >= it)")
 
 
 def shard_count(axes: Tuple[str, ...]) -> int:

@@ -11,7 +11,7 @@ from flax import nnx
 
 import jdiff
 from jdiff.models.kv_cache import KVCache
-from jdiff.sampling import common, llada
+from jdiff.sampling import common, llada, row_shards
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12], [20, 21, 22, 23, 24, 25, 26, 27], [40, 41]]
 P = 8
@@ -304,9 +304,11 @@ def test_rows_per_loop_on_row_shards(confident_model, prompts):
   with jax.set_mesh(mesh):
     traj = jax.device_get(llada.sample(sharded, ids, mask, jax.random.key(11),
                                        dataclasses.replace(cfg, rows_per_loop=1)))
-    with pytest.raises(ValueError, match=r"rows_per_loop=3: must divide each of the 2 data shards' 2 rows"):
-      llada.sample(sharded, ids, mask, jax.random.key(11),
-                   dataclasses.replace(cfg, rows_per_loop=3))
+    assert row_shards.shard_count(("data",)) == 2
+    with pytest.raises(ValueError, match=r"rows_per_loop=3: must divide each of the 2 data "
+                                         r"shards' 8 rows \(or be >= it\)"):
+      row_shards.check_rows_per_loop(3, 16, row_shards.shard_count(("data",)),
+                                     "LLaDASamplerConfig.rows_per_loop")
   for field in ("tokens", "step_map", "num_steps"):
     np.testing.assert_array_equal(getattr(traj, field), getattr(single, field), err_msg=field)
   np.testing.assert_allclose(traj.raw_logprobs, single.raw_logprobs, atol=1e-5)
@@ -321,3 +323,11 @@ def test_rows_per_loop_errors(value, match, model, prompts):
   ids, mask = prompts
   with pytest.raises(ValueError, match=match):
     llada.sample(model, ids, mask, jax.random.key(0), _config(rows_per_loop=value))
+
+
+def test_rows_per_loop_beyond_the_batch_is_one_loop(model, prompts):
+  """A group size >= the batch (a dataset's smaller last batch) runs the one-loop program."""
+  one = _sample(model, prompts, _config())
+  wide = _sample(model, prompts, _config(rows_per_loop=8))
+  np.testing.assert_array_equal(wide.raw_tokens, one.raw_tokens)
+  np.testing.assert_array_equal(wide.raw_step_map, one.raw_step_map)

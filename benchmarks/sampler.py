@@ -350,11 +350,21 @@ def bench_llada(model, tm, ids, g, args, size, rows):
                                        temperature=0.0)
   placements = [("", 1)] + ([(f" {ndev}dev", ndev)] if ndev > 1 else [])
   fns = {}
-  for suffix, n in placements:
-    call = jdiff_call if n == 1 else (lambda *a, n=n: jdiff_mesh_call(*a, n))
-    for rpl in _rows_per_loop_list(args.exact_rows_per_loop, batch // n):
-      cfg = dataclasses.replace(exact_cfg, rows_per_loop=rpl)
-      fns[f"exact{suffix}{_rpl_label(rpl)}"] = call(llada.sample, model, ids, cfg)
+
+  def add_variants(name, weights, cfg, rpl_text):
+    """``fns`` entries for ``cfg`` on every placement and rows_per_loop of ``rpl_text``;
+    returns ``{placement suffix: [keys]}``."""
+    keys = {}
+    for suffix, n in placements:
+      for rpl in _rows_per_loop_list(rpl_text, batch // n):
+        key = f"{name}{suffix}{_rpl_label(rpl)}"
+        variant = dataclasses.replace(cfg, rows_per_loop=rpl)
+        fns[key] = (jdiff_call(llada.sample, weights, ids, variant) if n == 1 else
+                    jdiff_mesh_call(llada.sample, weights, ids, variant, n))
+        keys.setdefault(suffix, []).append(key)
+    return keys
+
+  exact_keys = add_variants("exact", model, exact_cfg, args.exact_rows_per_loop)
   if "llada" in rows:
     fns["torch"] = torch_call(lambda: ref.llada_generate(tm, ids, g, LLADA_BLOCK, steps,
                                                          mask_id), tm, ids)
@@ -373,12 +383,8 @@ def bench_llada(model, tm, ids, g, args, size, rows):
     for weights, conf in ((model, ""), (sharp, " conf")):
       if weights is None:
         continue
-      for suffix, n in placements:
-        call = jdiff_call if n == 1 else (lambda *a, n=n: jdiff_mesh_call(*a, n))
-        for rpl in _rows_per_loop_list(args.fast_rows_per_loop, batch // n):
-          key = f"{mode}{conf}{suffix}{_rpl_label(rpl)}"
-          fns[key] = call(llada.sample, weights, ids, dataclasses.replace(fast, rows_per_loop=rpl))
-          fast_keys.append((key, suffix))
+      keys = add_variants(mode + conf, weights, fast, args.fast_rows_per_loop)
+      fast_keys += [(key, suffix) for suffix, ks in keys.items() for key in ks]
   res, peak = _measure(fns, args)
   exact = _np(res["exact"][1].raw_tokens)
   out = []
@@ -386,7 +392,7 @@ def bench_llada(model, tm, ids, g, args, size, rows):
     t_t, (toks, _) = res["torch"]
     flops = llada_flops(model.config, batch, ids.shape[1] + g, steps, last_layer_window=True)
     ref_flops = llada_flops(model.config, batch, ids.shape[1] + g, steps)
-    for key in (k for k in res if k.startswith("exact")):
+    for key in (k for ks in exact_keys.values() for k in ks):
       t_j, tr = res[key]
       out.append(dict(name="llada " + key, ref="torch", t_jdiff=t_j, t_ref=t_t,
                       tok_step=g / steps, diff=int(np.sum(_np(tr.raw_tokens) != toks)),
@@ -395,8 +401,7 @@ def bench_llada(model, tm, ids, g, args, size, rows):
   # Each fast row against the fastest exact variant on the same devices.
   for key, suffix in fast_keys:
     t_f, tr = res[key]
-    base_key = min((k for k in res if k.startswith("exact" + suffix)
-                    and (suffix or "dev" not in k)), key=lambda k: res[k][0])
+    base_key = min(exact_keys[suffix], key=lambda k: res[k][0])
     mode = key.split(" ")[0]
     out.append(dict(name="llada " + key.replace(mode, mode + "+thr", 1), ref=base_key,
                     t_jdiff=t_f, t_ref=res[base_key][0],

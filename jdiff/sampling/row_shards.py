@@ -22,6 +22,7 @@ its slowest row is done, and every row of it computes every step until then.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Tuple
 
 import jax
@@ -104,11 +105,8 @@ def check_rows_per_loop(rows_per_loop: Optional[int], n_rows: int, n_shards: int
 
 def shard_count(axes: Tuple[str, ...]) -> int:
   """How many shards :func:`on_row_shards` splits the batch into over ``axes``."""
-  mesh = jax.sharding.get_abstract_mesh()
-  n = 1
-  for a in axes:
-    n *= dict(mesh.shape)[a]
-  return n
+  mesh_shape = dict(jax.sharding.get_abstract_mesh().shape) if axes else {}
+  return math.prod(mesh_shape[a] for a in axes)
 
 
 def in_row_groups(fn: Callable, rows_per_loop: Optional[int], out_specs: Callable, shared,

@@ -282,14 +282,16 @@ def test_rows_per_loop_matches_one_loop(kw, confident, rows_per_loop, model, con
   if cfg.record_states:
     np.testing.assert_array_equal(grouped.states, one.states)
   np.testing.assert_allclose(grouped.raw_logprobs, one.raw_logprobs, atol=1e-5)
+  assert _while_loops(m, prompts, grouped_cfg) > _while_loops(m, prompts, cfg)
+
+
+def _while_loops(m, prompts, cfg):
+  """How many while loops the sampler's lowered program holds."""
   graphdef, state = nnx.split(m)
   ids, mask = prompts
-
-  def whiles(c):
-    with jdiff.sharding.use_rules(jdiff.sharding.SAMPLING_RULES):
-      return llada._sample_jit.lower(graphdef, state, jnp.asarray(ids), jnp.asarray(mask),
-                                     jax.random.key(11), config=c).as_text().count("while(")
-  assert whiles(grouped_cfg) > whiles(cfg)
+  with jdiff.sharding.use_rules(jdiff.sharding.SAMPLING_RULES):
+    return llada._sample_jit.lower(graphdef, state, jnp.asarray(ids), jnp.asarray(mask),
+                                   jax.random.key(11), config=cfg).as_text().count("while(")
 
 
 @pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 (fake) devices")
@@ -331,3 +333,5 @@ def test_rows_per_loop_beyond_the_batch_is_one_loop(model, prompts):
   wide = _sample(model, prompts, _config(rows_per_loop=8))
   np.testing.assert_array_equal(wide.raw_tokens, one.raw_tokens)
   np.testing.assert_array_equal(wide.raw_step_map, one.raw_step_map)
+  assert _while_loops(model, prompts, _config(rows_per_loop=8)) == \
+      _while_loops(model, prompts, _config())

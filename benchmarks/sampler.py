@@ -16,10 +16,15 @@ Rows (batch 8, same-length prompts, greedy, no stop token so every row generates
   its rows (``jdiff/sampling/row_shards.py``), as on a multi-chip host. At the tiny size a
   step's ops last microseconds, and XLA's thread pool spends more on handing them between
   cores than they save, so separate loops on separate cores use a 2-core machine better.
+- ``block+kv Nthr`` (``--row-threads N``): the same sampler on one device with
+  ``row_threads=N``: the batch split into N groups of rows, each decoded by its own call of
+  the compiled sampler from its own host thread, all at once (``row_shards.in_host_threads``),
+  which keeps N cores busy without the device flag.
 - ``llada exact``: ``llada.sample`` (block 32, no cache) vs ``torch_reference.llada_generate``
   (a full bidirectional forward over the canvas every step). With ``--cpu-devices N`` every
   LLaDA row also runs on the ``(N, 1, 1)`` mesh (``... Ndev``, one loop per device); the
-  fast rows there are compared with the exact sampler on the same mesh. With threshold
+  fast rows there are compared with the exact sampler on the same mesh; ``--row-threads N``
+  adds ``... Nthr`` rows (one device, N host threads). With threshold
   decoding the batch moves to the next block once every row has filled it, so a shard of
   fewer rows waits less for its slowest row.
 - ``llada prefix+thr`` / ``llada dual+thr``: Fast-dLLM cache + threshold 0.9 decoding vs the
@@ -41,7 +46,8 @@ Rows (batch 8, same-length prompts, greedy, no stop token so every row generates
   A threshold loop runs until its slowest row is done, its idle rows computing every step,
   so 1 row per loop saves that work where steps are compute-bound (this CPU); the exact
   sampler is run at each of its values too, and every fast row is compared with the fastest
-  exact variant on the same devices (the ``vs`` column names it).
+  exact variant on the same devices (the ``vs`` column names it; one device's variants
+  include the ``Nthr`` ones).
 - ``dream exact`` (``--dream``): ``dream.sample`` (maskgit_plus) vs
   ``torch_reference.dream_generate``.
 
@@ -158,6 +164,9 @@ def _precompile(model, ids, pmask, key, cfg, full_call):
   fills the cache the public call then hits (``_round_robin`` would notice a miss). Falls back
   to one full call for other samplers or if the module internals are not there."""
   graphdef, state = nnx.split(model)
+  if getattr(cfg, "row_threads", 1) > 1:  # the threads' calls compile the groups' shape
+    full_call()
+    return
   try:
     if isinstance(cfg, block.BlockSamplerConfig):
       static, knobs = block._split(cfg.validate(model.config))
@@ -265,13 +274,17 @@ def bench_block(model, tm, ids, g, args):
          "torch": torch_call(lambda: ref.sdar_block_generate(
              tm, ids, g, BLOCK_SIZE, BLOCK_STEPS, model.config.mask_token_id, BLOCK_STRATEGY,
              BLOCK_THRESHOLD), tm, ids)}
+  if args.row_threads > 1:
+    fns["threads"] = jdiff_call(block.sample_block, model, ids,
+                                dataclasses.replace(cfg, row_threads=args.row_threads))
   if args.cpu_devices > 1:
     fns["mesh"] = jdiff_mesh_call(block.sample_block, model, ids, cfg, args.cpu_devices)
   res, peak = _measure(fns, args)
   t_t, (toks, calls) = res["torch"]
   flops = sum(ids.shape[0] * q * model.config.flops_per_token(kv) for q, kv in calls)
   out = []
-  for key, name in (("jdiff", "block+kv"), ("mesh", f"block+kv {args.cpu_devices}dev")):
+  for key, name in (("jdiff", "block+kv"), ("threads", f"block+kv {args.row_threads}thr"),
+                    ("mesh", f"block+kv {args.cpu_devices}dev")):
     if key in res:
       t_j, traj = res[key]
       out.append(dict(name=name, ref="torch", t_jdiff=t_j, t_ref=t_t,
@@ -341,27 +354,31 @@ def bench_llada(model, tm, ids, g, args, size, rows):
 
   Each sampler runs with every ``rows_per_loop`` of its ``--*-rows-per-loop`` list (one row
   each, named "N/loop"); a fast row's ratio is against the *fastest* exact variant on the
-  same devices, so a grouping that speeds up the baseline too is not credited to the cache."""
+  same devices (one device: with or without host threads), so a grouping that speeds up
+  the baseline too is not credited to the cache."""
   steps = _steps(g, args)
   mask_id = model.config.mask_token_id
   ndev = args.cpu_devices
   batch = ids.shape[0]
   exact_cfg = llada.LLaDASamplerConfig(gen_length=g, block_length=LLADA_BLOCK, steps=steps,
                                        temperature=0.0)
-  placements = [("", 1)] + ([(f" {ndev}dev", ndev)] if ndev > 1 else [])
+  nthr = args.row_threads
+  # (row name suffix, devices, host threads, devices group: fast rows' baselines come from it)
+  placements = ([("", 1, 1, "1dev")] + ([(f" {nthr}thr", 1, nthr, "1dev")] if nthr > 1 else [])
+                + ([(f" {ndev}dev", ndev, 1, "mesh")] if ndev > 1 else []))
   fns = {}
 
   def add_variants(name, weights, cfg, rpl_text):
     """``fns`` entries for ``cfg`` on every placement and rows_per_loop of ``rpl_text``;
-    returns ``{placement suffix: [keys]}``."""
+    returns ``{devices group: [keys]}``."""
     keys = {}
-    for suffix, n in placements:
-      for rpl in _rows_per_loop_list(rpl_text, batch // n):
+    for suffix, n, threads, group in placements:
+      for rpl in _rows_per_loop_list(rpl_text, batch // (n * threads)):
         key = f"{name}{suffix}{_rpl_label(rpl)}"
-        variant = dataclasses.replace(cfg, rows_per_loop=rpl)
+        variant = dataclasses.replace(cfg, rows_per_loop=rpl, row_threads=threads)
         fns[key] = (jdiff_call(llada.sample, weights, ids, variant) if n == 1 else
                     jdiff_mesh_call(llada.sample, weights, ids, variant, n))
-        keys.setdefault(suffix, []).append(key)
+        keys.setdefault(group, []).append(key)
     return keys
 
   exact_keys = add_variants("exact", model, exact_cfg, args.exact_rows_per_loop)
@@ -384,7 +401,7 @@ def bench_llada(model, tm, ids, g, args, size, rows):
       if weights is None:
         continue
       keys = add_variants(mode + conf, weights, fast, args.fast_rows_per_loop)
-      fast_keys += [(key, suffix) for suffix, ks in keys.items() for key in ks]
+      fast_keys += [(key, group) for group, ks in keys.items() for key in ks]
   res, peak = _measure(fns, args)
   exact = _np(res["exact"][1].raw_tokens)
   out = []
@@ -399,9 +416,9 @@ def bench_llada(model, tm, ids, g, args, size, rows):
                       target=3.0 if size == "tiny" else 1.0, peak=peak,
                       gflops=flops / t_j / 1e9, ref_gflops=ref_flops / t_t / 1e9))
   # Each fast row against the fastest exact variant on the same devices.
-  for key, suffix in fast_keys:
+  for key, group in fast_keys:
     t_f, tr = res[key]
-    base_key = min(exact_keys[suffix], key=lambda k: res[k][0])
+    base_key = min(exact_keys[group], key=lambda k: res[k][0])
     mode = key.split(" ")[0]
     out.append(dict(name="llada " + key.replace(mode, mode + "+thr", 1), ref=base_key,
                     t_jdiff=t_f, t_ref=res[base_key][0],
@@ -424,7 +441,7 @@ def bench_dream(model, tm, ids, g, args):
 
 
 # --------------------------------------------------------------------------- main
-HDR = (f"{'row':33} {'vs':14} {'size':5} {'params':>7} {'gen':>4} {'tok/stp':>7} "
+HDR = (f"{'row':33} {'vs':18} {'size':5} {'params':>7} {'gen':>4} {'tok/stp':>7} "
        f"{'jdiff tok/s':>11} {'ref tok/s':>10} {'ratio':>7} {'target':>10} "
        f"{'jdiff GF/s':>10} {'% peak':>7} {'ref GF/s':>8} {'diff tok':>9}")
 
@@ -438,7 +455,7 @@ def fmt(r, size, params, g, batch):
   gf = f"{r['gflops']:10.1f}" if "gflops" in r else f"{'-':>10}"
   pk = f"{100 * r['gflops'] / r['peak']:6.1f}%" if "gflops" in r else f"{'-':>7}"
   rgf = f"{r['ref_gflops']:8.1f}" if "ref_gflops" in r else f"{'-':>8}"
-  return (f"{r['name']:33} {r['ref']:14} {size:5} {params / 1e6:6.2f}M {g:4d} "
+  return (f"{r['name']:33} {r['ref']:18} {size:5} {params / 1e6:6.2f}M {g:4d} "
           f"{r['tok_step']:7.2f} {toks / r['t_jdiff']:11.1f} {toks / r['t_ref']:10.1f} "
           f"{ratio:6.2f}x {target:>10} {gf} {pk} {rgf} {r['diff']:4d}/{toks:<4d}")
 
@@ -489,6 +506,10 @@ def main():
                       "(the process's cores split among them; each device loops over its "
                       "rows, see jdiff/sampling/row_shards.py): the 'block+kv Ndev' row, "
                       "and 'llada ... Ndev' rows for the LLaDA samplers")
+  p.add_argument("--row-threads", type=int, default=2,
+                 help="also run the block and LLaDA samplers on one device with this many "
+                      "host threads (row_threads, each a group of rows in its own loop): the "
+                      "'... Nthr' rows; 1: none")
   p.add_argument("--quick", action="store_true", help="smoke run: tiny only, gen 32, 2 rounds")
   args = p.parse_args()
   if args.cores:
@@ -497,6 +518,8 @@ def main():
     if args.cores > len(allowed):
       p.error(f"--cores {args.cores}: only {len(allowed)} cores are available")
     os.sched_setaffinity(0, allowed[:args.cores])
+  if args.row_threads > 1 and args.batch % args.row_threads:
+    p.error(f"--row-threads {args.row_threads} must divide --batch {args.batch}")
   if args.cpu_devices > 1:  # before the CPU backend starts: it fixes its device count then
     if args.batch % args.cpu_devices:
       p.error(f"--cpu-devices {args.cpu_devices} must divide --batch {args.batch}")

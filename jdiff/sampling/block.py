@@ -57,7 +57,10 @@ Meshes. On a mesh whose axes all split the batch (``('data', 'fsdp')``, ``tensor
 with weights not split over them, each data shard runs its own loop on its rows
 (``row_shards``): no cross-device reduction per step, and the outputs equal the one-device
 run's. Otherwise (``tensor`` > 1, FSDP-sharded weights) the loop is one SPMD program over
-the whole mesh.
+the whole mesh. On one device, ``row_threads`` splits the batch among host threads that
+call the compiled sampler at once, one loop each (``row_shards.in_host_threads``): a tiny
+model's step is ~200 short ops that XLA's CPU runtime runs one after another on one core, so
+on a multi-core CPU separate loops finish the batch sooner; outputs are unchanged.
 """
 
 from __future__ import annotations
@@ -79,7 +82,8 @@ from jdiff.models.config import ModelConfig
 from jdiff.models.kv_cache import KVCache
 from jdiff.sampling.common import (F32, Trajectory, argmax_first, filter_logits, left_pad,
                                    prob_at, select_top_n, token_logprob, transfer_schedule)
-from jdiff.sampling.row_shards import on_row_shards, row_shard_axes
+from jdiff.sampling.row_shards import (check_row_threads, in_host_threads, on_row_shards,
+                                       row_shard_axes)
 from jdiff.sharding.rules import SAMPLING_RULES, constrain, logical_spec, use_rules
 
 _CACHE_AXES = ("layers", "batch", "kv_heads", "head_dim", "kv_length")
@@ -133,7 +137,8 @@ class BlockSamplerConfig:
   Shape-like fields (``max_tokens``, ``block_length``, ``denoising_steps``, ``top_k``,
   ``stop_ids``, ``record_states``, ``use_cache``) select the compiled program; the others
   (``strategy``, ``temperature``, ``top_p``, ``threshold``, ``eb_threshold``) are passed as
-  traced values, so changing them never recompiles.
+  traced values, so changing them never recompiles. ``row_threads`` only splits the batch
+  among host threads (each group's shape is compiled once).
   """
   max_tokens: int = 256  # completion length G
   block_length: Optional[int] = None  # None: the model's block_size (the only allowed value)
@@ -147,6 +152,11 @@ class BlockSamplerConfig:
   stop_ids: Optional[Tuple[int, ...]] = None  # None: (eos,); () disables stopping
   record_states: bool = False
   use_cache: bool = True
+  # Decode the batch as this many equal groups of rows, each group by its own call of the
+  # compiled sampler from its own host thread, all at once (one device, no mesh); same
+  # outputs. On a multi-core CPU a small model's step cannot keep the cores busy, separate
+  # loops can (see ``row_shards.in_host_threads``).
+  row_threads: int = 1
 
   def __post_init__(self):
     if self.stop_ids is not None:  # lists would make the config unhashable
@@ -181,6 +191,9 @@ class BlockSamplerConfig:
       raise ValueError(f"{name}.top_k={self.top_k} must be in [0, vocab_size={mc.vocab_size}]")
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f"{name}.top_p={self.top_p} must be in (0, 1]")
+    if (not isinstance(self.row_threads, (int, np.integer)) or isinstance(self.row_threads, bool)
+        or self.row_threads <= 0):
+      raise ValueError(f"{name}.row_threads={self.row_threads!r} must be a positive int")
     if self.max_tokens <= 0:
       raise ValueError(f"{name}.max_tokens={self.max_tokens} must be positive")
     stops = (mc.eos_token_id,) if self.stop_ids is None else self.stop_ids
@@ -488,24 +501,46 @@ def _generate(model, ids, pmask, key, st: _Static, kn: _Knobs, row_offset=0) -> 
 
 
 # --------------------------------------------------------------------------- entry points
+def _out_specs(static: _Static):
+  """``row_shards.on_row_shards``' output specs: where each Trajectory field has rows."""
+  def specs(batch):
+    rows = P(batch)
+    return Trajectory(prompt_ids=rows, prompt_mask=rows, tokens=rows, step_map=rows,
+                      logprobs=rows, lengths=rows, num_steps=rows,
+                      states=P(None, batch) if static.record_states else None,
+                      raw_tokens=rows, raw_step_map=rows)
+  return specs
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "static", "row_axes"))
 def _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, knobs: _Knobs,
-                  static: _Static, row_axes: Tuple[str, ...] = ()) -> Trajectory:
-  """The sampler; with ``row_axes`` (``row_shards.row_shard_axes``) one loop per row shard."""
+                  static: _Static, row_axes: Tuple[str, ...] = (),
+                  row_offset=0) -> Trajectory:
+  """The sampler; with ``row_axes`` (``row_shards.row_shard_axes``) one loop per row shard.
+  ``row_offset``: the global index of the first row (a host thread's group, for its keys)."""
   with use_rules(SAMPLING_RULES):  # the trace must not depend on the caller's rules
     def run(shared, rows, row_offset):
       state, key, knobs = shared
       return _generate(nnx.merge(graphdef, state), *rows, key, static, knobs, row_offset)
 
-    def out_specs(batch):
-      rows = P(batch)
-      return Trajectory(prompt_ids=rows, prompt_mask=rows, tokens=rows, step_map=rows,
-                        logprobs=rows, lengths=rows, num_steps=rows,
-                        states=P(None, batch) if static.record_states else None,
-                        raw_tokens=rows, raw_step_map=rows)
+    return on_row_shards(run, row_axes, _out_specs(static), (state, key, knobs),
+                         (prompt_ids, prompt_mask), row_offset)
 
-    return on_row_shards(run, row_axes, out_specs, (state, key, knobs),
-                         (prompt_ids, prompt_mask))
+
+def _dispatch(graphdef, state, prompt_ids, prompt_mask, key,
+              config: BlockSamplerConfig) -> Trajectory:
+  """The compiled sampler on a validated config: one call, or one per host-thread group."""
+  static, knobs = _split(config)
+  n_rows = np.shape(prompt_ids)[0]
+  threads = check_row_threads(config.row_threads, n_rows, "BlockSamplerConfig.row_threads")
+  if threads == 1:
+    return _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, knobs, static,
+                         row_shard_axes(n_rows, state))
+
+  def call(rows, row_offset):
+    return _generate_jit(graphdef, state, *rows, key, knobs, static, (), row_offset)
+
+  return in_host_threads(call, threads, _out_specs(static), (prompt_ids, prompt_mask))
 
 
 def generate_block(graphdef, state, prompt_ids, prompt_mask, key,
@@ -516,9 +551,8 @@ def generate_block(graphdef, state, prompt_ids, prompt_mask, key,
   count real tokens from 0), ``key`` a PRNG key. Compiles once per (model graph, B, P, static
   settings, mesh); strategy, temperature, top_p and thresholds are traced values.
   """
-  static, knobs = _split(config.validate(nnx.merge(graphdef, state).config))
-  return _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, knobs, static,
-                       row_shard_axes(np.shape(prompt_ids)[0], state))
+  config = config.validate(nnx.merge(graphdef, state).config)
+  return _dispatch(graphdef, state, prompt_ids, prompt_mask, key, config)
 
 
 def _place_batch(x: np.ndarray):
@@ -554,6 +588,4 @@ def sample_block(model, prompt_ids, key, config: BlockSamplerConfig, *,
       raise ValueError(f"prompt_ids {ids.shape} and prompt_mask {pmask.shape} must both be "
                        "[B, P]")
   graphdef, state = nnx.split(model)
-  static, knobs = _split(config)
-  return _generate_jit(graphdef, state, _place_batch(ids), _place_batch(pmask), key, knobs,
-                       static, row_shard_axes(ids.shape[0], state))
+  return _dispatch(graphdef, state, _place_batch(ids), _place_batch(pmask), key, config)

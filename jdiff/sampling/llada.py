@@ -37,7 +37,11 @@ tokens, step maps and log-probs equal the one-device run's. For the same reason
 slowest row has filled every block, and its idle rows compute every step until then, so on a
 compute-bound CPU one row per loop saves that work (dual cache + threshold, tiny LLaDA, gen
 256, 2 cores: 1.4x faster than one loop over 8 rows); on an accelerator, whose steps cost
-the same for 1 row as for 8, keep one loop (the default).
+the same for 1 row as for 8, keep one loop (the default). ``row_threads`` splits the batch
+into groups that separate host threads decode at once, each with its own call of the
+compiled sampler (:func:`row_shards.in_host_threads`; one device, no mesh): on a multi-core
+CPU, where one loop's small ops keep one core busy, that is what a data mesh of CPU devices
+gives without the device flag.
 
 Positions: by default the cumulative count of real tokens, so a left-padded row sees the
 same positions as when run alone. LLaDA's official code is padding-blind (positions are
@@ -72,8 +76,9 @@ from jdiff.sampling import fast_dllm
 from jdiff.sampling import schedules as sched
 from jdiff.sampling.common import (F32, Trajectory, gumbel_argmax, prob_at, select_top_n,
                                    token_logprob, transfer_schedule)
-from jdiff.sampling.row_shards import (check_rows_per_loop, in_row_groups, on_row_shards,
-                                       row_shard_axes, shard_count)
+from jdiff.sampling.row_shards import (check_row_threads, check_rows_per_loop, in_host_threads,
+                                       in_row_groups, on_row_shards, row_shard_axes,
+                                       shard_count)
 from jdiff.sharding.rules import SAMPLING_RULES, use_rules
 
 REMASKING = ("low_confidence", "random")
@@ -102,6 +107,9 @@ class LLaDASamplerConfig:
   # group, one group after another; None = one loop. Same outputs for every grouping (see
   # the module doc); small groups save idle rows' work on a compute-bound CPU.
   rows_per_loop: Optional[int] = None
+  # Decode the batch as this many equal groups of rows, each by its own call of the compiled
+  # sampler from its own host thread, all at once (one device, no mesh); same outputs.
+  row_threads: int = 1
 
   @property
   def num_blocks(self) -> int:
@@ -155,6 +163,9 @@ class LLaDASamplerConfig:
         not isinstance(self.rows_per_loop, (int, np.integer))
         or isinstance(self.rows_per_loop, bool) or self.rows_per_loop <= 0):
       bad("rows_per_loop", "must be None or a positive int")
+    if (not isinstance(self.row_threads, (int, np.integer)) or isinstance(self.row_threads, bool)
+        or self.row_threads <= 0):
+      bad("row_threads", "must be a positive int")
     fast = self.cache != "none" or self.threshold is not None
     if fast and self.schedule != "uniform":
       bad("schedule", "Fast-dLLM cache/threshold decoding needs equal blocks ('uniform')")
@@ -206,34 +217,55 @@ def sample_state(graphdef, state, prompt_ids, prompt_mask, key,
                  else jnp.asarray(prompt_mask, bool))
   if prompt_mask.shape != prompt_ids.shape:
     raise ValueError(f"prompt_mask shape {prompt_mask.shape} != prompt_ids {prompt_ids.shape}")
+  n_rows = prompt_ids.shape[0]
+  threads = check_row_threads(config.row_threads, n_rows, "LLaDASamplerConfig.row_threads")
   # Sampling layout: weights are not FSDP-gathered at every step.
   with use_rules(SAMPLING_RULES):
-    row_axes = row_shard_axes(prompt_ids.shape[0], state)
-    check_rows_per_loop(config.rows_per_loop, prompt_ids.shape[0], shard_count(row_axes),
-                        "LLaDASamplerConfig.rows_per_loop")
-    return _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, config=config,
-                       row_axes=row_axes)
+    row_axes = row_shard_axes(n_rows, state)
+    owner = "LLaDASamplerConfig.rows_per_loop"
+    if threads > 1:
+      check_rows_per_loop(config.rows_per_loop, n_rows, threads, owner, "host threads")
+    else:
+      check_rows_per_loop(config.rows_per_loop, n_rows, shard_count(row_axes), owner)
+    if threads == 1:
+      return _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, config=config,
+                         row_axes=row_axes)
+    # Every thread count shares the compiled program of its group's shape.
+    one = dataclasses.replace(config, row_threads=1)
+
+    def call(rows, row_offset):
+      return _sample_jit(graphdef, state, *rows, key, row_offset, config=one)
+
+    return in_host_threads(call, threads, _out_specs(one), (prompt_ids, prompt_mask))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "config", "row_axes"))
-def _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, *, config, row_axes=()):
-  """The sampler; with ``row_axes`` (``row_shards.row_shard_axes``) one loop per row shard
-  (per group of ``config.rows_per_loop`` rows of it)."""
-  def one_loop(shared, rows, row_offset):
-    state, key = shared
-    return _run(nnx.merge(graphdef, state), *rows, key, config, row_offset)
-
-  def run(shared, rows, row_offset):
-    return in_row_groups(one_loop, config.rows_per_loop, out_specs, shared, rows, row_offset)
-
-  def out_specs(batch):
+def _out_specs(config: LLaDASamplerConfig):
+  """``row_shards.on_row_shards``' output specs: where each trajectory field has rows."""
+  def specs(batch):
     rows = P(batch)
     return LLaDATrajectory(prompt_ids=rows, prompt_mask=rows, tokens=rows, step_map=rows,
                            logprobs=rows, lengths=rows, num_steps=rows,
                            states=P(None, batch) if config.record_states else None,
                            raw_tokens=rows, raw_step_map=rows, raw_logprobs=rows)
+  return specs
 
-  return on_row_shards(run, row_axes, out_specs, (state, key), (prompt_ids, prompt_mask))
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "config", "row_axes"))
+def _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, row_offset=0, *, config,
+                row_axes=()):
+  """The sampler; with ``row_axes`` (``row_shards.row_shard_axes``) one loop per row shard
+  (per group of ``config.rows_per_loop`` rows of it). ``row_offset``: the global index of
+  the first row (a host thread's group, for its keys)."""
+  def one_loop(shared, rows, row_offset):
+    state, key = shared
+    return _run(nnx.merge(graphdef, state), *rows, key, config, row_offset)
+
+  def run(shared, rows, row_offset):
+    return in_row_groups(one_loop, config.rows_per_loop, _out_specs(config), shared, rows,
+                         row_offset)
+
+  return on_row_shards(run, row_axes, _out_specs(config), (state, key),
+                       (prompt_ids, prompt_mask), row_offset)
 
 
 def _check_model(mc):

@@ -18,15 +18,24 @@ Within a shard (or on one device), :func:`in_row_groups` runs the program on con
 groups of rows, one after another (``lax.map``), each group its own loop. Where the
 hardware is compute-bound (a CPU) this saves the work of rows that idle: a loop runs until
 its slowest row is done, and every row of it computes every step until then.
+
+On one device, :func:`in_host_threads` calls the compiled program on consecutive groups of
+rows from separate host threads at once, each call its own loop. A small model's step is a
+chain of ops of a few microseconds each, which XLA's CPU runtime runs one after another on
+one core (two independent loops in one program measured no faster than one); concurrent
+calls keep every core busy, as one loop per device does on a mesh of CPU devices.
 """
 
 from __future__ import annotations
 
+import contextvars
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jdiff.sharding.rules import SAMPLING_RULES, logical_spec
@@ -66,39 +75,40 @@ def _split_over(tree, axes) -> bool:
 
 
 def on_row_shards(fn: Callable, axes: Tuple[str, ...], out_specs: Callable[[object], object],
-                  shared, rows):
+                  shared, rows, row_offset=0):
   """``fn(shared, rows, row_offset)``, run on every shard of ``rows`` split over ``axes``
-  (from :func:`row_shard_axes`), or once on the whole batch (``row_offset`` 0) when
-  ``axes`` is empty.
+  (from :func:`row_shard_axes`), or once on the whole batch when ``axes`` is empty.
 
   ``rows``: a tuple of batch-leading arrays; ``shared`` (weights, key, settings) is
   replicated to every shard. ``row_offset`` is the global index of a shard's first row: a
-  row's random keys must not depend on the split. ``out_specs(batch)`` returns the output's
-  ``PartitionSpec`` tree, with ``batch`` the mesh axes to put where the output has rows.
+  row's random keys must not depend on the split (the argument is that of ``rows``' first
+  row, non-zero when a host thread runs part of a batch). ``out_specs(batch)`` returns the
+  output's ``PartitionSpec`` tree, with ``batch`` the mesh axes to put where the output has
+  rows.
   """
   if not axes:
-    return fn(shared, rows, 0)
+    return fn(shared, rows, row_offset)
   batch = axes if len(axes) > 1 else axes[0]
 
   def local(shared, rows):
     local_rows = jax.tree.leaves(rows)[0].shape[0]
-    return fn(shared, rows, jax.lax.axis_index(axes) * local_rows)
+    return fn(shared, rows, row_offset + jax.lax.axis_index(axes) * local_rows)
 
   return jax.shard_map(local, in_specs=(P(), P(batch)), out_specs=out_specs(batch),
                        axis_names=set(axes), check_vma=False)(shared, rows)
 
 
 def check_rows_per_loop(rows_per_loop: Optional[int], n_rows: int, n_shards: int,
-                        owner: str) -> None:
+                        owner: str, split: str = "data shards") -> None:
   """Raises ValueError naming ``owner`` (``"<Config>.rows_per_loop"``) unless
-  ``rows_per_loop`` (None or a positive int, as the config validated) divides each shard's
-  ``n_rows / n_shards`` rows or covers them all (one loop, as a smaller last batch of a
-  dataset may need)."""
+  ``rows_per_loop`` (None or a positive int, as the config validated) divides each of the
+  ``n_shards`` groups' ``n_rows / n_shards`` rows or covers them all (one loop, as a smaller
+  last batch of a dataset may need). ``split`` names the groups in the message."""
   if rows_per_loop is None:
     return
   local = n_rows // max(n_shards, 1)
   if rows_per_loop < local and local % rows_per_loop:
-    where = (f"each of the {n_shards} data shards' {local} rows" if n_shards > 1
+    where = (f"each of the {n_shards} {split}' {local} rows" if n_shards > 1
              else f"the batch of {n_rows} rows")
     raise ValueError(f"{owner}={rows_per_loop!r}: must divide {where} (or be >= it)")
 
@@ -126,12 +136,61 @@ def in_row_groups(fn: Callable, rows_per_loop: Optional[int], out_specs: Callabl
   grouped = jax.tree.map(lambda a: a.reshape((groups, rows_per_loop) + a.shape[1:]), rows)
   starts = row_offset + rows_per_loop * jnp.arange(groups, dtype=jnp.int32)
   out = jax.lax.map(lambda a: fn(shared, a[1], a[0]), (starts, grouped))
-  marker = "rows"
 
-  def merge(spec, leaf):
-    axis = list(spec).index(marker)  # the leaf's row axis (after the leading group axis)
+  def merge(axis, leaf):  # the leaf's row axis comes after the leading group axis
     leaf = jnp.moveaxis(leaf, 0, axis)  # [.., groups, rows_per_loop, ..]
     return leaf.reshape(leaf.shape[:axis] + (n_rows,) + leaf.shape[axis + 2:])
 
-  return jax.tree.map(merge, out_specs(marker), out,
+  return jax.tree.map(merge, _row_axes(out_specs), out)
+
+
+def _row_axes(out_specs: Callable):
+  """The row axis of every output leaf, from :func:`on_row_shards`'s ``out_specs``."""
+  marker = "rows"
+  return jax.tree.map(lambda spec: list(spec).index(marker), out_specs(marker),
                       is_leaf=lambda x: isinstance(x, P))
+
+
+def check_row_threads(row_threads: int, n_rows: int, owner: str) -> int:
+  """How many host threads :func:`in_host_threads` splits ``n_rows`` rows among:
+  ``row_threads`` (a positive int, as the config validated), or one row each when it
+  exceeds the batch. Raises ValueError naming ``owner`` unless the groups are equal, or
+  under a mesh of several devices: there each data shard already runs its own loop, and
+  an array placed on the mesh cannot be cut into per-thread batches of one device. A
+  one-device mesh (a training loop's on a single CPU) is one device: its threads run
+  outside the mesh context (which is thread-local), on that device."""
+  threads = min(row_threads, n_rows)
+  if threads <= 1:
+    return 1
+  if n_rows % threads:
+    raise ValueError(f"{owner}={row_threads!r}: must divide the batch of {n_rows} rows (or "
+                     "be >= it)")
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is not None and not mesh.empty and mesh.size > 1:
+    raise ValueError(f"{owner}={row_threads!r}: host threads run on one device; under a "
+                     f"mesh of {mesh.size} devices every data shard already runs its own "
+                     "loop (use 1)")
+  return threads
+
+
+def in_host_threads(call: Callable, threads: int, out_specs: Callable, rows):
+  """``call(rows, row_offset)`` on ``threads`` equal consecutive groups of ``rows`` (a tuple
+  of batch-leading arrays), each from its own host thread, all at once; outputs reassembled
+  in row order along each leaf's row axis (``out_specs`` as in :func:`on_row_shards`).
+
+  ``call`` runs a compiled program (one compilation serves every group: equal shapes, the
+  offset traced), which releases the GIL while it computes. Each thread runs in a copy of
+  the caller's context, so context variables (the active sharding rules) carry over. An
+  exception in any group is raised here.
+  """
+  if threads <= 1:
+    return call(rows, 0)
+  size = jax.tree.leaves(rows)[0].shape[0] // threads
+  groups = [jax.tree.map(lambda a, i=i: a[i * size:(i + 1) * size], rows)
+            for i in range(threads)]
+  with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="jdiff-rows") as pool:
+    futures = [pool.submit(contextvars.copy_context().run, call, group, np.int32(i * size))
+               for i, group in enumerate(groups)]
+    outs = [f.result() for f in futures]
+  return jax.tree.map(lambda axis, *leaves: jnp.concatenate(leaves, axis=axis),
+                      _row_axes(out_specs), *outs)

@@ -25,24 +25,26 @@ def _specs(batch):
 
 
 # ----------------------------------------------------------------------------- the helper
-def test_groups_run_at_once_with_offsets_and_context():
-  """Each group runs in its own thread at the same time (a barrier both must reach), sees
+@pytest.mark.parametrize("threads", [2, 4])  # in this order: the shared pool then grows
+def test_groups_run_at_once_with_offsets_and_context(threads):
+  """Each group runs in its own thread at the same time (a barrier all must reach), sees
   its rows and their global offset and the caller's context (the active rules); outputs
   are reassembled along each leaf's row axis."""
   x = np.arange(8 * 3, dtype=np.int32).reshape(8, 3)
-  both_running = threading.Barrier(2, timeout=30)
+  all_running = threading.Barrier(threads, timeout=30)
   seen = []
 
   def call(rows, row_offset):
     (local,) = rows
-    both_running.wait()  # sequential calls would time out here
+    all_running.wait()  # calls that did not run at once would time out here
     seen.append((threading.current_thread().name, int(row_offset), active_rules()))
     return {"rows": local * 2, "states": jnp.stack([local, local + 100])}
 
   with use_rules(SAMPLING_RULES):
-    out = row_shards.in_host_threads(call, 2, _specs, (x,))
-  assert sorted(s[1] for s in seen) == [0, 4]
-  assert len({s[0] for s in seen}) == 2 and all(s[0].startswith("jdiff-rows") for s in seen)
+    out = row_shards.in_host_threads(call, threads, _specs, (x,))
+  assert sorted(s[1] for s in seen) == list(range(0, 8, 8 // threads))
+  assert len({s[0] for s in seen}) == threads
+  assert all(s[0].startswith("jdiff-rows") for s in seen)
   assert all(s[2] is SAMPLING_RULES for s in seen) and active_rules() is TRAIN_RULES
   np.testing.assert_array_equal(out["rows"], 2 * x)
   np.testing.assert_array_equal(out["states"], np.stack([x, x + 100]))

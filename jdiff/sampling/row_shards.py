@@ -194,11 +194,18 @@ def in_host_threads(call: Callable, threads: int, out_specs: Callable, rows):
   groups = [jax.tree.map(lambda a, i=i: a[i * size:(i + 1) * size], rows)
             for i in range(threads)]
   pool = _pool(threads)
-  futures = [pool.submit(contextvars.copy_context().run, call, group, np.int32(i * size))
+  futures = [pool.submit(contextvars.copy_context().run, _ready, call, group, np.int32(i * size))
              for i, group in enumerate(groups)]
   outs = [f.result() for f in futures]
   axes = _row_axes(out_specs)
   return _concat_rows(outs, tuple(jax.tree.leaves(axes)), jax.tree.structure(axes))
+
+
+def _ready(call, rows, row_offset):
+  """``call``'s output once computed. Each thread waits for its own group: with the waits
+  left to the joining thread (async dispatch), the tiny LLaDA prefix+thr run on 2 threads
+  took 1.0-1.3 s instead of ~0.45 s in about one call of four."""
+  return jax.block_until_ready(call(rows, row_offset))
 
 
 _POOL: List[Tuple[ThreadPoolExecutor, int]] = []  # the shared pool and its worker count

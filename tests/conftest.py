@@ -35,6 +35,23 @@ class _HFCheckpoint:
     return self.path
 
 
+@pytest.fixture
+def compile_events():
+  """A list that receives one entry per XLA compilation while the test runs (``clear()`` it
+  after a warm-up to count what follows)."""
+  import jax
+
+  events = []
+
+  def listener(name, *args, **kwargs):
+    if name == "/jax/core/compile/backend_compile_duration":
+      events.append(name)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  yield events
+  jax.monitoring.unregister_event_duration_listener(listener)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _drop_compiled_programs():
   """Frees every compiled program after each test module.

@@ -75,13 +75,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from jdiff.models import masks
 from jdiff.models.config import ModelConfig
 from jdiff.models.kv_cache import KVCache
 from jdiff.sampling.common import (F32, Trajectory, argmax_first, filter_logits, left_pad,
-                                   prob_at, select_top_n, token_logprob, transfer_schedule)
+                                   prob_at, select_top_n, token_logprob, trajectory_row_specs,
+                                   transfer_schedule)
 from jdiff.sampling.row_shards import (check_row_threads, in_host_threads, on_row_shards,
                                        row_shard_axes)
 from jdiff.sharding.rules import SAMPLING_RULES, constrain, logical_spec, use_rules
@@ -502,14 +502,7 @@ def _generate(model, ids, pmask, key, st: _Static, kn: _Knobs, row_offset=0) -> 
 
 # --------------------------------------------------------------------------- entry points
 def _out_specs(static: _Static):
-  """``row_shards.on_row_shards``' output specs: where each Trajectory field has rows."""
-  def specs(batch):
-    rows = P(batch)
-    return Trajectory(prompt_ids=rows, prompt_mask=rows, tokens=rows, step_map=rows,
-                      logprobs=rows, lengths=rows, num_steps=rows,
-                      states=P(None, batch) if static.record_states else None,
-                      raw_tokens=rows, raw_step_map=rows)
-  return specs
+  return trajectory_row_specs(static.record_states, raw_logprobs=False)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "static", "row_axes"))

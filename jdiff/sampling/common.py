@@ -23,6 +23,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from jdiff.data.loading import left_pad  # noqa: F401  (samplers' prompt padding)
 
@@ -43,6 +44,19 @@ class Trajectory:
   raw_tokens: Optional[jax.Array] = None  # [B, G] decoded canvas incl. tokens after the stop
   raw_step_map: Optional[jax.Array] = None  # [B, G]
   raw_logprobs: Optional[jax.Array] = None  # [B, G]
+
+
+def trajectory_row_specs(record_states: bool, raw_logprobs: bool):
+  """``row_shards``' ``out_specs`` for a Trajectory: ``specs(batch)`` puts ``batch`` where
+  each field has rows (the second axis of ``states``); fields a sampler leaves None stay
+  None."""
+  def specs(batch):
+    rows = P(batch)
+    return Trajectory(prompt_ids=rows, prompt_mask=rows, tokens=rows, step_map=rows,
+                      logprobs=rows, lengths=rows, num_steps=rows,
+                      states=P(None, batch) if record_states else None, raw_tokens=rows,
+                      raw_step_map=rows, raw_logprobs=rows if raw_logprobs else None)
+  return specs
 
 
 def transfer_schedule(num_masked: int, steps: int) -> np.ndarray:

@@ -69,13 +69,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import PartitionSpec as P
 
 from jdiff.models import masks as masks_lib
 from jdiff.sampling import fast_dllm
 from jdiff.sampling import schedules as sched
 from jdiff.sampling.common import (F32, Trajectory, gumbel_argmax, prob_at, select_top_n,
-                                   token_logprob, transfer_schedule)
+                                   token_logprob, trajectory_row_specs, transfer_schedule)
 from jdiff.sampling.row_shards import (check_row_threads, check_rows_per_loop, in_host_threads,
                                        in_row_groups, on_row_shards, row_shard_axes,
                                        shard_count)
@@ -240,14 +239,7 @@ def sample_state(graphdef, state, prompt_ids, prompt_mask, key,
 
 
 def _out_specs(config: LLaDASamplerConfig):
-  """``row_shards.on_row_shards``' output specs: where each trajectory field has rows."""
-  def specs(batch):
-    rows = P(batch)
-    return LLaDATrajectory(prompt_ids=rows, prompt_mask=rows, tokens=rows, step_map=rows,
-                           logprobs=rows, lengths=rows, num_steps=rows,
-                           states=P(None, batch) if config.record_states else None,
-                           raw_tokens=rows, raw_step_map=rows, raw_logprobs=rows)
-  return specs
+  return trajectory_row_specs(config.record_states, raw_logprobs=True)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "config", "row_axes"))

@@ -248,32 +248,18 @@ def test_eos_stopping(eos_model):
   assert dropped
 
 
-def _count_compiles():
-  events = []
-
-  def listener(name, *args, **kwargs):
-    if name == "/jax/core/compile/backend_compile_duration":
-      events.append(name)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  return events, listener
-
-
-def test_compiles_once_per_bucket(model):
+def test_compiles_once_per_bucket(model, compile_events):
   cfg = make_cfg(temperature=0.0)
   run(model, cfg)  # compiles (or reuses) the (batch, bucket, settings) program
   size = block._generate_jit._cache_size()
-  events, listener = _count_compiles()
-  try:
-    listed = run(model, cfg, prompts=OTHER_PROMPTS, key=5)  # other prompts, same bucket
-    ids, mask, _ = left_pad(OTHER_PROMPTS, model.config.pad_token_id, bucket=16)
-    padded = block.sample_block(model, ids, jax.random.key(5), cfg, prompt_mask=mask)
-    run(model, make_cfg("entropy_bounded", temperature=0.5, top_p=0.8, eb_threshold=3.0),
-        prompts=OTHER_PROMPTS)  # traced settings differ: still no compile
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
+  compile_events.clear()
+  listed = run(model, cfg, prompts=OTHER_PROMPTS, key=5)  # other prompts, same bucket
+  ids, mask, _ = left_pad(OTHER_PROMPTS, model.config.pad_token_id, bucket=16)
+  padded = block.sample_block(model, ids, jax.random.key(5), cfg, prompt_mask=mask)
+  run(model, make_cfg("entropy_bounded", temperature=0.5, top_p=0.8, eb_threshold=3.0),
+      prompts=OTHER_PROMPTS)  # traced settings differ: still no compile
   assert block._generate_jit._cache_size() == size
-  assert events == []
+  assert compile_events == []
   np.testing.assert_array_equal(padded.tokens, listed.tokens)  # array + mask input path
 
 
@@ -291,15 +277,11 @@ def test_compiles_once_per_bucket(model):
     ("max_tokens", dict(max_tokens=0)),
     ("stop_ids", dict(stop_ids=(10_000,))),
 ])
-def test_validation_before_compiling(model, field, kw):
+def test_validation_before_compiling(model, field, kw, compile_events):
   size = block._generate_jit._cache_size()
-  events, listener = _count_compiles()
-  try:
-    with pytest.raises(ValueError, match=field):
-      block.sample_block(model, PROMPTS, jax.random.key(0), dataclasses.replace(make_cfg(), **kw))
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-  assert events == [] and block._generate_jit._cache_size() == size
+  with pytest.raises(ValueError, match=field):
+    block.sample_block(model, PROMPTS, jax.random.key(0), dataclasses.replace(make_cfg(), **kw))
+  assert compile_events == [] and block._generate_jit._cache_size() == size
 
 
 def test_rejects_non_block_model():

@@ -99,19 +99,8 @@ def _block(m, cfg, prompts=PROMPTS, key=3):
   return jax.device_get(block.sample_block(m, prompts, jax.random.key(key), cfg, bucket=16))
 
 
-def _compiles():
-  events = []
-
-  def listener(name, *args, **kwargs):
-    if name == "/jax/core/compile/backend_compile_duration":
-      events.append(name)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  return events, listener
-
-
 @pytest.mark.parametrize("threads", [2, 8])
-def test_block_threads_match_one_call(sdar, threads, monkeypatch):
+def test_block_threads_match_one_call(sdar, threads, monkeypatch, compile_events):
   """Sampled decoding with EOS stopping: each thread's call draws with its rows' global
   keys, so tokens, step maps, states and log-probs equal one call over the batch. 8 threads
   for 4 rows: one row each. A second threaded call with new prompts compiles nothing."""
@@ -136,12 +125,9 @@ def test_block_threads_match_one_call(sdar, threads, monkeypatch):
   for field in ROW_FIELDS + ("states",):
     np.testing.assert_array_equal(getattr(traj, field), getattr(one, field), err_msg=field)
   np.testing.assert_allclose(traj.logprobs, one.logprobs, atol=1e-5)
-  events, listener = _compiles()
-  try:
-    _block(sdar, threaded_cfg, prompts=[[7] * 16, [9, 8], list(range(50, 61)), [4]], key=5)
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-  assert events == []
+  compile_events.clear()
+  _block(sdar, threaded_cfg, prompts=[[7] * 16, [9, 8], list(range(50, 61)), [4]], key=5)
+  assert compile_events == []
 
 
 @pytest.mark.parametrize("value, match", [

@@ -79,8 +79,8 @@ from jax.sharding import NamedSharding
 from jdiff.models import masks
 from jdiff.models.config import ModelConfig
 from jdiff.models.kv_cache import KVCache
-from jdiff.sampling.common import (F32, Trajectory, argmax_first, filter_logits, left_pad,
-                                   prob_at, select_top_n, token_logprob, trajectory_row_specs,
+from jdiff.sampling.common import (F32, Trajectory, argmax_first, filter_logits,
+                                   is_positive_int, left_pad, prob_at, select_top_n, token_logprob, trajectory_row_specs,
                                    transfer_schedule)
 from jdiff.sampling.row_shards import (check_row_threads, in_host_threads, on_row_shards,
                                        row_shard_axes)
@@ -191,8 +191,7 @@ class BlockSamplerConfig:
       raise ValueError(f"{name}.top_k={self.top_k} must be in [0, vocab_size={mc.vocab_size}]")
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f"{name}.top_p={self.top_p} must be in (0, 1]")
-    if (not isinstance(self.row_threads, (int, np.integer)) or isinstance(self.row_threads, bool)
-        or self.row_threads <= 0):
+    if not is_positive_int(self.row_threads):
       raise ValueError(f"{name}.row_threads={self.row_threads!r} must be a positive int")
     if self.max_tokens <= 0:
       raise ValueError(f"{name}.max_tokens={self.max_tokens} must be positive")

@@ -46,6 +46,11 @@ class Trajectory:
   raw_logprobs: Optional[jax.Array] = None  # [B, G]
 
 
+def is_positive_int(v) -> bool:
+  """A config's count field check: a Python or NumPy int (not a bool) above 0."""
+  return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+
+
 def trajectory_row_specs(record_states: bool, raw_logprobs: bool):
   """``row_shards``' ``out_specs`` for a Trajectory: ``specs(batch)`` puts ``batch`` where
   each field has rows (the second axis of ``states``); fields a sampler leaves None stay

@@ -73,8 +73,9 @@ from flax import nnx
 from jdiff.models import masks as masks_lib
 from jdiff.sampling import fast_dllm
 from jdiff.sampling import schedules as sched
-from jdiff.sampling.common import (F32, Trajectory, gumbel_argmax, prob_at, select_top_n,
-                                   token_logprob, trajectory_row_specs, transfer_schedule)
+from jdiff.sampling.common import (F32, Trajectory, gumbel_argmax, is_positive_int, prob_at,
+                                   select_top_n, token_logprob, trajectory_row_specs,
+                                   transfer_schedule)
 from jdiff.sampling.row_shards import (check_row_threads, check_rows_per_loop, in_host_threads,
                                        in_row_groups, on_row_shards, row_shard_axes,
                                        shard_count)
@@ -158,12 +159,9 @@ class LLaDASamplerConfig:
       bad("cache", f"expected one of {fast_dllm.CACHE_MODES}")
     if self.threshold is not None and not 0 < self.threshold <= 1:
       bad("threshold", "must be None or in (0, 1]")
-    if self.rows_per_loop is not None and (
-        not isinstance(self.rows_per_loop, (int, np.integer))
-        or isinstance(self.rows_per_loop, bool) or self.rows_per_loop <= 0):
+    if self.rows_per_loop is not None and not is_positive_int(self.rows_per_loop):
       bad("rows_per_loop", "must be None or a positive int")
-    if (not isinstance(self.row_threads, (int, np.integer)) or isinstance(self.row_threads, bool)
-        or self.row_threads <= 0):
+    if not is_positive_int(self.row_threads):
       bad("row_threads", "must be a positive int")
     fast = self.cache != "none" or self.threshold is not None
     if fast and self.schedule != "uniform":
@@ -218,17 +216,15 @@ def sample_state(graphdef, state, prompt_ids, prompt_mask, key,
     raise ValueError(f"prompt_mask shape {prompt_mask.shape} != prompt_ids {prompt_ids.shape}")
   n_rows = prompt_ids.shape[0]
   threads = check_row_threads(config.row_threads, n_rows, "LLaDASamplerConfig.row_threads")
+  owner = "LLaDASamplerConfig.rows_per_loop"
   # Sampling layout: weights are not FSDP-gathered at every step.
   with use_rules(SAMPLING_RULES):
-    row_axes = row_shard_axes(n_rows, state)
-    owner = "LLaDASamplerConfig.rows_per_loop"
-    if threads > 1:
-      check_rows_per_loop(config.rows_per_loop, n_rows, threads, owner, "host threads")
-    else:
-      check_rows_per_loop(config.rows_per_loop, n_rows, shard_count(row_axes), owner)
     if threads == 1:
+      row_axes = row_shard_axes(n_rows, state)
+      check_rows_per_loop(config.rows_per_loop, n_rows, shard_count(row_axes), owner)
       return _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, config=config,
                          row_axes=row_axes)
+    check_rows_per_loop(config.rows_per_loop, n_rows, threads, owner, "host threads")
     # Every thread count shares the compiled program of its group's shape.
     one = dataclasses.replace(config, row_threads=1)
 

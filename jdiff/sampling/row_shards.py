@@ -33,7 +33,7 @@ import functools
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -197,7 +197,7 @@ def in_host_threads(call: Callable, threads: int, out_specs: Callable, rows):
   futures = [pool.submit(contextvars.copy_context().run, _ready, call, group, np.int32(i * size))
              for i, group in enumerate(groups)]
   outs = [f.result() for f in futures]
-  axes = _row_axes(out_specs)
+  axes = _row_axes(out_specs)  # static, as leaves + structure: a dict tree is not hashable
   return _concat_rows(outs, tuple(jax.tree.leaves(axes)), jax.tree.structure(axes))
 
 
@@ -208,19 +208,21 @@ def _ready(call, rows, row_offset):
   return jax.block_until_ready(call(rows, row_offset))
 
 
-_POOL: List[Tuple[ThreadPoolExecutor, int]] = []  # the shared pool and its worker count
+_POOL: Optional[ThreadPoolExecutor] = None  # shared by every call, see _pool
+_POOL_SIZE = 0
 _POOL_LOCK = threading.Lock()
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
   """The shared pool of at least ``threads`` workers (replaced by a larger one if needed)."""
+  global _POOL, _POOL_SIZE
   with _POOL_LOCK:
-    if not _POOL or _POOL[0][1] < threads:
-      if _POOL:
-        _POOL.pop()[0].shutdown(wait=False)  # tasks it is running still finish
-      _POOL.append((ThreadPoolExecutor(max_workers=threads, thread_name_prefix="jdiff-rows"),
-                    threads))
-    return _POOL[0][0]
+    if _POOL_SIZE < threads:
+      if _POOL is not None:
+        _POOL.shutdown(wait=False)  # tasks it is running still finish
+      _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="jdiff-rows")
+      _POOL_SIZE = threads
+    return _POOL
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))

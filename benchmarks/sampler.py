@@ -56,9 +56,14 @@ forward (prefill, denoising steps, store passes) at its key length, for both sid
 per step, for the reference, the backbone over all B x (P + G) canvas tokens plus the LM head
 over the B x 32 block tokens, and for jdiff what it computes: the same except that its last
 layer runs queries, attention output and MLP for the block's rows only (keys and values for
-the whole canvas). ``% peak`` relates jdiff's
-GFLOP/s to the float32 matmul peak of ``forward.matmul_peak``, re-measured around each row's
-timing because the load on a shared machine drifts.
+the whole canvas); prefix/dual rows what they compute (``fast_flops``), their ``ref GF/s``
+being their exact baseline's. ``% peak`` relates jdiff's GFLOP/s to the float32 matmul
+peak of ``forward.matmul_peak``, re-measured around each row's timing because the load on a
+shared machine drifts. Two columns bound the ratio a row can reach: ``@peak`` (rows against
+torch) is the ratio jdiff would show running at the machine's matmul peak (peak / the
+reference's GFLOP/s: a compute-bound row cannot exceed it); ``work`` (prefix/dual rows) is
+the exact sampler's FLOPs over the fast sampler's, the ratio if both ran at the same GFLOP/s
+(the cache's saving times the threshold's fewer steps).
 
 Timing: compilation is excluded (the samplers are compiled ahead, or warmed up by one call);
 the implementations compared in one row are then run in turn, round after round (up to
@@ -246,12 +251,14 @@ def prompts(cfg, batch, length, seed=0):
   return ids
 
 
-def llada_flops(cfg, batch, canvas, steps, window=LLADA_BLOCK, last_layer_window=False):
-  """Forward FLOPs of ``steps`` exact LLaDA steps: backbone on the canvas, head on the block;
-  with ``last_layer_window`` the last layer's queries, output projection and MLP (and their
+def llada_flops(cfg, batch, canvas, steps, window=LLADA_BLOCK, last_layer_window=False,
+                keys=None):
+  """Forward FLOPs of ``steps`` exact LLaDA steps: backbone on the ``canvas`` tokens (each
+  attending to ``keys`` tokens, default the canvas), head on the block; with
+  ``last_layer_window`` the last layer's queries, output projection and MLP (and their
   attention) cover the block's ``window`` rows only, as jdiff's sampler computes them."""
   head = 2.0 * cfg.vocab_size * cfg.hidden_size
-  body = cfg.flops_per_token(canvas) - head
+  body = cfg.flops_per_token(canvas if keys is None else keys) - head
   per_step = canvas * body + window * head
   if last_layer_window:
     d, hd = cfg.hidden_size, cfg.head_dim
@@ -259,6 +266,29 @@ def llada_flops(cfg, batch, canvas, steps, window=LLADA_BLOCK, last_layer_window
     layer = body / cfg.num_layers  # one layer's FLOPs per query token
     per_step -= (canvas - window) * (layer - kv_proj)
   return steps * batch * per_step
+
+
+def fast_flops(cfg, mode, step_map, prompt_len):
+  """Forward FLOPs of a Fast-dLLM run (``mode`` prefix / dual) as jdiff computes them,
+  counted from each row's own steps per block (the distinct values of its ``step_map``
+  ``[B, G]`` there): a block's first step is the refresh (the exact step's forward), each
+  later one the suffix ``[block start, end)`` (prefix) or the block alone (dual) against
+  the cache, every token attending to the whole canvas. Steps a row idles while a batched
+  loop waits for its slowest row are not counted: this is the least work the run's
+  decisions need."""
+  g = step_map.shape[1]
+  n = prompt_len + g
+  refresh = llada_flops(cfg, 1, n, 1, last_layer_window=True)
+  total = 0.0
+  for k in range(g // LLADA_BLOCK):
+    start = k * LLADA_BLOCK  # in the completion; the canvas position is prompt_len + start
+    if mode == "prefix":
+      step = llada_flops(cfg, 1, g - start, 1, last_layer_window=True, keys=n)
+    else:
+      step = llada_flops(cfg, 1, LLADA_BLOCK, 1, keys=n)
+    for row in step_map[:, start:start + LLADA_BLOCK]:
+      total += refresh + (len(np.unique(row)) - 1) * step
+  return total
 
 
 def _steps(g, args):
@@ -290,7 +320,8 @@ def bench_block(model, tm, ids, g, args):
       out.append(dict(name=name, ref="torch", t_jdiff=t_j, t_ref=t_t,
                       tok_step=g / float(np.mean(_np(traj.num_steps))),
                       diff=int(np.sum(_np(traj.tokens) != toks)), target=10.0, peak=peak,
-                      gflops=flops / t_j / 1e9, ref_gflops=flops / t_t / 1e9))
+                      gflops=flops / t_j / 1e9, ref_gflops=flops / t_t / 1e9,
+                      at_peak=peak / (flops / t_t / 1e9)))
   return out
 
 
@@ -414,17 +445,22 @@ def bench_llada(model, tm, ids, g, args, size, rows):
       out.append(dict(name="llada " + key, ref="torch", t_jdiff=t_j, t_ref=t_t,
                       tok_step=g / steps, diff=int(np.sum(_np(tr.raw_tokens) != toks)),
                       target=3.0 if size == "tiny" else 1.0, peak=peak,
-                      gflops=flops / t_j / 1e9, ref_gflops=ref_flops / t_t / 1e9))
+                      gflops=flops / t_j / 1e9, ref_gflops=ref_flops / t_t / 1e9,
+                      at_peak=peak * t_t / flops * 1e9))
   # Each fast row against the fastest exact variant on the same devices.
+  exact_flops = llada_flops(model.config, batch, ids.shape[1] + g, steps, last_layer_window=True)
   for key, group in fast_keys:
     t_f, tr = res[key]
     base_key = min(exact_keys[group], key=lambda k: res[k][0])
     mode = key.split(" ")[0]
+    flops = fast_flops(model.config, mode, _np(tr.step_map), ids.shape[1])
     out.append(dict(name="llada " + key.replace(mode, mode + "+thr", 1), ref=base_key,
                     t_jdiff=t_f, t_ref=res[base_key][0],
                     tok_step=g / float(np.mean(_np(tr.num_steps))),
                     diff=int(np.sum(_np(tr.raw_tokens) != exact)),
-                    target=5.0 if g == 256 else None))
+                    target=5.0 if g == 256 else None, peak=peak, gflops=flops / t_f / 1e9,
+                    ref_gflops=exact_flops / res[base_key][0] / 1e9,
+                    work=exact_flops / flops))
   return out
 
 
@@ -443,7 +479,8 @@ def bench_dream(model, tm, ids, g, args):
 # --------------------------------------------------------------------------- main
 HDR = (f"{'row':33} {'vs':18} {'size':5} {'params':>7} {'gen':>4} {'tok/stp':>7} "
        f"{'jdiff tok/s':>11} {'ref tok/s':>10} {'ratio':>7} {'target':>10} "
-       f"{'jdiff GF/s':>10} {'% peak':>7} {'ref GF/s':>8} {'diff tok':>9}")
+       f"{'jdiff GF/s':>10} {'% peak':>7} {'ref GF/s':>8} {'@peak':>7} {'work':>7} "
+       f"{'diff tok':>9}")
 
 
 def fmt(r, size, params, g, batch):
@@ -455,9 +492,10 @@ def fmt(r, size, params, g, batch):
   gf = f"{r['gflops']:10.1f}" if "gflops" in r else f"{'-':>10}"
   pk = f"{100 * r['gflops'] / r['peak']:6.1f}%" if "gflops" in r else f"{'-':>7}"
   rgf = f"{r['ref_gflops']:8.1f}" if "ref_gflops" in r else f"{'-':>8}"
+  bounds = " ".join(f"{r[k]:6.2f}x" if k in r else f"{'-':>7}" for k in ("at_peak", "work"))
   return (f"{r['name']:33} {r['ref']:18} {size:5} {params / 1e6:6.2f}M {g:4d} "
           f"{r['tok_step']:7.2f} {toks / r['t_jdiff']:11.1f} {toks / r['t_ref']:10.1f} "
-          f"{ratio:6.2f}x {target:>10} {gf} {pk} {rgf} {r['diff']:4d}/{toks:<4d}")
+          f"{ratio:6.2f}x {target:>10} {gf} {pk} {rgf} {bounds} {r['diff']:4d}/{toks:<4d}")
 
 
 def main():
@@ -479,7 +517,7 @@ def main():
   p.add_argument("--rows", default="block,llada,fast",
                  help="comma list of block, llada, fast, dream")
   p.add_argument("--dream", action="store_true", help="also run the Dream row")
-  p.add_argument("--exact-rows-per-loop", default="all,4",
+  p.add_argument("--exact-rows-per-loop", default="all,2,4",
                  help="comma list of LLaDASamplerConfig.rows_per_loop values for the exact "
                       "LLaDA rows ('all': one loop over the batch or shard); the fast rows' "
                       "baseline is the fastest of them")
@@ -542,7 +580,8 @@ def main():
         f"GFLOP/s (at start; % peak uses the peak re-measured around each row)")
   print(f"batch {args.batch}, prompt {args.prompt_len} tokens (same length, no padding), greedy, "
         f"no stop token; tok/s = batch x gen / fastest wall time of the rounds, compile "
-        f"excluded; ratio = ref time / jdiff time; diff tok = tokens != ref")
+        f"excluded; ratio = ref time / jdiff time; @peak = the ratio at jdiff running at the "
+        f"matmul peak; work = exact FLOPs / fast FLOPs; diff tok = tokens != ref")
   print(f"block+kv: SDAR B={BLOCK_SIZE}, {BLOCK_STEPS} denoising steps, {BLOCK_STRATEGY} "
         f"{BLOCK_THRESHOLD}; ref = HF generate.py loop with a transformers DynamicCache "
         f"(prompt prefill, per step a block forward against the cache + crop, store pass)")

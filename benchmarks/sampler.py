@@ -60,8 +60,9 @@ the whole canvas); prefix/dual rows what they compute (``fast_flops``), their ``
 being their exact baseline's. ``% peak`` relates jdiff's GFLOP/s to the float32 matmul
 peak of ``forward.matmul_peak``, re-measured around each row's timing because the load on a
 shared machine drifts. Two columns bound the ratio a row can reach: ``@peak`` (rows against
-torch) is the ratio jdiff would show running at the machine's matmul peak (peak / the
-reference's GFLOP/s: a compute-bound row cannot exceed it); ``work`` (prefix/dual rows) is
+torch) is the ratio jdiff would show doing its FLOPs at the machine's matmul peak (for block
+rows, where both sides do the same FLOPs, peak / the reference's GFLOP/s): a row cannot
+exceed it; ``work`` (prefix/dual rows) is
 the exact sampler's FLOPs over the fast sampler's, the ratio if both ran at the same GFLOP/s
 (the cache's saving times the threshold's fewer steps).
 
@@ -291,6 +292,11 @@ def fast_flops(cfg, mode, step_map, prompt_len):
   return total
 
 
+def _at_peak(peak, t_ref, flops):
+  """The ratio ``t_ref`` / jdiff's time if jdiff did its ``flops`` at ``peak`` GFLOP/s."""
+  return peak * 1e9 * t_ref / flops
+
+
 def _steps(g, args):
   return g if args.llada_steps == "gen" else g // 2
 
@@ -321,7 +327,7 @@ def bench_block(model, tm, ids, g, args):
                       tok_step=g / float(np.mean(_np(traj.num_steps))),
                       diff=int(np.sum(_np(traj.tokens) != toks)), target=10.0, peak=peak,
                       gflops=flops / t_j / 1e9, ref_gflops=flops / t_t / 1e9,
-                      at_peak=peak / (flops / t_t / 1e9)))
+                      at_peak=_at_peak(peak, t_t, flops)))
   return out
 
 
@@ -436,19 +442,19 @@ def bench_llada(model, tm, ids, g, args, size, rows):
   res, peak = _measure(fns, args)
   exact = _np(res["exact"][1].raw_tokens)
   out = []
+  # What the exact sampler computes: its rows' GFLOP/s, and the fast rows' baseline work.
+  exact_flops = llada_flops(model.config, batch, ids.shape[1] + g, steps, last_layer_window=True)
   if "torch" in res:
     t_t, (toks, _) = res["torch"]
-    flops = llada_flops(model.config, batch, ids.shape[1] + g, steps, last_layer_window=True)
     ref_flops = llada_flops(model.config, batch, ids.shape[1] + g, steps)
     for key in (k for ks in exact_keys.values() for k in ks):
       t_j, tr = res[key]
       out.append(dict(name="llada " + key, ref="torch", t_jdiff=t_j, t_ref=t_t,
                       tok_step=g / steps, diff=int(np.sum(_np(tr.raw_tokens) != toks)),
                       target=3.0 if size == "tiny" else 1.0, peak=peak,
-                      gflops=flops / t_j / 1e9, ref_gflops=ref_flops / t_t / 1e9,
-                      at_peak=peak * t_t / flops * 1e9))
+                      gflops=exact_flops / t_j / 1e9, ref_gflops=ref_flops / t_t / 1e9,
+                      at_peak=_at_peak(peak, t_t, exact_flops)))
   # Each fast row against the fastest exact variant on the same devices.
-  exact_flops = llada_flops(model.config, batch, ids.shape[1] + g, steps, last_layer_window=True)
   for key, group in fast_keys:
     t_f, tr = res[key]
     base_key = min(exact_keys[group], key=lambda k: res[k][0])

@@ -80,8 +80,8 @@ from jdiff.models import masks
 from jdiff.models.config import ModelConfig
 from jdiff.models.kv_cache import KVCache
 from jdiff.sampling.common import (F32, Trajectory, argmax_first, filter_logits,
-                                   is_positive_int, left_pad, prob_at, select_top_n, token_logprob, trajectory_row_specs,
-                                   transfer_schedule)
+                                   is_positive_int, left_pad, prob_at, select_top_n,
+                                   token_logprob, trajectory_row_specs, transfer_schedule)
 from jdiff.sampling.row_shards import (check_row_threads, in_host_threads, on_row_shards,
                                        row_shard_axes)
 from jdiff.sharding.rules import SAMPLING_RULES, constrain, logical_spec, use_rules

@@ -136,7 +136,7 @@ def run(config, model_dir=None, workdir=None, mode="static", threshold=None, out
   import jax
 
   from jdiff.train import setup
-  from jdiff.train.rl_loop import evaluate
+  from jdiff.train.rollout import evaluate
   from jdiff.train.run_setup import Prompts
   model, tokenizer = setup.load_policy(config.model, config.seed)
   if ckpt is not None:

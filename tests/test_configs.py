@@ -8,7 +8,8 @@ import pytest
 from jdiff.models.config import PRESETS
 from jdiff.rl.method import methods
 from jdiff.tasks import TASKS
-from jdiff.train import rl_loop, setup
+from jdiff.train import config as config_lib
+from jdiff.train import setup
 from jdiff.train.optim import make_optimizer
 
 from config_utils import load_config
@@ -35,7 +36,7 @@ def test_config_loads_and_validates(path):
     setup.sampler_config(c.eval.sampler, family)
   if "method" in c:
     method = methods.get(c.method.name)
-    rl_loop.section_to(method.config_cls, c.method, "config.method", skip=("name",))
+    config_lib.section_to(method.config_cls, c.method, "config.method", skip=("name",))
   if "optim" in c:
     make_optimizer(dict(c.optim))
   if "sft" in c:

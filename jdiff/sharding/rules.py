@@ -101,3 +101,21 @@ def constrain(x: jax.Array, names: Sequence[Optional[str]]) -> jax.Array:
   manual = set(getattr(mesh, "manual_axes", ()))
   spec = logical_spec(names, x.shape, {a: s for a, s in mesh.shape.items() if a not in manual})
   return jax.lax.with_sharding_constraint(x, spec)
+
+
+SAMPLING_LAYOUTS = {
+    # Weights all-gathered over fsdp once per rollout: no gathers inside the step loop, but
+    # every fsdp group holds a full copy (an 8B model in bf16 is 16 GB per device).
+    "gathered": SAMPLING_RULES,
+    # The training shards as they are: memory-lean, the compiler gathers weights per forward.
+    "fsdp": TRAIN_RULES,
+}
+
+
+def sampling_rules(config):
+  """The weight layout rollouts and evals use, from ``config.mesh.sampling_layout``."""
+  layout = config.get("mesh", {}).get("sampling_layout", "gathered")
+  if layout not in SAMPLING_LAYOUTS:
+    raise ValueError(f"config.mesh.sampling_layout={layout!r}; expected one of "
+                     f"{sorted(SAMPLING_LAYOUTS)}")
+  return SAMPLING_LAYOUTS[layout]

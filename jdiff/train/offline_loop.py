@@ -25,13 +25,12 @@ sampled to build the pairs (a constant; ``"nan"`` when the pairs came from a fil
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
 import os
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp
@@ -39,54 +38,18 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from jdiff.data import load_prompts
-from jdiff.data.loading import left_pad
-from jdiff.rl.dtrpo import PreferencePairs
 from jdiff.rl.method import methods
 from jdiff.sharding import shard_state, use_rules
-from jdiff.sharding.rules import TRAIN_RULES
+from jdiff.sharding.rules import TRAIN_RULES, sampling_rules
 from jdiff.train import distributed as dist
-from jdiff.train import setup
 from jdiff.train.checkpointing import Checkpointer
 from jdiff.train.optim import make_optimizer
-from jdiff.train.rl_loop import evaluate, local_rewards, rollout, sampling_rules, section_to
+from jdiff.train.config import offline_config, section_to
+from jdiff.train.pairs import (PAIRS_FILE, file_pairs, pair_batch, read_pairs, response_width,
+                               sample_pairs, save_pairs)
+from jdiff.train.rollout import evaluate
 from jdiff.train.run_setup import close_run, epoch_order, open_run, warm_start
 from jdiff.train.update import batch_shardings, init_train_state, make_update_step
-
-PAIRS_FILE = "pairs.jsonl"
-PAIR_FIELDS = ("prompt", "chosen", "rejected")
-
-
-@dataclasses.dataclass(frozen=True)
-class OfflineConfig:
-  """``config.offline``: where the pairs come from and how they are trained on."""
-  pairs_path: str = ""  # local pairs file; empty = sample them from the warm-started policy
-  field_map: Any = None  # {"prompt"|"chosen"|"rejected": "<column>"} for pairs_path
-  num_prompts: int = 0  # training prompts used to build pairs (0 = all)
-  group_size: int = 8  # completions sampled per prompt
-  rollout_batch: int = 16  # prompts per sampler call (one compiled shape)
-  max_response_len: int = 0  # response width of a pairs file (0 = its longest response)
-  pairs_per_step: int = 16
-  epochs: int = 1
-  grad_accum: int = 1
-  eval_every: int = 0  # update steps between evals (0 = only before and after)
-  max_steps: int = 0  # stop after this many update steps (0 = `epochs` worth)
-
-  def __post_init__(self):
-    for f in ("group_size", "rollout_batch", "pairs_per_step", "epochs", "grad_accum"):
-      if int(getattr(self, f)) < 1:
-        raise ValueError(f"config.offline.{f}={getattr(self, f)} must be >= 1")
-    if self.group_size < 2 and not self.pairs_path:
-      raise ValueError("config.offline.group_size must be >= 2 to pair completions")
-    if self.pairs_per_step % self.grad_accum:
-      raise ValueError(f"config.offline.pairs_per_step={self.pairs_per_step} must be divisible "
-                       f"by config.offline.grad_accum={self.grad_accum} (pairs stay together "
-                       "in a micro-batch)")
-
-
-def offline_config(config) -> OfflineConfig:
-  oc = section_to(OfflineConfig, config.offline, "config.offline")
-  return dataclasses.replace(oc, field_map=dict(oc.field_map or {}))
 
 
 def _log(msg: str) -> None:
@@ -95,109 +58,6 @@ def _log(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------- pair sets
-
-
-def sample_pairs(model, mesh, tokenizer, task, rows, ids, sampler_name, sampler_cfg, oc,
-                 config, key):
-  """Pairs from ``group_size`` samples per prompt; returns (pair records, stats). Sampling
-  runs on ``mesh`` like rl_loop's rollouts (each process decodes and scores its own rows)."""
-  g, bs = int(oc.group_size), int(oc.rollout_batch)
-  reward_spec = config.task.get("reward") or task.reward
-  pairs, all_rewards, ties = [], [], 0
-  for start in range(0, len(rows), bs):
-    idx = list(range(start, min(start + bs, len(rows))))
-    n_real = len(idx)
-    idx += [idx[-1]] * (bs - n_real)  # pad the last call to the compiled shape
-    prompt_ids = [ids[i] for i in idx for _ in range(g)]
-    group_rows = [rows[i] for i in idx for _ in range(g)]
-    traj, mine = rollout(model, mesh, sampler_name, sampler_cfg, prompt_ids,
-                         model.config.pad_token_id, config.data.max_prompt_len,
-                         jax.random.fold_in(key, start))
-    tokens, lengths = (np.asarray(x) for x in dist.to_host((traj.tokens, traj.lengths)))
-    r = local_rewards(reward_spec, tokenizer, task, tokens, lengths, mine, group_rows)
-    r = np.asarray(dist.gather_rows(r, mine, len(prompt_ids)), np.float64)
-    for k in range(n_real):
-      rg = r[k * g:(k + 1) * g]
-      all_rewards.extend(rg.tolist())
-      if rg.max() - rg.min() <= 1e-9:  # nothing to prefer
-        ties += 1
-        continue
-      best, worst = k * g + int(np.argmax(rg)), k * g + int(np.argmin(rg))  # first of ties
-      chosen, rejected = tokens[best, :lengths[best]], tokens[worst, :lengths[worst]]
-      i = idx[k]
-      pairs.append(dict(
-          prompt=rows[i]["prompt"],
-          chosen=setup.decode(tokenizer, chosen[None], [len(chosen)])[0],
-          rejected=setup.decode(tokenizer, rejected[None], [len(rejected)])[0],
-          prompt_ids=list(map(int, ids[i])), chosen_ids=chosen.tolist(),
-          rejected_ids=rejected.tolist(), chosen_reward=float(r[best]),
-          rejected_reward=float(r[worst]), prompt_index=i))
-  stats = {"sampled_prompts": len(rows), "pairs": len(pairs), "tied_groups": ties,
-           "pair_build_reward_mean": float(np.mean(all_rewards)) if all_rewards else math.nan}
-  return pairs, stats
-
-
-def file_pairs(path, field_map, tokenizer, config, eos_id: int, max_response_len: int):
-  """Pairs from a local file of (prompt, chosen, rejected) texts; returns (records, stats).
-
-  Prompts are templated like training prompts; responses are tokenized without special tokens
-  and end with EOS. Over-long prompts (``data.max_prompt_len``) or responses
-  (``max_response_len`` when set) are dropped and counted."""
-  rows = load_prompts(path, field_map=field_map)
-  for i, row in enumerate(rows):
-    for f in PAIR_FIELDS:
-      if not isinstance(row.get(f), str):
-        raise ValueError(f"pairs file {path!r}: row {i} has no text field {f!r} (columns: "
-                         f"{sorted(row)}); map it with config.offline.field_map="
-                         f"{{{f!r}: '<column>'}}")
-  kept, ids, dropped = setup.encode(tokenizer, rows, config.data.max_prompt_len,
-                                    config.data.use_chat_template)
-  pairs, too_long = [], 0
-  for row, pid in zip(kept, ids):
-    resp = {f: tokenizer(row[f], add_special_tokens=False)["input_ids"] + [eos_id]
-            for f in ("chosen", "rejected")}
-    if max_response_len and max(len(v) for v in resp.values()) > max_response_len:
-      too_long += 1
-      continue
-    pairs.append(dict(prompt=row["prompt"], chosen=row["chosen"], rejected=row["rejected"],
-                      prompt_ids=list(map(int, pid)), chosen_ids=resp["chosen"],
-                      rejected_ids=resp["rejected"]))
-  stats = {"pairs": len(pairs), "dropped_long_prompts": dropped,
-           "dropped_long_responses": too_long, "pair_build_reward_mean": math.nan}
-  return pairs, stats
-
-
-def save_pairs(path: str, pairs: List[dict]) -> None:
-  """Atomic write: a killed run leaves no half-written pair set to be resumed from."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    for p in pairs:
-      f.write(json.dumps(p) + "\n")
-  os.replace(tmp, path)
-
-
-def read_pairs(path: str) -> List[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def response_width(pairs, sampler_cfg, oc) -> int:
-  """One response width for every batch (one compile): the sampler's completion length for
-  sampled pairs, else ``max_response_len`` or the longest response."""
-  for f in ("max_tokens", "gen_length"):
-    if not oc.pairs_path and hasattr(sampler_cfg, f):
-      return int(getattr(sampler_cfg, f))
-  longest = max(max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in pairs)
-  return int(oc.max_response_len) or longest
-
-
-def pair_batch(pairs, idx, width: int, prompt_len: int, pad_id: int) -> PreferencePairs:
-  """``PreferencePairs`` with prompts left-padded to ``prompt_len`` (a fixed shape)."""
-  pids, pmask, _ = left_pad([pairs[i]["prompt_ids"] for i in idx], pad_id, length=prompt_len)
-  p = PreferencePairs.from_lists([pairs[i]["prompt_ids"] for i in idx],
-                                 [pairs[i]["chosen_ids"] for i in idx],
-                                 [pairs[i]["rejected_ids"] for i in idx], pad_id, width=width)
-  return dataclasses.replace(p, prompt_ids=pids, prompt_mask=pmask)
 
 
 # ----------------------------------------------------------------------------- the loop

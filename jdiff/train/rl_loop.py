@@ -20,7 +20,6 @@ the embedded default; warm-start real models with scripts/sft.py).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from typing import Any, Dict
@@ -31,107 +30,23 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from jdiff.data.loading import left_pad
-from jdiff.rewards import compute_rewards
 from jdiff.rl import advantages as adv_lib
 from jdiff.rl import value as value_lib
 from jdiff.rl.method import methods, num_iterations, score_all, select_iteration
-from jdiff.sampling import registry as samplers
-from jdiff.sharding import make_mesh, shard_state, use_rules
-from jdiff.sharding.rules import SAMPLING_RULES, TRAIN_RULES
+from jdiff.sharding import shard_state, use_rules
+from jdiff.sharding.rules import TRAIN_RULES, sampling_rules
 from jdiff.train import distributed as dist
-from jdiff.train import setup
+from jdiff.train.config import section_to
 from jdiff.train.optim import make_optimizer
-from jdiff.train.run_setup import Prompts, close_run, open_run, warm_start
+from jdiff.train.rollout import evaluate, local_rewards, rollout
+from jdiff.train.run_setup import close_run, open_run, warm_start
 from jdiff.train.update import (batch_shardings, init_train_state, make_update_step,
                                 tree_shardings)
-
-
-def section_to(cls, section, where: str, skip=()):
-  """A config dataclass from a ConfigDict section; an unknown key is an error naming it."""
-  fields = {f.name for f in dataclasses.fields(cls)}
-  values = {k: v for k, v in section.items() if k not in skip}
-  unknown = sorted(set(values) - fields)
-  if unknown:
-    raise ValueError(f"{where} has unknown key(s) {unknown}; {cls.__name__} accepts "
-                     f"{sorted(fields)}")
-  return cls(**values)
 
 
 def _log(msg: str) -> None:
   if jax.process_index() == 0:
     tqdm.write(msg)
-
-
-def _columns(task, rows):
-  return {c: [r[c] for r in rows] for c in task.columns}
-
-
-SAMPLING_LAYOUTS = {
-    # Weights all-gathered over fsdp once per rollout: no gathers inside the step loop, but
-    # every fsdp group holds a full copy (an 8B model in bf16 is 16 GB per device).
-    "gathered": SAMPLING_RULES,
-    # The training shards as they are: memory-lean, the compiler gathers weights per forward.
-    "fsdp": TRAIN_RULES,
-}
-
-
-def sampling_rules(config):
-  """The weight layout rollouts and evals use, from ``config.mesh.sampling_layout``."""
-  layout = config.get("mesh", {}).get("sampling_layout", "gathered")
-  if layout not in SAMPLING_LAYOUTS:
-    raise ValueError(f"config.mesh.sampling_layout={layout!r}; expected one of "
-                     f"{sorted(SAMPLING_LAYOUTS)}")
-  return SAMPLING_LAYOUTS[layout]
-
-
-def rollout(model, mesh, sampler_name, sampler_cfg, prompt_ids, pad_id, prompt_len, key):
-  """Samples ``prompt_ids`` (the whole global batch, as every process knows it) on ``mesh``.
-
-  Each process pads and places only the rows its devices hold. Returns the trajectory as
-  global arrays and those local rows' global indices.
-  """
-  shape = (len(prompt_ids), int(prompt_len))
-  sharding = dist.row_sharding(mesh, shape, SAMPLING_RULES)
-  rows = dist.local_rows(sharding, shape)
-  ids, mask, _ = left_pad([prompt_ids[i] for i in rows], pad_id, length=prompt_len)
-  ids = dist.rows_to_global(ids, rows, shape, sharding)
-  mask = dist.rows_to_global(mask, rows, shape, sharding)
-  with jax.set_mesh(mesh):
-    traj = samplers.sample(sampler_name, model, ids, mask, key, sampler_cfg)
-  return traj, rows
-
-
-def local_rewards(spec, tokenizer, task, tokens, lengths, rows, task_rows):
-  """Summed rewards of the local ``rows`` only: the text is decoded and scored where it lives
-  (reward functions may be slow, e.g. running code)."""
-  texts = setup.decode(tokenizer, tokens[rows], lengths[rows])
-  return compute_rewards(spec, texts, **_columns(task, [task_rows[i] for i in rows])).sum(-1)
-
-
-def evaluate(model, mesh, tokenizer, task, prompts: Prompts, sampler_name, sampler_cfg, cfg,
-             key) -> Dict[str, float]:
-  """Accuracy and mean reward over the eval prompts (fixed batches, one compile).
-
-  ``model``'s state lies on ``mesh``; None: one device (an unsharded model).
-  """
-  mesh = make_mesh((1, 1, 1)) if mesh is None else mesh
-  bs = int(cfg.eval.batch_size)
-  correct, rewards = [], []
-  for start in range(0, len(prompts.rows), bs):
-    idx = list(range(start, min(start + bs, len(prompts.rows))))
-    idx += [idx[-1]] * (bs - len(idx))  # pad the last batch to the compiled size
-    traj, mine = rollout(model, mesh, sampler_name, sampler_cfg, [prompts.ids[i] for i in idx],
-                         model.config.pad_token_id, cfg.data.max_prompt_len,
-                         jax.random.fold_in(key, start))
-    tokens, lengths = dist.to_host((traj.tokens, traj.lengths))
-    r = local_rewards(task.reward, tokenizer, task, tokens, lengths, mine,
-                      [prompts.rows[i] for i in idx])
-    r = dist.gather_rows(r, mine, bs)
-    n_real = min(bs, len(prompts.rows) - start)
-    rewards.extend(r[:n_real].tolist())
-    correct.extend(task.correct(r)[:n_real].tolist())
-  return {"accuracy": float(np.mean(correct)), "reward": float(np.mean(rewards))}
 
 
 def run(config, workdir: str) -> Dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Tuple
 
-import numpy as np
 from flax import nnx
 
 import jdiff
@@ -82,6 +81,3 @@ def sampler_config(sc, family: str):
   return name, samplers.make_config(name, settings)
 
 
-def decode(tokenizer, tokens: np.ndarray, lengths: np.ndarray) -> List[str]:
-  return [tokenizer.decode(t[:n].tolist(), skip_special_tokens=True)
-          for t, n in zip(np.asarray(tokens), np.asarray(lengths))]

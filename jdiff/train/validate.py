@@ -174,7 +174,7 @@ def mesh_shape(shape) -> tuple:
 def _mesh(mesh) -> None:
   _keys(mesh, SECTIONS["mesh"], "mesh")
   mesh_shape(mesh.get("shape"))
-  from jdiff.train.rl_loop import SAMPLING_LAYOUTS
+  from jdiff.sharding.rules import SAMPLING_LAYOUTS
   layout = mesh.get("sampling_layout", "gathered")
   if layout not in SAMPLING_LAYOUTS:
     raise _err("mesh.sampling_layout", f"{layout!r}; expected one of {sorted(SAMPLING_LAYOUTS)}")
@@ -185,7 +185,7 @@ def _mesh(mesh) -> None:
 
 def _method(config):
   from jdiff.rl.method import methods
-  from jdiff.train.rl_loop import section_to
+  from jdiff.train.config import section_to
   name = config.method.get("name")
   try:
     method = methods.get(name)
@@ -238,7 +238,7 @@ def _online(config, method, method_cfg, sampler_name, sampler_cfg) -> None:
   value = config.get("value")
   if value is not None and value.get("enabled"):
     from jdiff.rl import value as value_lib
-    from jdiff.train.rl_loop import section_to
+    from jdiff.train.config import section_to
     if method.name != "tracerl":
       raise _err("value.enabled", f"the value model trains on TraceRL rows; method is "
                  f"{method.name!r}")
@@ -248,7 +248,7 @@ def _online(config, method, method_cfg, sampler_name, sampler_cfg) -> None:
 
 
 def _offline(config, method_cfg) -> None:
-  from jdiff.train.offline_loop import offline_config
+  from jdiff.train.config import offline_config
   if "offline" not in config:
     raise _err("offline", f"method {config.method.name!r} is offline and needs an offline "
                "section (see configs/dtrpo.py)")

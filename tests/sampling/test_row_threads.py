@@ -191,13 +191,13 @@ def test_llada_thread_errors(llada_model, prompts, kw, match):
 def test_block_threads_in_a_one_device_rollout(sdar):
   """A training loop on one device samples under a (1, 1, 1) mesh: row_threads applies there
   (the threads run on that device) and the rollout equals the one-call rollout."""
-  from jdiff.train import rl_loop
+  from jdiff.train import rollout as rollout_lib
 
   mesh = jdiff.sharding.make_mesh((1, 1, 1))
   m = jdiff.sharding.shard_model(nnx.clone(sdar), mesh, rules=SAMPLING_RULES)
   cfg = block.BlockSamplerConfig(max_tokens=10, denoising_steps=2, temperature=0.3, top_p=0.95,
                                  threshold=0.2, stop_ids=(sdar.config.eos_token_id,))
-  out = [jax.device_get(rl_loop.rollout(m, mesh, "block", c, PROMPTS, 0, 16,
+  out = [jax.device_get(rollout_lib.rollout(m, mesh, "block", c, PROMPTS, 0, 16,
                                         jax.random.key(4))[0])
          for c in (cfg, dataclasses.replace(cfg, row_threads=2))]
   for field in ROW_FIELDS:

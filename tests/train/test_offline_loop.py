@@ -10,6 +10,7 @@ import pytest
 
 from jdiff.rewards.registry import register_reward
 from jdiff.train import offline_loop
+from jdiff.train import pairs as pairs_lib
 
 from config_utils import load_config
 
@@ -59,7 +60,7 @@ def test_outputs(straight):
   assert rows[0]["rollout_s"] > 0 and rows[1]["rollout_s"] == 0
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]
   assert {"accuracy_before", "accuracy_after"} <= set(results)
-  pairs = offline_loop.read_pairs(os.path.join(workdir, offline_loop.PAIRS_FILE))
+  pairs = pairs_lib.read_pairs(os.path.join(workdir, pairs_lib.PAIRS_FILE))
   assert len(pairs) == 4
   for p in pairs:
     assert p["chosen_reward"] > p["rejected_reward"]
@@ -70,9 +71,9 @@ def test_resume_equals_straight_run_and_pairs_are_deterministic(straight, tmp_pa
   workdir, _ = straight
   resumed = str(tmp_path / "resumed")
   offline_loop.run(short(max_steps=1), resumed)  # stops after step 1 ...
-  first = open(os.path.join(resumed, offline_loop.PAIRS_FILE)).read()
+  first = open(os.path.join(resumed, pairs_lib.PAIRS_FILE)).read()
   # ... a fresh run built exactly the straight run's pairs (same seed, same warm start)
-  assert first == open(os.path.join(workdir, offline_loop.PAIRS_FILE)).read()
+  assert first == open(os.path.join(workdir, pairs_lib.PAIRS_FILE)).read()
   offline_loop.run(short(), resumed)  # picks up at step 1
   for a, b in zip(_leaves(workdir), _leaves(resumed)):
     np.testing.assert_array_equal(a, b)
@@ -100,7 +101,7 @@ def test_pairs_file_with_field_map(tmp_path):
   results = offline_loop.run(c, str(tmp_path / "run"))
   assert results["pairs"] == 4 and results["steps"] == 1
   assert np.isnan(results["pair_build_reward_mean"])
-  saved = offline_loop.read_pairs(str(tmp_path / "run" / offline_loop.PAIRS_FILE))
+  saved = pairs_lib.read_pairs(str(tmp_path / "run" / pairs_lib.PAIRS_FILE))
   assert saved[0]["chosen"] == "<answer>1234</answer>"
   assert len(saved[0]["chosen_ids"]) == len("<answer>1234</answer>") + 1  # chars + EOS
 

@@ -1,0 +1,74 @@
+"""Rollouts, rewards and evaluation on a mesh: the one home the online and offline loops and
+``scripts/eval.py`` share."""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+import jax
+import numpy as np
+
+from jdiff.data.loading import left_pad
+from jdiff.rewards import compute_rewards
+from jdiff.sampling import registry as samplers
+from jdiff.sharding import make_mesh
+from jdiff.sharding.rules import SAMPLING_RULES
+from jdiff.train import distributed as dist
+
+
+def decode(tokenizer, tokens: np.ndarray, lengths: np.ndarray) -> List[str]:
+  return [tokenizer.decode(t[:n].tolist(), skip_special_tokens=True)
+          for t, n in zip(np.asarray(tokens), np.asarray(lengths))]
+
+
+def _columns(task, rows):
+  return {c: [r[c] for r in rows] for c in task.columns}
+
+
+def rollout(model, mesh, sampler_name, sampler_cfg, prompt_ids, pad_id, prompt_len, key):
+  """Samples ``prompt_ids`` (the whole global batch, as every process knows it) on ``mesh``.
+
+  Each process pads and places only the rows its devices hold. Returns the trajectory as
+  global arrays and those local rows' global indices.
+  """
+  shape = (len(prompt_ids), int(prompt_len))
+  sharding = dist.row_sharding(mesh, shape, SAMPLING_RULES)
+  rows = dist.local_rows(sharding, shape)
+  ids, mask, _ = left_pad([prompt_ids[i] for i in rows], pad_id, length=prompt_len)
+  ids = dist.rows_to_global(ids, rows, shape, sharding)
+  mask = dist.rows_to_global(mask, rows, shape, sharding)
+  with jax.set_mesh(mesh):
+    traj = samplers.sample(sampler_name, model, ids, mask, key, sampler_cfg)
+  return traj, rows
+
+
+def local_rewards(spec, tokenizer, task, tokens, lengths, rows, task_rows):
+  """Summed rewards of the local ``rows`` only: the text is decoded and scored where it lives
+  (reward functions may be slow, e.g. running code)."""
+  texts = decode(tokenizer, tokens[rows], lengths[rows])
+  return compute_rewards(spec, texts, **_columns(task, [task_rows[i] for i in rows])).sum(-1)
+
+
+def evaluate(model, mesh, tokenizer, task, prompts, sampler_name, sampler_cfg, cfg,
+             key) -> Dict[str, float]:
+  """Accuracy and mean reward over the eval prompts (fixed batches, one compile).
+
+  ``model``'s state lies on ``mesh``; None: one device (an unsharded model).
+  """
+  mesh = make_mesh((1, 1, 1)) if mesh is None else mesh
+  bs = int(cfg.eval.batch_size)
+  correct, rewards = [], []
+  for start in range(0, len(prompts.rows), bs):
+    idx = list(range(start, min(start + bs, len(prompts.rows))))
+    idx += [idx[-1]] * (bs - len(idx))  # pad the last batch to the compiled size
+    traj, mine = rollout(model, mesh, sampler_name, sampler_cfg, [prompts.ids[i] for i in idx],
+                         model.config.pad_token_id, cfg.data.max_prompt_len,
+                         jax.random.fold_in(key, start))
+    tokens, lengths = dist.to_host((traj.tokens, traj.lengths))
+    r = local_rewards(task.reward, tokenizer, task, tokens, lengths, mine,
+                      [prompts.rows[i] for i in idx])
+    r = dist.gather_rows(r, mine, bs)
+    n_real = min(bs, len(prompts.rows) - start)
+    rewards.extend(r[:n_real].tolist())
+    correct.extend(task.correct(r)[:n_real].tolist())
+  return {"accuracy": float(np.mean(correct)), "reward": float(np.mean(rewards))}

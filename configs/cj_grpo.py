@@ -5,13 +5,11 @@ every adjacent transition of the rollout is trained; ASS gives log2(L) steps
   python scripts/train.py --config configs/cj_grpo.py
 """
 
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from jdiff.config_loading import load_sibling
 
-import diffu_grpo  # noqa: E402
-import ml_collections  # noqa: E402
+diffu_grpo = load_sibling(__file__, "diffu_grpo")
 
 
 def get_config():

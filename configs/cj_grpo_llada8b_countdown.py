@@ -21,13 +21,11 @@ Not reproduced: LoRA (r 128, α 64; all weights train in bfloat16 here); dropped
 left-truncated over-long prompts; eval's \\boxed{expr} instruction and "<reasoning>" prefill.
 """
 
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from jdiff.config_loading import load_sibling
 
-import ml_collections  # noqa: E402
-import d1_llada8b_gsm8k  # noqa: E402
+d1_llada8b_gsm8k = load_sibling(__file__, "d1_llada8b_gsm8k")
 
 
 def get_config():

@@ -27,13 +27,11 @@ Not reproduced (the loop's limits, not choices of this config):
     instruction; the in-loop eval here uses the training prompt and the 2.0 correctness term.
 """
 
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from jdiff.config_loading import load_sibling
 
-import ml_collections  # noqa: E402
-import tracerl  # noqa: E402
+tracerl = load_sibling(__file__, "tracerl")
 
 
 def get_config():

@@ -5,13 +5,11 @@ then diffu-GRPO with LLaDA semi-AR rollouts (research/d1_cjgrpo_dtrpo.md §1–�
   python scripts/train.py --config configs/diffu_grpo.py
 """
 
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from jdiff.config_loading import load_sibling
 
-import ml_collections  # noqa: E402
-import tracerl  # noqa: E402
+tracerl = load_sibling(__file__, "tracerl")
 
 
 def get_config():

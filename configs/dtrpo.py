@@ -17,13 +17,11 @@ Prompts are chat-templated like training prompts; responses get EOS appended. Ei
 pair set lands in ``WORKDIR/pairs.jsonl`` and a resumed run reads it back.
 """
 
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from jdiff.config_loading import load_sibling
 
-import ml_collections  # noqa: E402
-import tracerl  # noqa: E402
+tracerl = load_sibling(__file__, "tracerl")
 
 
 def get_config():

@@ -10,13 +10,11 @@ and a dataset with ``--config.task.train_path=data.jsonl`` (targets from its ``r
 field; ``task.field_map`` renames columns).
 """
 
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from jdiff.config_loading import load_sibling
 
-import ml_collections  # noqa: E402
-import tracerl  # noqa: E402
+tracerl = load_sibling(__file__, "tracerl")
 
 
 def get_config():

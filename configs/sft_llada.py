@@ -6,13 +6,11 @@ preset with the character tokenizer and the sort task of configs/sft_block.py â€
   python scripts/eval.py --config configs/sft_llada.py --model DIR/model
 """
 
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from jdiff.config_loading import load_sibling
 
-import ml_collections  # noqa: E402
-import sft_block  # noqa: E402
+sft_block = load_sibling(__file__, "sft_block")
 
 
 def get_config():

@@ -22,13 +22,11 @@ an optimizer step every 64 rows (GA 4 x 16 GPUs); eval draws 1 sample per proble
 reference: 3) and runs the dynamic setting only.
 """
 
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from jdiff.config_loading import load_sibling
 
-import ml_collections  # noqa: E402
-import tracerl  # noqa: E402
+tracerl = load_sibling(__file__, "tracerl")
 
 
 def get_config():

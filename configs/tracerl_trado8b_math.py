@@ -8,12 +8,9 @@ backbone, no value model, GA 8 in the reference.
       --config.task.train_path=/data/MATH_train.jsonl --config.task.eval_path=/data/MATH500.jsonl
 """
 
-import os
-import sys
+from jdiff.config_loading import load_sibling
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import tracerl_trado4b_math  # noqa: E402
+tracerl_trado4b_math = load_sibling(__file__, "tracerl_trado4b_math")
 
 
 def get_config():

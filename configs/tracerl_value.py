@@ -6,12 +6,9 @@ for the small model).
   python scripts/train.py --config configs/tracerl_value.py
 """
 
-import os
-import sys
+from jdiff.config_loading import load_sibling
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import tracerl  # noqa: E402
+tracerl = load_sibling(__file__, "tracerl")
 
 
 def get_config():

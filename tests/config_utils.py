@@ -1,17 +1,15 @@
 """Loading shipped configs and shrinking them to test size."""
 
-import importlib.util
+import json
 import os
+
+from jdiff.config_loading import load_config_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name="tracerl"):
-  path = os.path.join(ROOT, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  return load_config_module(os.path.join(ROOT, "configs", f"{name}.py")).get_config()
 
 
 def tiny(config, steps=2):
@@ -37,3 +35,9 @@ def policy_leaves(workdir, step):
   from jdiff.train.checkpointing import Checkpointer
   items, _ = Checkpointer(workdir, read_only=True).restore(step)
   return [np.asarray(x) for x in jax.tree.leaves(items["policy"])]
+
+
+def metrics_rows(workdir):
+  """The rows of a run's ``metrics.jsonl`` (one dict per logged step)."""
+  with open(os.path.join(str(workdir), "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]

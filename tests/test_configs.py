@@ -2,9 +2,11 @@
 
 import glob
 import os
+import sys
 
 import pytest
 
+from jdiff.config_loading import load_sibling
 from jdiff.models.config import PRESETS
 from jdiff.rl.method import methods
 from jdiff.tasks import TASKS
@@ -46,3 +48,18 @@ def test_config_loads_and_validates(path):
 def test_at_least_the_documented_configs_ship():
   names = {os.path.basename(p)[:-3] for p in CONFIGS}
   assert {"tracerl", "sft_block", "sft_llada", "sft_semi_ar"} <= names
+
+
+def test_configs_build_on_siblings_without_sys_path_edits():
+  before = list(sys.path)
+  c = _load(os.path.join(ROOT, "configs", "sft_llada.py"))  # sft_llada <- sft_block <- tracerl
+  assert sys.path == before
+  assert c.model.preset != load_config("sft_block").model.preset
+  for path in CONFIGS:
+    with open(path) as f:
+      assert "sys.path" not in f.read(), path
+
+
+def test_load_sibling_names_a_missing_file():
+  with pytest.raises(ValueError, match="nope.py"):
+    load_sibling(os.path.join(ROOT, "configs", "tracerl.py"), "nope")

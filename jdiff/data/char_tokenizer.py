@@ -28,7 +28,7 @@ non-ASCII letters) encode to ``<unk>``.
 from __future__ import annotations
 
 import string
-from typing import TYPE_CHECKING
+from typing import Dict, Optional, TYPE_CHECKING, Tuple
 
 if TYPE_CHECKING:  # heavy imports are deferred to build time
     from transformers import PreTrainedTokenizerFast
@@ -38,7 +38,7 @@ MASK_TOKEN = "<|mask|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 UNK_TOKEN = "<unk>"
-SPECIAL_TOKENS: tuple[str, ...] = (EOS_TOKEN, MASK_TOKEN, IM_START, IM_END, UNK_TOKEN)
+SPECIAL_TOKENS: Tuple[str, ...] = (EOS_TOKEN, MASK_TOKEN, IM_START, IM_END, UNK_TOKEN)
 
 DEFAULT_ALPHABET = string.digits + string.ascii_letters + string.punctuation + " \n"
 
@@ -51,7 +51,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_char_tokenizer(alphabet: str | None = None) -> "PreTrainedTokenizerFast":
+def build_char_tokenizer(alphabet: Optional[str] = None) -> "PreTrainedTokenizerFast":
     """Build the character tokenizer over ``alphabet`` (default: ``DEFAULT_ALPHABET``).
 
     Duplicate characters in ``alphabet`` are ignored (first occurrence wins).
@@ -94,7 +94,7 @@ def build_char_tokenizer(alphabet: str | None = None) -> "PreTrainedTokenizerFas
     return tokenizer
 
 
-def special_token_ids(tokenizer) -> dict[str, int]:
+def special_token_ids(tokenizer) -> Dict[str, int]:
     """Return ``{"mask": ..., "eos": ..., "pad": ...}`` ids of a tokenizer.
 
     Works for any HF tokenizer; the mask id comes from ``mask_token`` (or a

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-Row = dict[str, Any]
-FieldSource = str | Callable[[Row], Any]
+Row = Dict[str, Any]
+FieldSource = Union[str, Callable[[Row], Any]]
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 _DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -27,7 +27,7 @@ _DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 # --------------------------------------------------------------------------
 
 
-def jsonl_objects(path: str, error: type = ValueError) -> Iterator[tuple[int, dict]]:
+def jsonl_objects(path: str, error: type = ValueError) -> Iterator[Tuple[int, dict]]:
     """``(line number, object)`` for each non-blank line of a JSONL file; a line that is not
     valid JSON or not a JSON object raises ``error`` naming the file and line."""
     with open(path) as f:
@@ -53,7 +53,7 @@ def _builder_for(path: Path) -> str:
     return _BUILDERS[suffix]
 
 
-def _pick_split(dataset_dict, split: str | None, source: str):
+def _pick_split(dataset_dict, split: Optional[str], source: str):
     """Choose a split of a DatasetDict: ``split``, else 'train', else the only one."""
     names = list(dataset_dict.keys())
     if split is not None:
@@ -78,7 +78,7 @@ def _load_files(files: Sequence[Path]):
     )
 
 
-def _load_directory(path: Path, split: str | None):
+def _load_directory(path: Path, split: Optional[str]):
     import datasets
 
     if any((path / m).exists() for m in _DISK_MARKERS):
@@ -102,7 +102,7 @@ def _load_directory(path: Path, split: str | None):
     return _load_files(files)
 
 
-def _to_rows(path_or_dataset: Any, split: str | None) -> tuple[Any, str]:
+def _to_rows(path_or_dataset: Any, split: Optional[str]) -> Tuple[Any, str]:
     """Resolve the input to a ``datasets.Dataset`` or list of dicts, plus a label."""
     if isinstance(path_or_dataset, (str, os.PathLike)):
         path = Path(path_or_dataset).expanduser()
@@ -133,9 +133,9 @@ def _to_rows(path_or_dataset: Any, split: str | None) -> tuple[Any, str]:
     )
 
 
-def _column_names(data: Any) -> list[str]:
+def _column_names(data: Any) -> List[str]:
     if isinstance(data, list):
-        names: dict[str, None] = {}
+        names: Dict[str, None] = {}
         for row in data:
             names.update(dict.fromkeys(row))
         return list(names)
@@ -145,10 +145,10 @@ def _column_names(data: Any) -> list[str]:
 def load_prompts(
     path_or_dataset: Any,
     *,
-    split: str | None = None,
-    field_map: Mapping[str, FieldSource] | None = None,
-    limit: int | None = None,
-) -> list[Row]:
+    split: Optional[str] = None,
+    field_map: Optional[Mapping[str, FieldSource]] = None,
+    limit: Optional[int] = None,
+) -> List[Row]:
     """Load local prompt data as a list of row dicts with jdiff column names.
 
     ``field_map`` maps a jdiff column name to the dataset column holding it
@@ -180,7 +180,7 @@ def load_prompts(
     renamed = {
         s for t, s in field_map.items() if isinstance(s, str) and s != t and s not in field_map
     }
-    out: list[Row] = []
+    out: List[Row] = []
     for i, row in enumerate(rows):
         new = {k: v for k, v in row.items() if k not in renamed}
         for target, source in field_map.items():
@@ -202,7 +202,7 @@ def load_prompts(
 # --------------------------------------------------------------------------
 
 
-def _as_id_list(encoded: Any) -> list[int]:
+def _as_id_list(encoded: Any) -> List[int]:
     """Normalise apply_chat_template outputs (list / BatchEncoding / dict) to ids."""
     if isinstance(encoded, Mapping) or hasattr(encoded, "input_ids"):
         encoded = encoded["input_ids"]
@@ -219,10 +219,10 @@ def apply_template(
     tokenizer,
     prompt_text: str,
     *,
-    system: str | None = None,
+    system: Optional[str] = None,
     use_chat_template: bool = True,
     suffix: str = "",
-) -> list[int]:
+) -> List[int]:
     """Token ids of a prompt, ready for generation.
 
     With a chat template (and ``use_chat_template``): a single user turn,
@@ -248,17 +248,17 @@ def apply_template(
 
 def encode_prompt_rows(
     tokenizer,
-    rows: Sequence[Row | str],
+    rows: Sequence[Union[Row, str]],
     *,
     max_prompt_len: int,
     prompt_field: str = "prompt",
-    system: str | None = None,
+    system: Optional[str] = None,
     use_chat_template: bool = True,
     suffix: str = "",
-) -> tuple[list[Row | str], list[list[int]], int]:
+) -> Tuple[List[Union[Row, str]], List[List[int]], int]:
     """Like :func:`encode_prompts` but also returns the kept rows (aligned with ids)."""
-    kept_rows: list[Row | str] = []
-    kept_ids: list[list[int]] = []
+    kept_rows: List[Union[Row, str]] = []
+    kept_ids: List[List[int]] = []
     dropped = 0
     for row in rows:
         text = row if isinstance(row, str) else row[prompt_field]
@@ -275,14 +275,14 @@ def encode_prompt_rows(
 
 def encode_prompts(
     tokenizer,
-    rows: Sequence[Row | str],
+    rows: Sequence[Union[Row, str]],
     *,
     max_prompt_len: int,
     prompt_field: str = "prompt",
-    system: str | None = None,
+    system: Optional[str] = None,
     use_chat_template: bool = True,
     suffix: str = "",
-) -> tuple[list[list[int]], int]:
+) -> Tuple[List[List[int]], int]:
     """Template and encode prompts; returns ``(ids_per_kept_prompt, dropped_count)``.
 
     ``rows`` are dicts (prompt text in ``prompt_field``) or plain strings.
@@ -305,9 +305,9 @@ def encode_prompts(
 def left_pad(
     batch_ids: Sequence[Sequence[int]],
     pad_id: int,
-    length: int | None = None,
-    bucket: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    length: Optional[int] = None,
+    bucket: Optional[int] = None,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Left-pad sequences into ``(ids int32 [B, L], attention_mask bool [B, L], positions int32 [B, L])``.
 
     ``L`` is ``length`` when given (a longer sequence raises ``ValueError``),

@@ -24,14 +24,14 @@ from __future__ import annotations
 import ast
 import operator
 from fractions import Fraction
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
 ANSWER_OPEN = "<answer>"
 ANSWER_CLOSE = "</answer>"
 
-Row = dict[str, Any]
+Row = Dict[str, Any]
 
 
 def wrap_answer(text: str) -> str:
@@ -39,7 +39,7 @@ def wrap_answer(text: str) -> str:
     return f"{ANSWER_OPEN}{text}{ANSWER_CLOSE}"
 
 
-def _int_range(value: int | Sequence[int], name: str) -> tuple[int, int]:
+def _int_range(value: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
     """Normalise ``k`` or ``(lo, hi)`` (inclusive) to a validated ``(lo, hi)``."""
     if isinstance(value, (int, np.integer)):
         lo = hi = int(value)
@@ -54,7 +54,7 @@ def _int_range(value: int | Sequence[int], name: str) -> tuple[int, int]:
 # Safe arithmetic evaluation (exact, via fractions)
 # --------------------------------------------------------------------------
 
-_BINOPS: dict[type, Callable[[Fraction, Fraction], Fraction]] = {
+_BINOPS: Dict[type, Callable[[Fraction, Fraction], Fraction]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,
@@ -110,7 +110,7 @@ _CELL_PEERS = tuple(
 )
 
 
-def is_valid_sudoku_solution(grid: str | Sequence[int]) -> bool:
+def is_valid_sudoku_solution(grid: Union[str, Sequence[int]]) -> bool:
     """True iff ``grid`` (16 digits) is a complete valid 4x4 sudoku."""
     cells = [int(c) for c in grid]
     if len(cells) != 16:
@@ -118,7 +118,7 @@ def is_valid_sudoku_solution(grid: str | Sequence[int]) -> bool:
     return all(sorted(cells[i] for i in unit) == [1, 2, 3, 4] for unit in _SUDOKU_UNITS)
 
 
-def count_sudoku_solutions(puzzle: str | Sequence[int], limit: int = 2) -> int:
+def count_sudoku_solutions(puzzle: Union[str, Sequence[int]], limit: int = 2) -> int:
     """Count solutions of a 4x4 puzzle (0 = blank), stopping at ``limit``."""
     cells = [int(c) for c in puzzle]
     if len(cells) != 16:
@@ -149,12 +149,12 @@ def count_sudoku_solutions(puzzle: str | Sequence[int], limit: int = 2) -> int:
     return search()
 
 
-def _random_sudoku_grid(rng: np.random.Generator) -> list[int]:
+def _random_sudoku_grid(rng: np.random.Generator) -> List[int]:
     """A uniformly transformed valid grid drawn from the base grids."""
     base = _SUDOKU_BASES[int(rng.integers(len(_SUDOKU_BASES)))]
     relabel = rng.permutation(4) + 1
 
-    def order() -> list[int]:
+    def order() -> List[int]:
         groups = rng.permutation(2)
         return [int(g) * 2 + int(k) for g in groups for k in rng.permutation(2)]
 
@@ -166,8 +166,8 @@ def _random_sudoku_grid(rng: np.random.Generator) -> list[int]:
 
 
 def _make_unique_puzzle(
-    solution: list[int], blanks: int, rng: np.random.Generator, tries: int = 20
-) -> list[int] | None:
+    solution: List[int], blanks: int, rng: np.random.Generator, tries: int = 20
+) -> Optional[List[int]]:
     """Blank ``blanks`` cells keeping a unique solution (greedy, with retries)."""
     for _ in range(tries):
         puzzle = list(solution)
@@ -191,7 +191,7 @@ def sudoku_prompt(puzzle: str) -> str:
     return "Solve: " + " ".join(puzzle[i : i + 4] for i in range(0, 16, 4))
 
 
-def sudoku4x4(n: int, seed: int, num_blanks: int | tuple[int, int] = (4, 10)) -> list[Row]:
+def sudoku4x4(n: int, seed: int, num_blanks: Union[int, Tuple[int, int]] = (4, 10)) -> List[Row]:
     """Generate ``n`` 4x4 sudoku puzzles (2x2 boxes), each with a unique solution.
 
     Columns: ``task``, ``prompt``, ``puzzle`` and ``solution`` (16-char digit
@@ -202,7 +202,7 @@ def sudoku4x4(n: int, seed: int, num_blanks: int | tuple[int, int] = (4, 10)) ->
     if lo < 0 or hi > 12:
         raise ValueError("num_blanks must lie in [0, 12] for a unique 4x4 puzzle")
     rng = np.random.default_rng(seed)
-    rows: list[Row] = []
+    rows: List[Row] = []
     while len(rows) < n:
         solution = _random_sudoku_grid(rng)
         puzzle = _make_unique_puzzle(solution, int(rng.integers(lo, hi + 1)), rng)
@@ -227,7 +227,7 @@ _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 _LEAF_PREC = 3
 
 
-def _combine(left: tuple[int, str, int], right: tuple[int, str, int], op: str) -> tuple[int, str, int]:
+def _combine(left: Tuple[int, str, int], right: Tuple[int, str, int], op: str) -> Tuple[int, str, int]:
     """Join two (value, text, precedence) nodes, adding only needed parentheses."""
     (a, ta, pa), (b, tb, pb) = left, right
     prec = _PREC[op]
@@ -239,7 +239,7 @@ def _combine(left: tuple[int, str, int], right: tuple[int, str, int], op: str) -
     return value, f"{ta}{op}{tb}", prec
 
 
-def _random_countdown_expression(numbers: list[int], rng: np.random.Generator) -> tuple[int, str]:
+def _random_countdown_expression(numbers: List[int], rng: np.random.Generator) -> Tuple[int, str]:
     """Combine all ``numbers`` by a random expression tree; returns (value, text).
 
     Subtraction is used only when the result stays positive and division only
@@ -268,11 +268,11 @@ def countdown_prompt(numbers: Sequence[int], target: int) -> str:
 def countdown(
     n: int,
     seed: int,
-    num_numbers: int | tuple[int, int] = 3,
+    num_numbers: Union[int, Tuple[int, int]] = 3,
     max_number: int = 20,
     min_number: int = 1,
     max_target: int = 100,
-) -> list[Row]:
+) -> List[Row]:
     """Generate ``n`` Countdown problems with a target reachable by construction.
 
     Each number in ``numbers`` must be used exactly once with ``+ - * /``.
@@ -285,7 +285,7 @@ def countdown(
     if not 1 <= min_number <= max_number:
         raise ValueError("need 1 <= min_number <= max_number")
     rng = np.random.default_rng(seed)
-    rows: list[Row] = []
+    rows: List[Row] = []
     while len(rows) < n:
         k = int(rng.integers(lo, hi + 1))
         numbers = [int(x) for x in rng.integers(min_number, max_number + 1, size=k)]
@@ -316,10 +316,10 @@ def _random_operand(rng: np.random.Generator, lo_digits: int, hi_digits: int) ->
 def arithmetic(
     n: int,
     seed: int,
-    digits: int | tuple[int, int] = (1, 3),
+    digits: Union[int, Tuple[int, int]] = (1, 3),
     ops: str = "+-*",
-    num_operands: int | tuple[int, int] = 2,
-) -> list[Row]:
+    num_operands: Union[int, Tuple[int, int]] = 2,
+) -> List[Row]:
     """Generate ``n`` integer arithmetic questions such as ``"Compute 12*34"``.
 
     Operands have a digit count drawn from ``digits`` (inclusive range), the
@@ -335,7 +335,7 @@ def arithmetic(
     if not ops or any(o not in "+-*/" for o in ops):
         raise ValueError(f"ops must be a non-empty subset of '+-*/', got {ops!r}")
     rng = np.random.default_rng(seed)
-    rows: list[Row] = []
+    rows: List[Row] = []
     while len(rows) < n:
         k = int(rng.integers(lo_k, hi_k + 1))
         parts = [str(_random_operand(rng, lo_d, hi_d))]
@@ -366,9 +366,9 @@ def arithmetic_completion(row: Row) -> str:
 def digit_sort(
     n: int,
     seed: int,
-    length: int | tuple[int, int] = 4,
+    length: Union[int, Tuple[int, int]] = 4,
     max_digit: int = 9,
-) -> list[Row]:
+) -> List[Row]:
     """Generate ``n`` digit-sorting problems such as ``"Sort 3142"``.
 
     Each problem lists ``length`` digits (a fixed count or an inclusive
@@ -384,7 +384,7 @@ def digit_sort(
     if not 0 <= max_digit <= 9:
         raise ValueError("max_digit must lie in [0, 9]")
     rng = np.random.default_rng(seed)
-    rows: list[Row] = []
+    rows: List[Row] = []
     while len(rows) < n:
         k = int(rng.integers(lo, hi + 1))
         digits = "".join(str(int(d)) for d in rng.integers(0, max_digit + 1, size=k))
@@ -402,9 +402,9 @@ def digit_sort_completion(row: Row) -> str:
 # Registry and splitting
 # --------------------------------------------------------------------------
 
-GENERATORS: dict[str, Callable[..., list[Row]]] = {
+GENERATORS: Dict[str, Callable[..., List[Row]]] = {
     "sudoku": sudoku4x4, "countdown": countdown, "arithmetic": arithmetic, "sort": digit_sort}
-COMPLETIONS: dict[str, Callable[[Row], str]] = {
+COMPLETIONS: Dict[str, Callable[[Row], str]] = {
     "sudoku": sudoku_completion, "countdown": countdown_completion,
     "arithmetic": arithmetic_completion, "sort": digit_sort_completion}
 
@@ -416,12 +416,12 @@ def completion_for(row: Row) -> str:
 
 def split_train_eval(
     rows: Sequence[Row],
-    eval_fraction: float | None = None,
-    n_eval: int | None = None,
+    eval_fraction: Optional[float] = None,
+    n_eval: Optional[int] = None,
     *,
     seed: int = 0,
-    dedupe_key: str | None = "prompt",
-) -> tuple[list[Row], list[Row]]:
+    dedupe_key: Optional[str] = "prompt",
+) -> Tuple[List[Row], List[Row]]:
     """Shuffle ``rows`` with ``seed`` and split off an eval set.
 
     Give exactly one of ``eval_fraction`` (rounded, at least 1 when > 0) or
@@ -433,7 +433,7 @@ def split_train_eval(
         raise ValueError("give exactly one of eval_fraction or n_eval")
     items = list(rows)
     if dedupe_key is not None:
-        seen: set[Any] = set()
+        seen: Set[Any] = set()
         unique = []
         for row in items:
             key = repr(row[dedupe_key])

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from typing import Callable, List, Optional, Set, Tuple
 
 # Worker-side loop.  It is run with ``python -c`` (no import of jdiff needed to
 # start, and no re-import of the parent's __main__ as multiprocessing's spawn
@@ -98,8 +98,8 @@ class WorkerError(RuntimeError):
 
 class _Worker:
     def __init__(self) -> None:
-        self.proc: subprocess.Popen | None = None
-        self.ready: set[str] = set()  # modules imported / warmups run
+        self.proc: Optional[subprocess.Popen] = None
+        self.ready: Set[str] = set()  # modules imported / warmups run
         self.lock = threading.Lock()
         self.owner_pid = os.getpid()
 
@@ -167,7 +167,7 @@ class _Worker:
             self._kill()
 
 
-def _stub_messages(fn) -> list[tuple[str, tuple]]:
+def _stub_messages(fn) -> List[Tuple[str, tuple]]:
     """Stub out the top-level package of ``fn``'s module in the worker.
 
     The worker then imports e.g. ``jdiff.rewards.math`` without executing
@@ -181,7 +181,7 @@ def _stub_messages(fn) -> list[tuple[str, tuple]]:
     return [(f"stub:{top}", ("stub", (top, list(package.__path__))))]
 
 
-def _qualname(fn) -> str | None:
+def _qualname(fn) -> Optional[str]:
     return None if fn is None else f"warmup:{fn.__module__}.{fn.__qualname__}"
 
 
@@ -240,11 +240,11 @@ def _signal_usable() -> bool:
 def call_with_timeout(
     fn: Callable,
     args: tuple = (),
-    kwargs: dict | None = None,
+    kwargs: Optional[dict] = None,
     *,
     timeout: float,
     mode: str = "process",
-    warmup: Callable[[], object] | None = None,
+    warmup: Optional[Callable[[], object]] = None,
 ):
     """Call ``fn(*args, **kwargs)``; raise ``TimeoutError`` after ``timeout`` s.
 

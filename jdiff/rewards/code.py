@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from typing import List, Optional, Sequence, Tuple, Union
 from concurrent.futures import ThreadPoolExecutor
 
 from jdiff.rewards.sandbox import SandboxLimits, run_python_sandboxed
@@ -42,7 +42,7 @@ _PY_BLOCK = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n(.*?)```", re.DOTALL | 
 _ANY_BLOCK = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
 
 
-def extract_code(text: str) -> str | None:
+def extract_code(text: str) -> Optional[str]:
     """Last ```python fenced block, else the last fenced block; None if none."""
     for pattern in (_PY_BLOCK, _ANY_BLOCK):
         blocks = pattern.findall(text)
@@ -51,7 +51,7 @@ def extract_code(text: str) -> str | None:
     return None
 
 
-def _as_test_list(tests) -> list[str] | str:
+def _as_test_list(tests) -> Union[List[str], str]:
     """Normalise a ``tests`` entry to a list of test snippets or one program."""
     if isinstance(tests, str):
         stripped = tests.strip()
@@ -67,15 +67,15 @@ def _as_test_list(tests) -> list[str] | str:
 
 
 def code_reward(
-    completions: list[str],
+    completions: List[str],
     tests: Sequence,
     *,
-    limits: SandboxLimits | None = None,
-    max_workers: int | None = None,
-) -> list[float]:
+    limits: Optional[SandboxLimits] = None,
+    max_workers: Optional[int] = None,
+) -> List[float]:
     """Fraction of tests passed by the extracted program (see module docstring)."""
     limits = limits or DEFAULT_LIMITS
-    jobs: list[tuple[int, str, str]] = []  # (completion index, solution, test)
+    jobs: List[Tuple[int, str, str]] = []  # (completion index, solution, test)
     totals = [0] * len(completions)
     for i, (text, entry) in enumerate(zip(completions, tests, strict=True)):
         code = extract_code(text)

@@ -25,7 +25,7 @@ import ast
 import math
 import operator
 import re
-from collections.abc import Sequence
+from typing import List, Optional, Sequence
 
 from jdiff.rewards.math import last_boxed
 
@@ -45,7 +45,7 @@ _BIN_OPS = {
 _UNARY_OPS = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 
 
-def extract_countdown_expression(text: str) -> str | None:
+def extract_countdown_expression(text: str) -> Optional[str]:
     """The last ``<answer>...</answer>`` content, else the last ``\\boxed{}``; stripped."""
     matches = re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)
     if matches:
@@ -60,7 +60,7 @@ def uses_exact_numbers(expression: str, numbers: Sequence[int]) -> bool:
     return found == sorted(int(n) for n in numbers)
 
 
-def safe_eval_arithmetic(expression: str) -> float | None:
+def safe_eval_arithmetic(expression: str) -> Optional[float]:
     """Evaluate ``+ - * /`` arithmetic on numeric literals; ``None`` if invalid.
 
     Invalid means: disallowed characters, syntax errors, any node other than
@@ -96,7 +96,7 @@ def _eval_node(node):
     raise ValueError(f"disallowed syntax: {type(node).__name__}")
 
 
-def _as_numbers(entry) -> list[int]:
+def _as_numbers(entry) -> List[int]:
     """``numbers`` column entry: a list of ints, or a string like "3,5,7" / "3 5 7"."""
     if isinstance(entry, str):
         return [int(tok) for tok in re.findall(r"-?\d+", entry)]
@@ -116,7 +116,7 @@ def countdown_score(text: str, numbers: Sequence[int], target: float) -> float:
     return CORRECT_SCORE if abs(value - float(target)) < 1e-5 else FORMAT_SCORE
 
 
-def countdown_reward(completions: list[str], target: Sequence, numbers: Sequence) -> list[float]:
+def countdown_reward(completions: List[str], target: Sequence, numbers: Sequence) -> List[float]:
     """d1 Countdown reward: 1.0 correct, 0.1 well-formed but wrong, 0.0 no expression."""
     return [
         countdown_score(c, _as_numbers(nums), float(t))

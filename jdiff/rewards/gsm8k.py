@@ -34,7 +34,7 @@ regexes to DOTALL; pass ``dotall=True`` (also accepted by the summed
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from typing import List, Optional, Sequence
 
 _SOFT_PATTERN = r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>"
 _STRICT_PATTERN = r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$"
@@ -49,7 +49,7 @@ def extract_xml_answer(text: str) -> str:
     return after.split("</answer>")[0].strip()
 
 
-def extract_gsm8k_gold(answer_text: str) -> str | None:
+def extract_gsm8k_gold(answer_text: str) -> Optional[str]:
     """GSM8K gold answer: the text after ``####``, stripped, commas removed.
 
     Comma removal is ours ("1,000" -> "1000", so it can match an all-digit
@@ -83,29 +83,29 @@ def xml_count_score(text: str) -> float:
     return score
 
 
-def gsm8k_xmlcount_reward(completions: list[str]) -> list[float]:
+def gsm8k_xmlcount_reward(completions: List[str]) -> List[float]:
     """d1 ``xmlcount_reward_func``: max 0.5."""
     return [xml_count_score(c) for c in completions]
 
 
-def gsm8k_soft_format_reward(completions: list[str], *, dotall: bool = False) -> list[float]:
+def gsm8k_soft_format_reward(completions: List[str], *, dotall: bool = False) -> List[float]:
     """d1 ``soft_format_reward_func``: 0.5 if the loose tag pattern matches at the start."""
     flags = re.DOTALL if dotall else 0
     return [0.5 if re.match(_SOFT_PATTERN, c, flags) else 0.0 for c in completions]
 
 
-def gsm8k_strict_format_reward(completions: list[str], *, dotall: bool = False) -> list[float]:
+def gsm8k_strict_format_reward(completions: List[str], *, dotall: bool = False) -> List[float]:
     """d1 ``strict_format_reward_func``: 0.5 if the newline-exact pattern matches."""
     flags = re.DOTALL if dotall else 0
     return [0.5 if re.match(_STRICT_PATTERN, c, flags) else 0.0 for c in completions]
 
 
-def gsm8k_int_reward(completions: list[str]) -> list[float]:
+def gsm8k_int_reward(completions: List[str]) -> List[float]:
     """d1 ``int_reward_func``: 0.5 if the extracted answer is all digits."""
     return [0.5 if extract_xml_answer(c).isdigit() else 0.0 for c in completions]
 
 
-def gsm8k_correctness_reward(completions: list[str], answer: Sequence[str]) -> list[float]:
+def gsm8k_correctness_reward(completions: List[str], answer: Sequence[str]) -> List[float]:
     """d1 ``correctness_reward_func``: 2.0 on an exact string match with the gold.
 
     ``answer`` may hold extracted golds ("72") or raw GSM8K solutions ending
@@ -117,7 +117,7 @@ def gsm8k_correctness_reward(completions: list[str], answer: Sequence[str]) -> l
     ]
 
 
-def gsm8k_reward(completions: list[str], answer: Sequence[str], *, dotall: bool = False) -> list[float]:
+def gsm8k_reward(completions: List[str], answer: Sequence[str], *, dotall: bool = False) -> List[float]:
     """Sum of the five d1 GSM8K rewards (nominal max 4.0; 3.5 attainable unless ``dotall``)."""
     parts = (
         gsm8k_xmlcount_reward(completions),

@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
-from collections.abc import Sequence
+from typing import List, Optional, Sequence
 from fractions import Fraction
 
 from jdiff.rewards._timeout import call_with_timeout
@@ -34,7 +34,7 @@ _BOX_COMMANDS = ("\\boxed", "\\fbox")
 # --------------------------------------------------------------------------
 # Extraction
 # --------------------------------------------------------------------------
-def last_boxed(text: str | None) -> str | None:
+def last_boxed(text: Optional[str]) -> Optional[str]:
     """Contents of the last ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``.
 
     Braces are matched with a depth counter, so nested groups such as
@@ -96,7 +96,7 @@ def _fix_fracs(s: str) -> str:
     return out
 
 
-def _matching_brace(s: str, open_idx: int) -> int | None:
+def _matching_brace(s: str, open_idx: int) -> Optional[int]:
     depth = 0
     for k in range(open_idx, len(s)):
         if s[k] == "{":
@@ -135,7 +135,7 @@ def _strip_units(s: str) -> str:
     return s
 
 
-def normalize_math_answer(s: str | None) -> str:
+def normalize_math_answer(s: Optional[str]) -> str:
     """Hendrycks-MATH ``_strip_string``-style normalisation (own implementation).
 
     Steps (order matters): drop newlines, ``\\!`` and thin spaces; ``\\\\`` ->
@@ -178,7 +178,7 @@ def normalize_math_answer(s: str | None) -> str:
     return s
 
 
-def _as_number(s: str) -> Fraction | None:
+def _as_number(s: str) -> Optional[Fraction]:
     """Exact value of a normalised numeric answer, or None if not a plain number."""
     if re.fullmatch(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?", s):
         s = s.replace(",", "")  # thousands separators; "1,2" (a pair) stays non-numeric
@@ -226,8 +226,8 @@ def _math_verify_equal(pred: str, gold: str) -> bool:
 
 
 def math_equal(
-    pred: str | None,
-    gold: str | None,
+    pred: Optional[str],
+    gold: Optional[str],
     timeout: float = 1.0,
     *,
     use_math_verify: bool = True,
@@ -279,13 +279,13 @@ def _gold_answer(gold) -> str:
 
 
 def math_reward(
-    completions: list[str],
+    completions: List[str],
     answer: Sequence,
     *,
-    response_length: Sequence[int] | None = None,
-    max_tokens: int | None = None,
+    response_length: Optional[Sequence[int]] = None,
+    max_tokens: Optional[int] = None,
     timeout: float = 1.0,
-) -> list[float]:
+) -> List[float]:
     """TraceRL math reward: 1.0 if the last ``\\boxed{}`` equals ``answer``.
 
     Args:

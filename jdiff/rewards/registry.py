@@ -16,17 +16,16 @@ dataset columns as ``**kwargs`` to every reward function).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-RewardFn = Callable[..., list[float]]
+RewardFn = Callable[..., List[float]]
 # What compute_rewards accepts: one name, a list of names/callables, or a
 # mapping {name_or_callable: weight}.
-RewardSpec = str | RewardFn | Sequence[str | RewardFn] | Mapping[Any, float]
+RewardSpec = Union[str, RewardFn, Sequence[Union[str, RewardFn]], Mapping[Any, float]]
 
-_REGISTRY: dict[str, RewardFn] = {}
+_REGISTRY: Dict[str, RewardFn] = {}
 
 
 class UnknownRewardError(KeyError):
@@ -43,7 +42,7 @@ class MissingColumnError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-def register_reward(name: str, fn: RewardFn | None = None, *, overwrite: bool = False):
+def register_reward(name: str, fn: Optional[RewardFn] = None, *, overwrite: bool = False):
     """Register ``fn`` under ``name``; usable directly or as a decorator.
 
     ``register_reward("x", f)`` registers and returns ``f``;
@@ -68,7 +67,7 @@ def unregister_reward(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def available_rewards() -> list[str]:
+def available_rewards() -> List[str]:
     """Sorted list of registered reward names."""
     return sorted(_REGISTRY)
 
@@ -86,10 +85,10 @@ def get_reward(name: str) -> RewardFn:
         ) from None
 
 
-def _normalize_spec(spec: RewardSpec) -> list[tuple[str, RewardFn, float]]:
+def _normalize_spec(spec: RewardSpec) -> List[Tuple[str, RewardFn, float]]:
     """Turn any accepted spec into ``[(label, fn, weight), ...]``."""
     if isinstance(spec, str) or callable(spec):
-        items: list[tuple[Any, float]] = [(spec, 1.0)]
+        items: List[Tuple[Any, float]] = [(spec, 1.0)]
     elif isinstance(spec, Mapping):
         items = [(k, float(w)) for k, w in spec.items()]
     else:
@@ -105,7 +104,7 @@ def _normalize_spec(spec: RewardSpec) -> list[tuple[str, RewardFn, float]]:
     return out
 
 
-def select_columns(fn: RewardFn, columns: Mapping[str, Any], label: str | None = None) -> dict:
+def select_columns(fn: RewardFn, columns: Mapping[str, Any], label: Optional[str] = None) -> dict:
     """Pick the subset of ``columns`` that ``fn`` accepts.
 
     * a ``**kwargs`` parameter means "give me everything";

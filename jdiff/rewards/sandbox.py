@@ -58,6 +58,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import List, Optional, Tuple
 
 from jdiff.rewards import _sandbox_bootstrap
 
@@ -84,7 +85,7 @@ class SandboxLimits:
 @dataclass
 class SandboxResult:
     passed: bool  # program (and tests) ran to completion without an exception
-    returncode: int | None
+    returncode: Optional[int]
     timed_out: bool
     stdout: str
     stderr: str
@@ -93,12 +94,12 @@ class SandboxResult:
 @dataclass(frozen=True)
 class _Launcher:
     name: str
-    prefix: tuple[str, ...]  # command prefix, e.g. ("unshare", "--net", "--")
+    prefix: Tuple[str, ...]  # command prefix, e.g. ("unshare", "--net", "--")
     popen_kwargs: tuple  # tuple of (key, value) for subprocess.Popen
-    owner: tuple[int, int] | None  # chown the workdir to this uid/gid
+    owner: Optional[Tuple[int, int]]  # chown the workdir to this uid/gid
 
 
-def _candidate_launchers() -> list[_Launcher]:
+def _candidate_launchers() -> List[_Launcher]:
     out = []
     nobody = None
     if os.geteuid() == 0:
@@ -121,7 +122,7 @@ def _candidate_launchers() -> list[_Launcher]:
     return out
 
 
-_LAUNCHER: _Launcher | None = None
+_LAUNCHER: Optional[_Launcher] = None
 _LAUNCHER_LOCK = threading.Lock()
 
 
@@ -147,7 +148,7 @@ def _launcher() -> _Launcher:
         return _LAUNCHER
 
 
-def run_python_sandboxed(solution: str, test: str = "", limits: SandboxLimits | None = None) -> SandboxResult:
+def run_python_sandboxed(solution: str, test: str = "", limits: Optional[SandboxLimits] = None) -> SandboxResult:
     """Run ``solution`` then ``test`` (same namespace) in the sandbox.
 
     ``passed`` is True iff both finished without raising (e.g. all asserts

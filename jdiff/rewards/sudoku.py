@@ -16,14 +16,14 @@ Source: ``shared/research/d1_cjgrpo_dtrpo.md`` §2.3.  Columns ``puzzle`` and
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from typing import List, Optional, Sequence
 
 from jdiff.rewards.math import last_boxed
 
 GRID_CELLS = 16
 
 
-def extract_sudoku_digits(text: str, *, strict_tags: bool = False) -> str | None:
+def extract_sudoku_digits(text: str, *, strict_tags: bool = False) -> Optional[str]:
     """Digits of the proposed grid (unpadded), or None if nothing to extract."""
     matches = re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)
     if matches:
@@ -36,7 +36,7 @@ def extract_sudoku_digits(text: str, *, strict_tags: bool = False) -> str | None
     return "".join(ch for ch in source.strip() if ch.isdigit())
 
 
-def sudoku_score(digits: str | None, puzzle: str, solution: str) -> float:
+def sudoku_score(digits: Optional[str], puzzle: str, solution: str) -> float:
     """Fraction of the puzzle's empty cells that ``digits`` fills correctly."""
     if not digits:
         return 0.0
@@ -54,12 +54,12 @@ def _grid_string(entry) -> str:
 
 
 def sudoku_reward(
-    completions: list[str],
+    completions: List[str],
     puzzle: Sequence[str],
     solution: Sequence[str],
     *,
     strict_tags: bool = False,
-) -> list[float]:
+) -> List[float]:
     """d1 4x4 Sudoku reward: fraction of empty cells filled correctly."""
     return [
         sudoku_score(extract_sudoku_digits(c, strict_tags=strict_tags), _grid_string(p), _grid_string(s))

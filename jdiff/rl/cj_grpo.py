@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdiff.models import masks
-from jdiff.rl.logprobs import model_token_logprobs
+from jdiff.models.logprobs import model_token_logprobs
 from jdiff.rl.losses import clipped_policy_loss
 from jdiff.rl.method import Method, register_method
 

@@ -44,7 +44,7 @@ import numpy as np
 
 from jdiff.models import masks
 from jdiff.rl.advantages import group_zscore
-from jdiff.rl.logprobs import shift_for_dream, token_logprobs_chunked
+from jdiff.models.logprobs import model_token_logprobs
 from jdiff.rl.losses import clipped_policy_loss
 from jdiff.rl.method import ITER, Method, iteration_logprobs, register_method, select_iteration  # noqa: F401
 
@@ -141,14 +141,11 @@ def attention_mask(batch, model_config):
 def completion_logprobs(model, input_ids, positions, mask, targets, chunk_size: int):
   """log p(targets) at the last ``G = targets.shape[1]`` positions ``[R, G]`` (float32).
 
-  As :func:`jdiff.rl.logprobs.model_token_logprobs` (Dream shift included), but the vocab
-  head only runs on the completion positions, not on the prompt.
+  The vocab head only runs on the completion positions, not on the prompt (Dream's shift
+  included, by :func:`jdiff.models.logprobs.model_token_logprobs`).
   """
-  hidden, _ = model.backbone(input_ids, positions, mask)
-  if getattr(model.config, "shift_logits", False):
-    hidden = shift_for_dream(hidden)
-  g = targets.shape[1]
-  return token_logprobs_chunked(hidden[:, -g:], model.head_weight(), targets, chunk_size)
+  return model_token_logprobs(model, input_ids, positions, mask, targets, chunk_size,
+                              start=input_ids.shape[1] - targets.shape[1])
 
 
 def logprob_fn(model, batch, cfg: DiffuGRPOConfig):

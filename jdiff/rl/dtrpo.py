@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdiff.models import masks
-from jdiff.rl.logprobs import model_token_logprobs
+from jdiff.models.logprobs import model_token_logprobs
 from jdiff.rl.method import Method, register_method
 from jdiff.rl.trace_rows import build_block_rows
 from jdiff.sampling.common import Trajectory

@@ -18,7 +18,7 @@ import numpy as np
 
 from jdiff.models import masks
 from jdiff.rl.losses import clipped_policy_loss
-from jdiff.rl.logprobs import model_token_logprobs
+from jdiff.models.logprobs import model_token_logprobs
 from jdiff.rl.method import Method, register_method
 from jdiff.rl.trace_rows import build_block_rows, build_full_attention_rows
 

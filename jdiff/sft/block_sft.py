@@ -115,7 +115,7 @@ def loss_fn(model, batch: Mapping[str, jax.Array], *, chunk_size: int = common.D
   """Mean over rows of ``Σ w_j·CE_j / #response tokens``; float32 ``(loss, metrics)``."""
   targets = batch["targets"]
   nll = common.token_nll(model, batch["tokens"], batch["positions"], attention_mask(batch),
-                         targets, keep=targets.shape[1], chunk_size=chunk_size)
+                         targets, chunk_size=chunk_size)
   per_row = common.safe_div(common.weighted_sum(nll, batch["weight"], axis=-1), batch["norm"])
   loss = jnp.mean(per_row)
   metrics = common.masked_metrics(nll, batch["masked"], batch["norm"])

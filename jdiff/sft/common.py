@@ -22,10 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdiff.rl.logprobs import shift_for_dream, token_logprobs_chunked
+from jdiff.models.logprobs import DEFAULT_CHUNK, model_token_logprobs
 
 F32 = jnp.float32
-DEFAULT_CHUNK = 8192
 
 
 def make_rows(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], length: int,
@@ -93,22 +92,15 @@ def force_one(key: jax.Array, candidates: jax.Array, chosen: jax.Array) -> jax.A
 
 
 def token_nll(model, tokens: jax.Array, positions: jax.Array, mask: jax.Array,
-              targets: jax.Array, *, keep: Optional[int] = None,
-              chunk_size: int = DEFAULT_CHUNK) -> jax.Array:
-  """float32 ``-log p(targets)`` ``[B, T']`` from one forward pass (the one place an SFT loss
-  turns hidden states into log-probs).
+              targets: jax.Array, *, chunk_size: int = DEFAULT_CHUNK) -> jax.Array:
+  """float32 ``-log p(targets)`` ``[B, T']`` from one forward pass.
 
-  ``keep`` keeps the first ``keep`` positions of the hidden states (the x_t half of the block
-  layout) before the head. For Dream (``config.shift_logits``) the prediction for position j is
-  read from j−1 (research/d1_cjgrpo_dtrpo.md §5), applied after ``keep``. The log-softmax is
-  the vocabulary-chunked float32 one of :mod:`jdiff.rl.logprobs`.
+  ``targets[:, j]`` is scored against the prediction for position j of ``tokens``; a
+  ``T' < T`` scores only the first ``T'`` positions (the x_t half of the block layout), so the
+  head never sees the clean half. Dream's shift (read j from j-1) is
+  :func:`jdiff.models.logprobs.model_token_logprobs`'s.
   """
-  hidden, _ = model.backbone(tokens, positions, mask)
-  if keep is not None:
-    hidden = hidden[:, :keep]
-  if getattr(model.config, "shift_logits", False):
-    hidden = shift_for_dream(hidden)
-  return -token_logprobs_chunked(hidden, model.head_weight(), targets, chunk_size)
+  return -model_token_logprobs(model, tokens, positions, mask, targets, chunk_size, start=0)
 
 
 def weighted_sum(x: jax.Array, w: jax.Array, axis=None) -> jax.Array:

@@ -5,6 +5,7 @@ import operator
 import re
 from collections import Counter
 from fractions import Fraction
+from typing import List
 
 import pytest
 
@@ -28,7 +29,7 @@ def safe_eval(expr: str) -> Fraction:
     return ev(ast.parse(expr, mode="eval"))
 
 
-def brute_force_solutions(puzzle: str) -> list[str]:
+def brute_force_solutions(puzzle: str) -> List[str]:
     """All completions of a 4x4 puzzle by exhaustive row-permutation search."""
     from itertools import permutations, product
 

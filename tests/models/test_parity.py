@@ -110,7 +110,7 @@ def test_left_padding(ckpt_model, record_diff):
                      record=record_diff)
   # The [B, L] key-padding form of attention_mask gives the same logits.
   ours2 = np.asarray(jdiff.forward(model, ids, attention_mask=valid, positions=positions))
-  np.testing.assert_allclose(ours2[valid], ours[valid], atol=1e-6)
+  np.testing.assert_allclose(ours2[valid], ours[valid], rtol=1e-6, atol=1e-6)
 
 
 def test_mha_variant(family, hf_checkpoints, jdiff_models, record_diff):

@@ -34,9 +34,9 @@ def test_group_zscore_population_std_and_zero_std():
     want = (x - x.mean()) / x.std() if x.std() > 0 else np.zeros(4)
     np.testing.assert_allclose(a[4 * g:4 * g + 4], want, rtol=1e-6, atol=1e-6)
   assert np.all(a[4:8] == 0.0)  # zero-std group -> 0
-  np.testing.assert_allclose(a[:4], [1, -1, -1, 1], atol=1e-6)  # ddof=0: std 0.5
+  np.testing.assert_allclose(a[:4], [1, -1, -1, 1], rtol=1e-6)  # ddof=0: std 0.5
   m = np.asarray(adv_lib.group_mean_baseline(r, 4))
-  np.testing.assert_allclose(m[8:], [-3, -1, 1, 3], atol=1e-6)
+  np.testing.assert_allclose(m[8:], [-3, -1, 1, 3], rtol=1e-6)
   with pytest.raises(ValueError):
     adv_lib.group_zscore(r, 5)
 
@@ -96,8 +96,8 @@ def test_trace_gae_matches_brute_force(gamma, lam):
   step_ids[0] = 0  # a row with nothing to train
   ret, adv = jax.jit(adv_lib.trace_gae)(step_ids, rewards, values, trainable, gamma, lam)
   want_r, want_a = _brute_force_gae(step_ids, rewards, values, trainable, gamma, lam)
-  np.testing.assert_allclose(np.asarray(ret), want_r, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(adv), want_a, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(ret), want_r, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(adv), want_a, rtol=1e-5, atol=1e-6)
   assert np.all(np.asarray(ret)[0] == 0) and np.all(np.asarray(adv)[0] == 0)
 
 
@@ -111,8 +111,9 @@ def test_trace_gae_sanity_checks():
   # γ = λ = 1: R_j is the sequence reward and A_j = R − V_j.
   ret, adv = adv_lib.trace_gae(step_ids, token_r, values, trainable, 1.0, 1.0)
   r_full = np.broadcast_to(seq_reward[:, None], valid.shape)
-  np.testing.assert_allclose(np.asarray(ret)[valid], r_full[valid], atol=1e-5)
-  np.testing.assert_allclose(np.asarray(adv)[valid], (r_full - values)[valid], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(ret)[valid], r_full[valid], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(adv)[valid], (r_full - values)[valid], rtol=1e-5,
+                             atol=1e-6)
   # γ = 1, λ = 0: A_j = r_j − V_j + V*_{t+1}.
   _, adv0 = adv_lib.trace_gae(step_ids, token_r, values, trainable, 1.0, 0.0)
   for b in range(step_ids.shape[0]):
@@ -122,4 +123,4 @@ def test_trace_gae_sanity_checks():
       k = steps.index(int(step_ids[b, j]))
       v_next = v_star[steps[k + 1]] if k + 1 < len(steps) else 0.0
       want = token_r[b, j] - values[b, j] + v_next
-      np.testing.assert_allclose(float(adv0[b, j]), want, atol=1e-5)
+      np.testing.assert_allclose(float(adv0[b, j]), want, rtol=1e-5, atol=1e-6)

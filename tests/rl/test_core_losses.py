@@ -139,12 +139,15 @@ def test_chunked_logprobs_equal_naive_with_gradients(chunk):
 
   chunked = lambda h, w: lp_lib.token_logprobs_chunked(h, w, tgt, chunk, return_entropy=True)
   for got, want in zip(jax.jit(chunked)(h, w), naive(h, w)):
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
   obj = lambda fn: lambda h, w: jnp.sum(fn(h, w)[0] * c1) + jnp.sum(fn(h, w)[1] * c2)
   g_got = jax.jit(jax.grad(obj(chunked), argnums=(0, 1)))(h, w)
   g_want = jax.jit(jax.grad(obj(naive), argnums=(0, 1)))(h, w)
   for a, b_ in zip(g_got, g_want):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b_), atol=1e-5)
+    # Each entry sums B*T (or V) terms that partly cancel: the float32 reordering noise scales
+    # with the largest entries, not with the entry itself.
+    b_ = np.asarray(b_)
+    np.testing.assert_allclose(np.asarray(a), b_, rtol=1e-5, atol=1e-5 * np.abs(b_).max())
 
 
 @pytest.mark.parametrize("name", ["tiny_sdar", "tiny_dream"])
@@ -164,6 +167,6 @@ def test_model_token_logprobs_matches_forward(name):
     return want, lp_lib.model_token_logprobs(m, tokens, None, None, targets, chunk_size=48)
 
   want, got = run(state)
-  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
   x = jnp.arange(6).reshape(1, 3, 2)
   np.testing.assert_array_equal(np.asarray(lp_lib.shift_for_dream(x))[0, :, 0], [0, 0, 2])

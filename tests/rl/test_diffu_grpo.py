@@ -4,7 +4,6 @@ shared mask draws, the token-mean clipped loss with k3 to a frozen reference."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
@@ -12,48 +11,9 @@ import jdiff
 from jdiff.rl import advantages as adv_lib
 from jdiff.rl import diffu_grpo as dg
 from jdiff.rl.method import methods
-from jdiff.sampling.common import Trajectory
+from rl_toys import EOS, MASK, PAD, PROMPTS, TARGET, learn, make_traj, target_reward, toy_trajectory
 
-MASK, EOS, PAD = 3, 1, 1  # tiny presets
-TARGET = 7  # toy reward: fraction of completion tokens equal to this id
-
-
-def make_traj(prompts, completions, g):
-  """A hand-built trajectory: left-padded prompts, completions cut after their first EOS."""
-  b, p = len(prompts), max(len(x) for x in prompts)
-  pids, pmask = np.full((b, p), PAD, np.int32), np.zeros((b, p), bool)
-  toks, lengths = np.full((b, g), PAD, np.int32), np.zeros((b,), np.int32)
-  for i, (x, c) in enumerate(zip(prompts, completions)):
-    pids[i, p - len(x):], pmask[i, p - len(x):] = x, True
-    c = list(c)[:g]
-    c = c[:c.index(EOS) + 1] if EOS in c else c
-    toks[i, :len(c)], lengths[i] = c, len(c)
-  steps = np.where(np.arange(g)[None] < lengths[:, None], np.arange(1, g + 1)[None], 0)
-  return Trajectory(prompt_ids=pids, prompt_mask=pmask, tokens=toks,
-                    step_map=steps.astype(np.int32), logprobs=np.zeros((b, g), np.float32),
-                    lengths=lengths, num_steps=lengths.copy())
-
-
-PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12], [13, 14], [15, 16, 17, 18]]
 COMPLETIONS = [[20, 21, EOS, 22, 23, 24], [25, 26, 27, 28, 29, 30], [31, EOS], [32, 33, 34, EOS]]
-
-
-@pytest.fixture(scope="module")
-def models():
-  """Tiny models, built once per module (tests never mutate them: updates are functional)."""
-  cache = {}
-
-  def get(preset):
-    if preset not in cache:
-      cache[preset] = jdiff.DiffusionLM(jdiff.preset(preset), rngs=nnx.Rngs(0))
-    return cache[preset]
-
-  return get
-
-
-@pytest.fixture(scope="module")
-def llada(models):
-  return models("tiny_llada")
 
 
 def test_registered():
@@ -197,51 +157,20 @@ def test_block_model_uses_native_block_causal_mask(models):
   logits, _ = model(batch["input_ids"], batch["positions"], batch["valid"])
   ref = jax.nn.log_softmax(logits[:, -6:], -1)
   ref = jnp.take_along_axis(ref, jnp.asarray(batch["targets"])[..., None], -1)[..., 0]
-  np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5)
-
-
-def _reward(traj):
-  toks, lengths = np.asarray(traj.tokens), np.asarray(traj.lengths)
-  kept = np.arange(toks.shape[1])[None] < lengths[:, None]
-  return ((toks == TARGET) & kept).sum(1) / np.maximum(kept.sum(1), 1)
-
-
-def toy_trajectory(seed, n_prompts=4, group=4, g=8):
-  rng = np.random.default_rng(seed)
-  prompts = [list(rng.integers(4, 30, size=rng.integers(2, 6))) for _ in range(n_prompts)]
-  comps = []
-  for _ in range(n_prompts * group):
-    c = rng.integers(4, 30, size=g)
-    c[rng.random(g) < rng.uniform(0.0, 0.6)] = TARGET
-    if rng.random() < 0.5:
-      c[rng.integers(3, g)] = EOS
-    comps.append(list(c))
-  return make_traj([x for x in prompts for _ in range(group)], comps, g), group
+  np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-6)
 
 
 def test_diffu_grpo_raises_rewarded_token_logprob(llada):
   traj, group = toy_trajectory(0)
   cfg = dg.DiffuGRPOConfig(num_iterations=4, chunk_size=64)
-  adv = np.asarray(dg.compute_advantages(jnp.asarray(_reward(traj)), group, cfg))
+  adv = np.asarray(dg.compute_advantages(jnp.asarray(target_reward(traj)), group, cfg))
   batch = dg.build_batch(traj, adv, jax.random.key(0), cfg, llada.config)
-  graphdef, params = nnx.split(llada)
-  score = jax.jit(lambda s, b: dg.logprob_fn(nnx.merge(graphdef, s), b, cfg))
-  batch["old_logp"] = batch["ref_logp"] = dg.iteration_logprobs(lambda b: score(params, b), batch)
-  probe = dg.select_iteration(batch, 0)
-  probe["targets"] = np.full_like(probe["targets"], TARGET)
 
-  def rewarded_logp(s):
-    return float((score(s, probe) * probe["loss_mask"]).sum() / probe["loss_mask"].sum())
+  def prepare(score):
+    batch["old_logp"] = batch["ref_logp"] = dg.iteration_logprobs(score, batch)
+    probe = dg.select_iteration(batch, 0)
+    probe["targets"] = np.full_like(probe["targets"], TARGET)
+    return [dg.select_iteration(batch, m) for m in range(cfg.num_iterations)], probe
 
-  opt = optax.adamw(1e-2)
-  opt_state = opt.init(params)
-  step = jax.jit(jax.value_and_grad(
-      lambda s, b: dg.loss_fn(nnx.merge(graphdef, s), b, cfg)[0]))
-  before = rewarded_logp(params)
-  for m in range(cfg.num_iterations):
-    loss, grads = step(params, dg.select_iteration(batch, m))
-    assert np.isfinite(float(loss))
-    updates, opt_state = opt.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-  after = rewarded_logp(params)
+  before, after = learn(llada, dg, cfg, prepare)
   assert after > before + 0.2, (before, after)

@@ -59,7 +59,8 @@ def _check_rows_reproduce_sampler(model, traj, max_steps):
       # shrink=1: each row supervises the tokens of a single decoding step.
       assert len(np.unique(step_map[b][sel])) == 1
       np.testing.assert_array_equal(batch["targets"][r, -g:][sel], np.asarray(traj.tokens)[b][sel])
-      np.testing.assert_allclose(logp[r, -g:][sel], np.asarray(traj.logprobs)[b][sel], atol=1e-4,
+      np.testing.assert_allclose(logp[r, -g:][sel], np.asarray(traj.logprobs)[b][sel], rtol=2e-5,
+                                 atol=1e-5,
                                  err_msg=f"row {r} (response {b})")
       np.testing.assert_allclose(batch["advantages"][r, -g:][sel], adv[b])
   np.testing.assert_array_equal(covered, kept.astype(int))

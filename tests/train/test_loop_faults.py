@@ -1,6 +1,5 @@
 """Faults at the level of the whole RL loop: a NaN loss mid-run, and a kill -9 mid-checkpoint."""
 
-import json
 import os
 import subprocess
 import sys
@@ -8,15 +7,11 @@ import sys
 import jax
 import numpy as np
 
-from config_utils import ROOT, load_config, policy_leaves, tiny
+from config_utils import ROOT, load_config, metrics_rows, policy_leaves, tiny
 from jdiff.train import rl_loop
 from jdiff.train.checkpointing import Checkpointer
 
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # where orbax writes a step before it commits it
-
-
-def _metrics(workdir):
-  return [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
 
 
 def test_nan_loss_skips_the_step_keeps_state_and_reports(tmp_path, monkeypatch, capsys):
@@ -54,7 +49,7 @@ def test_nan_loss_skips_the_step_keeps_state_and_reports(tmp_path, monkeypatch, 
     np.testing.assert_array_equal(a, c)  # ... and the loop handed that state to step 2
   # Step 2's update was applied (Adam's count moves even where this toy batch's gradient is 0).
   assert any(not np.array_equal(a, b) for a, b in zip(leaves(in2[1]), leaves(out2[1])))
-  rows = _metrics(workdir)
+  rows = metrics_rows(workdir)
   assert [r["step"] for r in rows] == [1, 2]
   assert rows[0]["skipped"] == 1.0 and rows[1]["skipped"] == 0.0
   assert "step 1: non-finite loss" in capsys.readouterr().out
@@ -110,4 +105,4 @@ def test_kill_9_mid_checkpoint_then_resume(straight, tmp_path):
   assert not (ckdir / ("2" + TMP_SUFFIX)).exists()
   for a, b in zip(policy_leaves(straight[0], 2), policy_leaves(str(workdir), 2)):
     np.testing.assert_array_equal(a, b)
-  assert [r["step"] for r in _metrics(str(workdir))] == [1, 2]
+  assert [r["step"] for r in metrics_rows(str(workdir))] == [1, 2]

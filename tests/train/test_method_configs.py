@@ -1,14 +1,12 @@
 """Each shipped online-RL config runs a shortened loop end to end (1 RL step)."""
 
-import json
 import math
-import os
 
 import pytest
 
 from jdiff.train import rl_loop
 
-from config_utils import load_config, tiny
+from config_utils import load_config, metrics_rows, tiny
 
 
 @pytest.mark.parametrize("name", ["tracerl_value", "diffu_grpo", "cj_grpo"])
@@ -29,7 +27,7 @@ def test_config_runs_one_step(name, tmp_path):
     c.rl.inner_epochs = load_config(name).rl.inner_epochs
     assert c.rl.inner_epochs > 1
   rl_loop.run(c, str(tmp_path))
-  row = json.loads(open(os.path.join(tmp_path, "metrics.jsonl")).readline())
+  row = metrics_rows(tmp_path)[0]
   assert math.isfinite(row["loss"]) and row["skipped"] == 0
   if name == "tracerl_value":
     assert math.isfinite(row["value_loss"])

@@ -6,7 +6,6 @@ reward) in subprocesses with their own device count; this pytest process only co
 outputs. The three processes run at the same time to keep the wall time down.
 """
 
-import json
 import os
 import socket
 import subprocess
@@ -21,7 +20,7 @@ import pytest
 from jdiff.train import run_setup
 from jdiff.train.checkpointing import Checkpointer
 
-from config_utils import load_config
+from config_utils import load_config, metrics_rows
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -98,10 +97,6 @@ def _max_diff(a, b):
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def _metrics(workdir):
-  return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   base = tmp_path_factory.mktemp("multihost")
@@ -121,7 +116,7 @@ def test_two_processes_match_one(runs):
   assert _max_diff(one["params"], _policy(runs["1x8"], 1, like=one)["params"]) > 1e-4
   assert diff <= 1e-5
   # The rewards were gathered across processes: the same per-step statistics.
-  for a, b in zip(_metrics(runs["2x4"]), _metrics(runs["1x8"])):
+  for a, b in zip(metrics_rows(runs["2x4"]), metrics_rows(runs["1x8"])):
     assert a["step"] == b["step"]
     np.testing.assert_allclose([a["reward_mean"], a["reward_std"], a["loss"]],
                                [b["reward_mean"], b["reward_std"], b["loss"]], atol=1e-5)
@@ -137,7 +132,7 @@ def test_two_processes_fsdp_tensor_mesh_resumed(runs, tmp_path):
   _wait([_launch(two, 2, (2, 2, 2), steps=1)])
   _wait([_launch(two, 2, (2, 2, 2))])
   assert "resumed from step 1" in open(os.path.join(two, f"log.0.steps{STEPS}.txt")).read()
-  assert [r["step"] for r in _metrics(two)] == list(range(1, STEPS + 1))
+  assert [r["step"] for r in metrics_rows(two)] == list(range(1, STEPS + 1))
   one = _policy(runs["1x8"])
   two = _policy(two, like=one)
   diff = _max_diff(one["params"], two["params"])
@@ -147,7 +142,7 @@ def test_two_processes_fsdp_tensor_mesh_resumed(runs, tmp_path):
 
 def test_only_process_zero_writes(runs):
   two = runs["2x4"]
-  assert [r["step"] for r in _metrics(two)] == list(range(1, STEPS + 1))
+  assert [r["step"] for r in metrics_rows(two)] == list(range(1, STEPS + 1))
   assert sorted(f for f in os.listdir(two) if not f.startswith("log.")) == [
       "checkpoints", "config.json", "metrics.jsonl", "results.json"]
   assert Checkpointer(two, read_only=True).steps() == list(range(1, STEPS + 1))

@@ -12,7 +12,7 @@ from jdiff.rewards.registry import register_reward
 from jdiff.train import offline_loop
 from jdiff.train import pairs as pairs_lib
 
-from config_utils import load_config
+from config_utils import load_config, metrics_rows
 
 
 def _length_reward(completions):
@@ -50,7 +50,7 @@ def straight(tmp_path_factory):
 
 def test_outputs(straight):
   workdir, results = straight
-  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  rows = metrics_rows(workdir)
   assert [r["step"] for r in rows] == list(range(1, results["steps"] + 1))
   assert results["pairs"] == 4 and results["steps"] == 2
   for r in rows:
@@ -77,7 +77,7 @@ def test_resume_equals_straight_run_and_pairs_are_deterministic(straight, tmp_pa
   offline_loop.run(short(), resumed)  # picks up at step 1
   for a, b in zip(_leaves(workdir), _leaves(resumed)):
     np.testing.assert_array_equal(a, b)
-  rows = [json.loads(line) for line in open(os.path.join(resumed, "metrics.jsonl"))]
+  rows = metrics_rows(resumed)
   assert [r["step"] for r in rows] == [1, 2]
 
 

@@ -10,12 +10,12 @@ import pytest
 from jdiff.train import rl_loop
 from jdiff.train.checkpointing import Checkpointer
 
-from config_utils import load_config, policy_leaves, tiny
+from config_utils import load_config, metrics_rows, policy_leaves, tiny
 
 
 def test_outputs(straight):
   workdir, results = straight
-  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  rows = metrics_rows(workdir)
   assert [r["step"] for r in rows] == [1, 2]
   for key in ("reward_mean", "loss", "rollout_s", "train_s", "accuracy", "kl", "clip_frac",
               "response_length", "tokens_per_s"):
@@ -32,7 +32,7 @@ def test_resume_equals_straight_run(straight, tmp_path):
   rl_loop.run(tiny(load_config(), steps=2), resumed)  # picks up at step 1
   for a, b in zip(policy_leaves(workdir, 2), policy_leaves(resumed, 2)):
     np.testing.assert_array_equal(a, b)
-  rows = [json.loads(l) for l in open(os.path.join(resumed, "metrics.jsonl"))]
+  rows = metrics_rows(resumed)
   assert [r["step"] for r in rows] == [1, 2]
 
 

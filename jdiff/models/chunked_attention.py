@@ -6,8 +6,9 @@ array exists, forward or backward (``docs/design.md``, memory-efficient attentio
 
 - the mask comes as a :class:`~jdiff.models.masks.MaskSpec` (per-token arrays) and each
   tile's mask is evaluated from it;
-- a tile that the mask excludes for every row of the batch is skipped by ``lax.cond`` (the
-  ``x_t ⊕ x_0`` layout and block-causal masks exclude about half of a long row's tiles);
+- a tile that the mask excludes for every row of the batch is skipped by ``lax.cond`` on a
+  precomputed :func:`tile_table` (the ``x_t ⊕ x_0`` layout and block-causal masks exclude
+  about half of a long row's tiles);
 - the gradient is a custom VJP that recomputes each tile's probabilities from the saved
   per-row log-sum-exp (the flash-attention backward), so reverse mode stores only the
   output and one float per query and head, not every tile's probabilities.
@@ -18,7 +19,7 @@ Scores and softmax run in float32 whatever the input dtype, as in the dense path
 from __future__ import annotations
 
 import functools
-from typing import Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -75,16 +76,16 @@ def _scores(qi, kj, mask):
   return jnp.where(mask[:, None, None], s, _NEG_INF)
 
 
-def _forward(q, k, v, spec, chunk_q, chunk_k):
+def _forward(q, k, v, spec, needed, chunk_q, chunk_k):
   """Outputs ``[B, T, H, hd]`` and the per-row log-sum-exp ``[nq, B, kv, g, cq]``."""
   qc, kc, vc, qtok, ktok = _layout(q, k, v, spec, chunk_q, chunk_k)
 
   def q_step(_, xs):
-    qi, qt = xs
+    qi, qt, need_i = xs
     stats = qi.shape[:-1]
 
     def k_step(carry, ys):
-      kj, vj, kt = ys
+      kj, vj, kt, need = ys
       mask = _tile_mask(qt, kt)
 
       def update(carry):
@@ -99,21 +100,21 @@ def _forward(q, k, v, spec, chunk_q, chunk_k):
         pv = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(vj.dtype), vj, preferred_element_type=F32)
         return m_new, l, acc * corr[..., None] + pv
 
-      return jax.lax.cond(jnp.any(mask), update, lambda c: c, carry), None
+      return jax.lax.cond(need, update, lambda c: c, carry), None
 
     init = (jnp.full(stats, _NEG_INF, F32), jnp.zeros(stats, F32),
             jnp.zeros(qi.shape, F32))
-    (m, l, acc), _ = jax.lax.scan(k_step, init, (kc, vc, ktok))
+    (m, l, acc), _ = jax.lax.scan(k_step, init, (kc, vc, ktok, need_i))
     out = acc / jnp.where(l > 0, l, 1.0)[..., None]
     # Rows that saw nothing (only padding rows past the end) get +inf: exp(s - lse) = 0.
     lse = jnp.where(l > 0, m + jnp.log(jnp.where(l > 0, l, 1.0)), jnp.inf)
     return None, (out.astype(q.dtype), lse)
 
-  _, (out, lse) = jax.lax.scan(q_step, None, (qc, qtok))
+  _, (out, lse) = jax.lax.scan(q_step, None, (qc, qtok, needed))
   return _from_tiles(out, q.shape[1]), lse
 
 
-def _backward(q, k, v, spec, out, lse, dout, chunk_q, chunk_k):
+def _backward(q, k, v, spec, needed, out, lse, dout, chunk_q, chunk_k):
   """Gradients wrt ``q, k, v`` from recomputed tile probabilities."""
   t = q.shape[1]
   qc, kc, vc, qtok, ktok = _layout(q, k, v, spec, chunk_q, chunk_k)
@@ -123,11 +124,11 @@ def _backward(q, k, v, spec, out, lse, dout, chunk_q, chunk_k):
   nk = kc.shape[0]
 
   def q_step(dkv, xs):
-    qi, doi, lse_i, delta_i, qt = xs
+    qi, doi, lse_i, delta_i, qt, need_i = xs
     qi32, doi32 = qi.astype(F32), doi.astype(F32)
 
     def k_step(carry, ys):
-      j, kj, vj, kt = ys
+      j, kj, vj, kt, need = ys
       mask = _tile_mask(qt, kt)
 
       def update(carry):
@@ -140,33 +141,33 @@ def _backward(q, k, v, spec, out, lse, dout, chunk_q, chunk_k):
         dk = dk.at[j].add(jnp.einsum("bkgqs,bkgqd->bksd", ds, qi32))
         return dq, dk, dv
 
-      return jax.lax.cond(jnp.any(mask), update, lambda c: c, carry), None
+      return jax.lax.cond(need, update, lambda c: c, carry), None
 
     (dq, dk, dv), _ = jax.lax.scan(k_step, (jnp.zeros(qi.shape, F32), *dkv),
-                                   (jnp.arange(nk), kc, vc, ktok))
+                                   (jnp.arange(nk), kc, vc, ktok, need_i))
     return (dk, dv), dq
 
   zeros = jnp.zeros(kc.shape, F32)
-  (dk, dv), dq = jax.lax.scan(q_step, (zeros, zeros), (qc, doc, lse, delta, qtok))
+  (dk, dv), dq = jax.lax.scan(q_step, (zeros, zeros), (qc, doc, lse, delta, qtok, needed))
   b, s, kvh, hd = k.shape
   back = lambda x: x.transpose(1, 0, 3, 2, 4).reshape(b, -1, kvh, hd)[:, :s]  # noqa: E731
   return _from_tiles(dq, t).astype(q.dtype), back(dk).astype(k.dtype), back(dv).astype(v.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _attention(q, k, v, spec, chunk_q, chunk_k):
-  return _forward(q, k, v, spec, chunk_q, chunk_k)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _attention(q, k, v, spec, needed, chunk_q, chunk_k):
+  return _forward(q, k, v, spec, needed, chunk_q, chunk_k)[0]
 
 
-def _attention_fwd(q, k, v, spec, chunk_q, chunk_k):
-  out, lse = _forward(q, k, v, spec, chunk_q, chunk_k)
-  return out, (q, k, v, spec, out, lse)
+def _attention_fwd(q, k, v, spec, needed, chunk_q, chunk_k):
+  out, lse = _forward(q, k, v, spec, needed, chunk_q, chunk_k)
+  return out, (q, k, v, spec, needed, out, lse)
 
 
 def _attention_bwd(chunk_q, chunk_k, res, dout):
-  q, k, v, spec, out, lse = res
-  dq, dk, dv = _backward(q, k, v, spec, out, lse, dout, chunk_q, chunk_k)
-  return dq, dk, dv, None
+  q, k, v, spec, needed, out, lse = res
+  dq, dk, dv = _backward(q, k, v, spec, needed, out, lse, dout, chunk_q, chunk_k)
+  return dq, dk, dv, None, None
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
@@ -177,13 +178,48 @@ def chunk_sizes(length: int, chunk_q: int, chunk_k: int) -> Tuple[int, int]:
   return min(int(chunk_q), length), min(int(chunk_k), length)
 
 
+def tile_table(spec: MaskSpec, chunk_q: int = 512, chunk_k: int = 512) -> jax.Array:
+  """bool ``[nq, nk]``: whether any row of the batch has an allowed pair in tile (i, j).
+
+  Computed one query tile at a time (``[B, chunk_q, L]`` bools each). The table is shared
+  by every layer of a forward: computing it once keeps the reduction over a sharded batch
+  (a cross-device all-reduce) out of the layers' tile loops.
+  """
+  t = spec.length
+  cq, ck = chunk_sizes(t, chunk_q, chunk_k)
+  tq, tk = -(-t // cq) * cq, -(-t // ck) * ck
+  keys = tuple(a.swapaxes(0, 1).reshape(spec.blocks.shape[0], tk)
+               for a in _token_tiles(spec, tk, ck))
+
+  def row(qt):
+    hit = jnp.any(_tile_mask(qt, keys), axis=(0, 1))  # [tk]
+    return jnp.any(hit.reshape(tk // ck, ck), axis=-1)
+
+  return jax.lax.map(row, _token_tiles(spec, tq, cq))
+
+
+class TiledMask(NamedTuple):
+  """A spec with its :func:`tile_table`, built once per forward and shared by the layers."""
+  spec: MaskSpec
+  needed: jax.Array
+  chunk_q: int
+  chunk_k: int
+
+
+def tiled_mask(spec: MaskSpec, chunk_q: int = 512, chunk_k: int = 512) -> TiledMask:
+  cq, ck = chunk_sizes(spec.length, chunk_q, chunk_k)
+  return TiledMask(spec, tile_table(spec, cq, ck), cq, ck)
+
+
 def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec,
-                      chunk_q: int = 512, chunk_k: int = 512) -> jax.Array:
+                      chunk_q: int = 512, chunk_k: int = 512,
+                      needed: Optional[jax.Array] = None) -> jax.Array:
   """Grouped-query self-attention under ``spec``, tile by tile.
 
   ``q`` ``[B, L, H, hd]``, ``k/v`` ``[B, L, K, hd]``; equals
   ``attention(q, k, v, masks.dense(spec))``. Chunk sizes need not divide ``L`` (the last
-  tile is padded with invalid tokens).
+  tile is padded with invalid tokens). ``needed``: :func:`tile_table` of the same spec and
+  chunk sizes, when the caller shares one across layers; computed here otherwise.
   """
   b, t = q.shape[:2]
   if k.shape[1] != t or spec.blocks.shape != (b, t):
@@ -192,4 +228,10 @@ def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec,
   if int(chunk_q) <= 0 or int(chunk_k) <= 0:
     raise ValueError(f"attention chunk sizes must be positive, got {chunk_q}, {chunk_k}")
   cq, ck = chunk_sizes(t, chunk_q, chunk_k)
-  return _attention(q, k, v, spec, cq, ck)
+  if needed is None:
+    needed = tile_table(spec, cq, ck)
+  shape = (-(-t // cq), -(-t // ck))
+  if needed.shape != shape:
+    raise ValueError(f"tile table has shape {needed.shape}; expected {shape} for L={t} in "
+                     f"tiles of {cq} x {ck}")
+  return _attention(q, k, v, spec, needed, cq, ck)

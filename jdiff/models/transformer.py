@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from jdiff.models import masks as masks_lib
-from jdiff.models.chunked_attention import chunked_attention
+from jdiff.models.chunked_attention import TiledMask, chunked_attention, tiled_mask
 from jdiff.models.config import ModelConfig
 from jdiff.models.kv_cache import KVCache
 from jdiff.models.layers import F32, attention, attention_with_cache, rms_norm, rope
@@ -92,8 +92,8 @@ def _layer(config: ModelConfig, x, p, positions, mask, cache_k, cache_v, window=
   q = rope(q, q_pos, c.rope_theta)
   k = rope(k, positions, c.rope_theta)
   q = constrain(q, ("batch", "length", "heads", "head_dim"))
-  if isinstance(mask, masks_lib.MaskSpec):
-    out = chunked_attention(q, k, v, mask, c.attention_chunk_q, c.attention_chunk_k)
+  if isinstance(mask, TiledMask):
+    out = chunked_attention(q, k, v, mask.spec, mask.chunk_q, mask.chunk_k, mask.needed)
   elif cache_k is None:
     out = attention(q, k, v, mask)
   else:
@@ -197,7 +197,7 @@ class Backbone(nnx.Module):
     return h, cache
 
   def _attention_mask(self, positions, mask, cache, window):
-    """A :class:`MaskSpec` for the chunked kernel where it applies, else the dense mask.
+    """A :class:`TiledMask` for the chunked kernel where it applies, else the dense mask.
 
     The chunked kernel runs self-attention over the whole input: with
     ``attention_impl="chunked"``, no cache and no window, a spec (or no mask, or a ``[B, L]``
@@ -209,13 +209,14 @@ class Backbone(nnx.Module):
     chunked = c.attention_impl == "chunked" and cache is None and window is None
     if mask is None or (not isinstance(mask, masks_lib.MaskSpec) and jnp.ndim(mask) == 2):
       if chunked:
-        return masks_lib.spec_native(c.block_size if c.block_causal else None, positions, mask)
+        spec = masks_lib.spec_native(c.block_size if c.block_causal else None, positions, mask)
+        return tiled_mask(spec, c.attention_chunk_q, c.attention_chunk_k)
     if isinstance(mask, masks_lib.MaskSpec):
       if mask.blocks.shape != positions.shape:
         raise ValueError(f"attention mask spec has per-token shape {mask.blocks.shape}; "
                          f"expected {positions.shape} (the tokens' [B, L])")
       if chunked:
-        return mask
+        return tiled_mask(mask, c.attention_chunk_q, c.attention_chunk_k)
       mask = masks_lib.dense(mask)
     return self._full_mask(positions, mask, cache)
 

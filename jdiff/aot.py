@@ -122,6 +122,8 @@ class ProgramReport:
   output_bytes: int
   alias_bytes: int  # outputs that reuse donated arguments' buffers
   temp_bytes: int
+  # XLA's cost analysis counts a while loop's body once (a lax.scan over layers, the chunked
+  # attention's tile loops): for such programs it is a lower bound unless `flops` was given.
   flops: float  # NaN where the compiler refused the program (see oom)
   bytes_accessed: float
   oom: Optional[str] = None  # the TPU compiler's out-of-HBM message, if it refused to compile
@@ -162,11 +164,15 @@ def _cost(compiled) -> Mapping[str, float]:
 
 def compile_program(name: str, fn: Callable, abstract_args: Sequence[Any], in_shardings,
                     out_shardings=None, *, donate_argnums: Sequence[int] = (),
-                    rules: Mapping[str, MeshAxes] = TRAIN_RULES) -> ProgramReport:
+                    rules: Mapping[str, MeshAxes] = TRAIN_RULES,
+                    flops: Optional[float] = None) -> ProgramReport:
   """Compiles ``fn(*abstract_args)`` for the topology of ``in_shardings``' mesh.
 
   ``abstract_args``: pytrees of ``jax.ShapeDtypeStruct`` (or arrays); the mesh is active
-  while tracing, so ``constrain`` inside ``fn`` applies ``rules``.
+  while tracing, so ``constrain`` inside ``fn`` applies ``rules``. ``flops``: per-device
+  FLOPs to report instead of XLA's count, which sees a loop body once (for a model scanned
+  over its layers, pass e.g. ``3 * config.flops_per_token(L) * tokens / devices`` for a
+  forward and backward).
   """
   mesh = _mesh_of(in_shardings)
   devices = list(mesh.devices.flat)
@@ -183,14 +189,16 @@ def compile_program(name: str, fn: Callable, abstract_args: Sequence[Any], in_sh
       if oom is None:
         raise
       return ProgramReport(**common, argument_bytes=_argument_bytes(abstract_args, in_shardings),
-                           output_bytes=0, alias_bytes=0, temp_bytes=oom[0], flops=float("nan"),
+                           output_bytes=0, alias_bytes=0, temp_bytes=oom[0],
+                           flops=float("nan") if flops is None else float(flops),
                            bytes_accessed=float("nan"), oom=oom[1])
   mem, cost = compiled.memory_analysis(), _cost(compiled)
   return ProgramReport(
       **common,
       argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
       alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
-      flops=float(cost.get("flops", 0.0)), bytes_accessed=float(cost.get("bytes accessed", 0.0)))
+      flops=float(cost.get("flops", 0.0)) if flops is None else float(flops),
+      bytes_accessed=float(cost.get("bytes accessed", 0.0)))
 
 
 _OOM = re.compile(r"CompileTimeHbmOom.*?temporaries \(([\d.]+)([KMGT]?)\)", re.S)

@@ -69,7 +69,8 @@ def test_compile_time_oom_message_is_parsed():
          "memory required for HLO temporaries (17.92G) exceeds available HBM (15.75G).\nmore")
   temp, line = aot._compile_time_oom(msg)  # pylint: disable=protected-access
   assert temp == int(17.92 * GiB) and line.startswith("RESOURCE_EXHAUSTED") and "more" not in line
-  assert aot._compile_time_oom("INTERNAL: something else") is None  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  assert aot._compile_time_oom("INTERNAL: something else") is None
 
 
 def test_verdict_names_the_program_over_budget():

@@ -12,6 +12,7 @@ from typing import Optional
 FAMILIES = ("llada", "dream", "sdar")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_IMPLS = ("dense", "chunked")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,11 @@ class ModelConfig:
   param_dtype: str = "float32"  # master weights
   dtype: str = "float32"  # compute dtype; norms, softmax and logits stay float32
   remat: str = "none"  # rematerialisation policy of one layer for training
+  # "chunked": training/scoring forwards given a MaskSpec (or no mask) attend tile by tile
+  # (jdiff.models.chunked_attention), with no [L, L] array; cached decoding stays dense.
+  attention_impl: str = "dense"
+  attention_chunk_q: int = 512
+  attention_chunk_k: int = 512
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -53,6 +59,12 @@ class ModelConfig:
       raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even for RoPE")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"ModelConfig.remat={self.remat!r}; expected one of {REMAT_POLICIES}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"ModelConfig.attention_impl={self.attention_impl!r}; expected one of "
+                       f"{ATTENTION_IMPLS}")
+    for name in ("attention_chunk_q", "attention_chunk_k"):
+      if int(getattr(self, name)) <= 0:
+        raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in DTYPES:
         raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {DTYPES}")

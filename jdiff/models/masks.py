@@ -9,7 +9,7 @@ self-edge so softmax never divides by zero; their outputs are meaningless by des
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax.numpy as jnp
 
@@ -113,3 +113,77 @@ def to_additive(mask, dtype=jnp.float32):
   mask = jnp.asarray(mask, dtype=bool)
   neg = jnp.finfo(dtype).min
   return jnp.where(mask, jnp.zeros((), dtype), jnp.asarray(neg, dtype))[:, None]
+
+
+class MaskSpec(NamedTuple):
+  """A compact, per-token description of a self-attention mask (``[B, L]`` arrays).
+
+  Every square pattern above is an instance of the :func:`block_diffusion` rule: bidirectional
+  attention is one block of clean tokens, block-causal attention is clean tokens in blocks of
+  ``position // block_size``. Keeping the three per-token arrays instead of the ``[B, L, L]``
+  mask lets the chunked attention kernel evaluate the mask one tile at a time
+  (``docs/design.md``, memory-efficient attention). :func:`dense` turns it into the bool mask.
+  """
+  blocks: jnp.ndarray  # int32 [B, L]: block id of each token
+  noisy: jnp.ndarray  # bool [B, L]: True for tokens of the noisy copy x_t
+  valid: jnp.ndarray  # bool [B, L]: False for padding
+
+  @property
+  def length(self) -> int:
+    return self.blocks.shape[-1]
+
+
+def spec_block_diffusion(blocks, noisy, valid=None) -> MaskSpec:
+  """The spec of :func:`block_diffusion` (any mix of clean and noisy tokens)."""
+  blocks = jnp.asarray(blocks, jnp.int32)
+  return MaskSpec(blocks, jnp.asarray(noisy, bool), _valid_or_all(blocks.shape, valid))
+
+
+def spec_bidirectional(valid) -> MaskSpec:
+  """The spec of :func:`bidirectional`: one clean block."""
+  valid = jnp.asarray(valid, bool)
+  return MaskSpec(jnp.zeros(valid.shape, jnp.int32), jnp.zeros(valid.shape, bool), valid)
+
+
+def spec_block_causal(positions, block_size: int, valid=None) -> MaskSpec:
+  """The spec of :func:`block_causal`: clean tokens in absolute-position blocks."""
+  blk = block_ids(positions, block_size).astype(jnp.int32)
+  return MaskSpec(blk, jnp.zeros(blk.shape, bool), _valid_or_all(blk.shape, valid))
+
+
+def spec_xt_x0(positions, block_size: int, valid=None) -> MaskSpec:
+  """The spec of :func:`xt_x0` (length ``2n``)."""
+  blk = block_ids(jnp.asarray(positions), block_size).astype(jnp.int32)
+  noisy = jnp.concatenate([jnp.ones_like(blk, bool), jnp.zeros_like(blk, bool)], axis=-1)
+  if valid is not None:
+    valid = jnp.concatenate([valid, valid], axis=-1)
+  return spec_block_diffusion(jnp.concatenate([blk, blk], axis=-1), noisy, valid)
+
+
+def spec_native(family_block_size: Optional[int], positions, valid=None) -> MaskSpec:
+  """The spec of :func:`native`."""
+  positions = jnp.asarray(positions)
+  if family_block_size:
+    return spec_block_causal(positions, family_block_size, valid)
+  return spec_bidirectional(_valid_or_all(positions.shape, valid))
+
+
+def allowed(q_blocks, q_noisy, q_valid, q_index, k_blocks, k_noisy, k_valid, k_index):
+  """The block-diffusion rule with self-edges for one tile: bool ``[..., Q, K]``.
+
+  Inputs are per-token ``[..., Q]`` (queries) and ``[..., K]`` (keys); ``*_index`` are the
+  tokens' row numbers, used for the self-edge that an invalid query (the only kind whose row
+  is otherwise empty: a valid token always sees itself) gets, as :func:`with_self_edges`.
+  """
+  qb, kb = q_blocks[..., :, None], k_blocks[..., None, :]
+  qn, kn = q_noisy[..., :, None], k_noisy[..., None, :]
+  qv, kv = q_valid[..., :, None], k_valid[..., None, :]
+  rule = (qn & kn & (qb == kb)) | (qn & ~kn & (kb < qb)) | (~qn & ~kn & (kb <= qb))
+  return (rule & qv & kv) | (~qv & (q_index[..., :, None] == k_index[..., None, :]))
+
+
+def dense(spec: MaskSpec) -> jnp.ndarray:
+  """The ``[B, L, L]`` bool mask a spec describes (equal to :func:`block_diffusion`'s)."""
+  idx = jnp.arange(spec.length)
+  return allowed(spec.blocks, spec.noisy, spec.valid, idx, spec.blocks, spec.noisy, spec.valid,
+                 idx)

@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from jdiff.models import masks as masks_lib
+from jdiff.models.chunked_attention import TiledMask, chunked_attention, tiled_mask
 from jdiff.models.config import ModelConfig
 from jdiff.models.kv_cache import KVCache
 from jdiff.models.layers import F32, attention, attention_with_cache, rms_norm, rope
@@ -91,7 +92,9 @@ def _layer(config: ModelConfig, x, p, positions, mask, cache_k, cache_v, window=
   q = rope(q, q_pos, c.rope_theta)
   k = rope(k, positions, c.rope_theta)
   q = constrain(q, ("batch", "length", "heads", "head_dim"))
-  if cache_k is None:
+  if isinstance(mask, TiledMask):
+    out = chunked_attention(q, k, v, mask.spec, mask.chunk_q, mask.chunk_k, mask.needed)
+  elif cache_k is None:
     out = attention(q, k, v, mask)
   else:
     out = attention_with_cache(q, k, v, cache_k.astype(dt), cache_v.astype(dt), mask)
@@ -124,6 +127,9 @@ class Backbone(nnx.Module):
                store: StoreArg = False, window: Optional[Tuple[Any, int]] = None):
     """Hidden states ``[B, T, D]`` and the cache.
 
+    ``mask``: bool ``[B, T, T]`` (or ``[B, T, S + T]`` with a cache), a ``[B, T]`` padding
+    mask, a :class:`jdiff.models.masks.MaskSpec`, or None for the family's native pattern.
+
     ``store`` (True, or bool ``[B, T]``: which tokens) writes this call's keys and values
     into ``cache`` at slot = position. Without a cache it returns a new one of ``T`` slots
     in which slot i holds input token i (its K/V rotated at its own position; tokens not
@@ -150,7 +156,7 @@ class Backbone(nnx.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     positions = jnp.asarray(positions, jnp.int32)
-    mask = self._full_mask(positions, mask, cache)
+    mask = self._attention_mask(positions, mask, cache, window)
     storing = not (isinstance(store, bool) and not store)
 
     dt = jnp.dtype(c.dtype)
@@ -189,6 +195,30 @@ class Backbone(nnx.Module):
       else:
         cache = cache.store(new_kv[0], new_kv[1], positions, write)
     return h, cache
+
+  def _attention_mask(self, positions, mask, cache, window):
+    """A :class:`TiledMask` for the chunked kernel where it applies, else the dense mask.
+
+    The chunked kernel runs self-attention over the whole input: with
+    ``attention_impl="chunked"``, no cache and no window, a spec (or no mask, or a ``[B, L]``
+    padding mask) stays compact. A dense ``[B, L, L]`` mask always runs the dense path, and
+    a spec is made dense where the chunked kernel does not apply.
+    """
+    c = self.config
+    t = positions.shape[1]
+    chunked = c.attention_impl == "chunked" and cache is None and window is None
+    if mask is None or (not isinstance(mask, masks_lib.MaskSpec) and jnp.ndim(mask) == 2):
+      if chunked:
+        spec = masks_lib.spec_native(c.block_size if c.block_causal else None, positions, mask)
+        return tiled_mask(spec, c.attention_chunk_q, c.attention_chunk_k)
+    if isinstance(mask, masks_lib.MaskSpec):
+      if mask.blocks.shape != positions.shape:
+        raise ValueError(f"attention mask spec has per-token shape {mask.blocks.shape}; "
+                         f"expected {positions.shape} (the tokens' [B, L])")
+      if chunked:
+        return tiled_mask(mask, c.attention_chunk_q, c.attention_chunk_k)
+      mask = masks_lib.dense(mask)
+    return self._full_mask(positions, mask, cache)
 
   def _full_mask(self, positions, mask, cache):
     c = self.config

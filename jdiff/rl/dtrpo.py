@@ -209,7 +209,7 @@ def build_batch(pairs: PreferencePairs, advantages, key, cfg: DTRPOConfig, model
 
 def logprob_fn(model, batch, cfg: DTRPOConfig):
   """log π(y_j) at every slot ``[R, N]`` under the ``x_t ⊕ x_0`` block-diffusion mask."""
-  mask = masks.block_diffusion(batch["blocks"], batch["noisy"], batch["valid"])
+  mask = masks.spec_block_diffusion(batch["blocks"], batch["noisy"], batch["valid"])
   return model_token_logprobs(model, batch["input_ids"], batch["positions"], mask,
                               batch["targets"], cfg.chunk_size)
 

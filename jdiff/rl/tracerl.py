@@ -61,9 +61,11 @@ def build_batch(traj, advantages, key, cfg: TraceRLConfig, model_config) -> dict
 
 
 def attention_mask(batch, model_config):
+  """The rows' mask as a compact :class:`~jdiff.models.masks.MaskSpec`: the backbone makes
+  it dense, or attends tile by tile with ``attention_impl="chunked"``."""
   if model_config.block_causal:
-    return masks.block_diffusion(batch["blocks"], batch["noisy"], batch["valid"])
-  return masks.bidirectional(batch["valid"])
+    return masks.spec_block_diffusion(batch["blocks"], batch["noisy"], batch["valid"])
+  return masks.spec_bidirectional(batch["valid"])
 
 
 def logprob_fn(model, batch, cfg: TraceRLConfig):

@@ -179,10 +179,10 @@ def _recorded_steps(pairs: PreferencePairs, g: int, cfg: DTRPOConfig) -> Optiona
   return steps.astype(np.int64)
 
 
-def _draw(key, resp_block, lengths, steps, nb: int, cfg: DTRPOConfig):
+def _draw(key, resp_block, lengths, steps, cfg: DTRPOConfig):
   """Every row's per-block draws (:func:`dtrpo_draws.draw_block`): the input mask, the token
   weights (> 0 = scored) and the masked fraction of each token's block, each ``[R, G]``.
-  Rows are ``[chosen x K | rejected x K]`` of ``nb`` pairs each; with
+  Rows are ``[chosen x K | rejected x K]`` (equal halves); with
   ``share_timesteps`` a pair's chosen and rejected rows share the uniform behind t_b."""
   n_rows, g = resp_block.shape
   n_blocks = int(resp_block.max()) + 1
@@ -217,6 +217,28 @@ def _logit_source(p: int, g: int, block_length: int, n_rows: int) -> np.ndarray:
   return np.broadcast_to(src, (n_rows, p + 2 * g)).astype(np.int32)
 
 
+def _layout(pids, pmask, toks, lengths, cfg: DTRPOConfig, c, pad_id: int):
+  """The ``x_t ⊕ x_0`` rows (noisy copy all masks) and each response token's block, counted
+  from the response's first block ``[R, G]``."""
+  g = toks.shape[1]
+  plen = pmask.sum(-1)
+  if c.block_causal:
+    blk = c.block_size
+    traj = Trajectory(prompt_ids=pids, prompt_mask=pmask, tokens=toks,
+                      step_map=(np.arange(g)[None] < lengths[:, None]).astype(np.int32),
+                      logprobs=np.zeros(toks.shape, np.float32), lengths=lengths,
+                      num_steps=np.ones_like(lengths))
+    # shrink = block size: one round per response, every block of it fully noisy.
+    rows = build_block_rows(traj, block_size=blk, mask_id=c.mask_token_id, pad_id=pad_id,
+                            shrink=blk)
+    rows = {k: rows[k] for k in ("input_ids", "positions", "blocks", "noisy", "valid", "targets")}
+    resp_block = (plen[:, None] + np.arange(g)) // blk
+  else:
+    rows = _full_attention_rows(pids, pmask, toks, lengths, cfg.block_length, pad_id)
+    resp_block = np.broadcast_to(np.arange(g) // cfg.block_length, toks.shape)
+  return rows, resp_block - resp_block[:, :1]  # 0 = the response's first block
+
+
 def build_batch(pairs: PreferencePairs, advantages, key, cfg: DTRPOConfig, model_config) -> dict:
   """Pairs -> ``2B`` rows ``[chosen_0..B-1 | rejected_0..B-1]`` with the re-masking drawn
   from ``key``. Keys: ``input_ids``, ``positions``, ``blocks``, ``noisy``, ``valid``,
@@ -248,23 +270,7 @@ def build_batch(pairs: PreferencePairs, advantages, key, cfg: DTRPOConfig, model
     lengths = np.full_like(lengths, g)
   else:
     toks = np.where(np.arange(g)[None] < lengths[:, None], toks, pad_id)
-  plen = pmask.sum(-1)
-
-  if c.block_causal:
-    blk = c.block_size
-    traj = Trajectory(prompt_ids=pids, prompt_mask=pmask, tokens=toks,
-                      step_map=(np.arange(g)[None] < lengths[:, None]).astype(np.int32),
-                      logprobs=np.zeros(toks.shape, np.float32), lengths=lengths,
-                      num_steps=np.ones_like(lengths))
-    # shrink = block size: one round per response, every block of it fully noisy.
-    rows = build_block_rows(traj, block_size=blk, mask_id=c.mask_token_id, pad_id=pad_id,
-                            shrink=blk)
-    rows = {k: rows[k] for k in ("input_ids", "positions", "blocks", "noisy", "valid", "targets")}
-    resp_block = (plen[:, None] + np.arange(g)) // blk
-  else:
-    rows = _full_attention_rows(pids, pmask, toks, lengths, cfg.block_length, pad_id)
-    resp_block = np.broadcast_to(np.arange(g) // cfg.block_length, toks.shape)
-  resp_block = resp_block - resp_block[:, :1]  # 0 = the response's first block
+  rows, resp_block = _layout(pids, pmask, toks, lengths, cfg, c, pad_id)
 
   steps = _recorded_steps(pairs, g, cfg)
   kk = cfg.timesteps_per_block
@@ -272,7 +278,7 @@ def build_batch(pairs: PreferencePairs, advantages, key, cfg: DTRPOConfig, model
   rows = {k: v[order] for k, v in rows.items()}
   toks, lengths, resp_block = toks[order], lengths[order], resp_block[order]
   steps = None if steps is None else steps[order]
-  masked, weight, frac = _draw(key, resp_block, lengths, steps, nb, cfg)
+  masked, weight, frac = _draw(key, resp_block, lengths, steps, cfg)
 
   n = rows["input_ids"].shape[1]
   ids = rows["input_ids"].copy()

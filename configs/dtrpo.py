@@ -1,4 +1,4 @@
-"""dTRPO (offline DPO on re-masked final states, research/d1_cjgrpo_dtrpo.md §4) on the
+"""dTRPO (offline DPO on trajectory log-ratios, docs/methods.md; jdiff/rl/dtrpo.py) on the
 embedded default: the mini_sdar model and digit sorting of configs/tracerl.py, the same 200-step
 block-SFT warm start, then a fixed preference set built ONCE from the warm-started policy
 (8 samples per training prompt with the block sampler; best-reward vs worst-reward completion,

@@ -1,5 +1,7 @@
-"""dTRPO (d1_cjgrpo_dtrpo.md §4): re-masked final states in one x_t ⊕ x_0 row per response,
-the DPO loss on the policy-vs-reference log-ratio of the re-masked tokens."""
+"""dTRPO (docs/methods.md): per-block states in one x_t ⊕ x_0 row per response and draw, the DPO
+loss on the policy-vs-reference log-ratio of the scored tokens; the estimators' weights and
+grid, recorded orders, K draws, shared t, and Dream's logit alignment against per-block
+forwards. Their expectations are checked exactly in test_dtrpo_draws.py."""
 
 import math
 

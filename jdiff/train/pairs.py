@@ -42,7 +42,8 @@ def sample_pairs(model, mesh, tokenizer, task, rows, ids, sampler_name, sampler_
     traj, mine = rollout(model, mesh, sampler_name, sampler_cfg, prompt_ids,
                          model.config.pad_token_id, config.data.max_prompt_len,
                          jax.random.fold_in(key, start))
-    tokens, lengths = (np.asarray(x) for x in dist.to_host((traj.tokens, traj.lengths)))
+    tokens, lengths, steps = (np.asarray(x) for x in dist.to_host((traj.tokens, traj.lengths,
+                                                                   traj.step_map)))
     r = local_rewards(reward_spec, tokenizer, task, tokens, lengths, mine, group_rows)
     r = np.asarray(dist.gather_rows(r, mine, len(prompt_ids)), np.float64)
     for k in range(n_real):
@@ -60,6 +61,9 @@ def sample_pairs(model, mesh, tokenizer, task, rows, ids, sampler_name, sampler_
           rejected=decode(tokenizer, rejected[None], [len(rejected)])[0],
           prompt_ids=list(map(int, ids[i])), chosen_ids=chosen.tolist(),
           rejected_ids=rejected.tolist(), chosen_reward=float(r[best]),
+          # the decoding order (dTRPO's newly_unmasked estimator replays it)
+          chosen_steps=steps[best, :lengths[best]].tolist(),
+          rejected_steps=steps[worst, :lengths[worst]].tolist(),
           rejected_reward=float(r[worst]), prompt_index=i))
   stats = {"sampled_prompts": len(rows), "pairs": len(pairs), "tied_groups": ties,
            "pair_build_reward_mean": float(np.mean(all_rewards)) if all_rewards else math.nan}
@@ -121,9 +125,14 @@ def response_width(pairs, sampler_cfg, oc) -> int:
 
 
 def pair_batch(pairs, idx, width: int, prompt_len: int, pad_id: int) -> PreferencePairs:
-  """``PreferencePairs`` with prompts left-padded to ``prompt_len`` (a fixed shape)."""
+  """``PreferencePairs`` with prompts left-padded to ``prompt_len`` (a fixed shape); the step
+  maps when every pair carries them (self-sampled pairs)."""
   pids, pmask, _ = left_pad([pairs[i]["prompt_ids"] for i in idx], pad_id, length=prompt_len)
+  has_steps = all("chosen_steps" in pairs[i] for i in idx)
+  steps = {f: [pairs[i][f] for i in idx] if has_steps else None
+           for f in ("chosen_steps", "rejected_steps")}
   p = PreferencePairs.from_lists([pairs[i]["prompt_ids"] for i in idx],
                                  [pairs[i]["chosen_ids"] for i in idx],
-                                 [pairs[i]["rejected_ids"] for i in idx], pad_id, width=width)
+                                 [pairs[i]["rejected_ids"] for i in idx], pad_id, width=width,
+                                 **steps)
   return dataclasses.replace(p, prompt_ids=pids, prompt_mask=pmask)

@@ -65,6 +65,25 @@ def test_outputs(straight):
   for p in pairs:
     assert p["chosen_reward"] > p["rejected_reward"]
     assert {"prompt", "chosen", "rejected", "prompt_ids", "chosen_ids", "rejected_ids"} <= set(p)
+    # the sampler's decoding order, kept for dTRPO's newly_unmasked estimator
+    for side in ("chosen", "rejected"):
+      assert len(p[f"{side}_steps"]) == len(p[f"{side}_ids"]) and min(p[f"{side}_steps"]) > 0
+
+
+def test_newly_unmasked_on_recorded_orders_with_k_draws(straight, tmp_path):
+  """The paper's estimator on the straight run's self-sampled pairs (their step maps), two
+  draws per block and t shared within a pair: the loop runs and its rows are 2 x K x pairs."""
+  workdir, _ = straight
+  c = short(max_steps=1)
+  c.method.update(estimator="newly_unmasked", timesteps_per_block=2, share_timesteps=True)
+  run_dir = str(tmp_path / "nu")
+  os.makedirs(run_dir)
+  with open(os.path.join(run_dir, pairs_lib.PAIRS_FILE), "w") as f:
+    f.write(open(os.path.join(workdir, pairs_lib.PAIRS_FILE)).read())
+  offline_loop.run(c, run_dir)
+  row = json.loads(open(os.path.join(run_dir, "metrics.jsonl")).readline())
+  assert np.isfinite(row["loss"]) and row["skipped"] == 0
+  assert row["num_tokens"] > 0
 
 
 def test_resume_equals_straight_run_and_pairs_are_deterministic(straight, tmp_path):

@@ -23,8 +23,18 @@ def test_shipped_config_validates(name):
 
 def test_the_papers_configs_ship():
   assert {"tracerl_trado4b_math", "tracerl_trado8b_math", "d1_llada8b_gsm8k",
-          "d1_sft_llada8b_s1k", "cj_grpo_llada8b_countdown", "dtrpo"} <= set(NAMES)
-  assert set(REAL) >= {"tracerl_trado4b_math", "d1_llada8b_gsm8k", "cj_grpo_llada8b_countdown"}
+          "d1_sft_llada8b_s1k", "cj_grpo_llada8b_countdown", "dtrpo", "dtrpo_sdar8b"} <= set(NAMES)
+  assert set(REAL) >= {"tracerl_trado4b_math", "d1_llada8b_gsm8k", "cj_grpo_llada8b_countdown",
+                       "dtrpo_sdar8b"}
+
+
+def test_dtrpo_sdar8b_steps_on_the_decoding_grid():
+  """The estimator's grid is the sampler's: block 4 in 4 steps, the paper's estimator."""
+  from jdiff.models.config import PRESETS
+  c = load_config("dtrpo_sdar8b")
+  assert PRESETS[c.model.preset]().block_size == 4 == c.sampler.denoising_steps
+  assert c.method.steps_per_block == c.sampler.denoising_steps
+  assert c.method.estimator == "newly_unmasked" and c.method.timesteps_per_block == 1
 
 
 @pytest.mark.parametrize("name", REAL)
@@ -92,6 +102,9 @@ BROKEN = [
     ("dtrpo", "offline.pairs_per_step", 15, "config.offline.pairs_per_step"),
     ("dtrpo", "offline.group_sz", 4, "config.offline"),
     ("dtrpo", "method.beta", 0.0, "config.method"),
+    ("dtrpo", "method.steps_per_block", -1, "config.method"),
+    ("dtrpo", "method.estimator", "exact", "config.method"),
+    ("dtrpo_sdar8b", "method.timesteps_per_block", 0, "config.method"),
 ]
 
 

@@ -8,7 +8,7 @@ loads the *exported* directory with transformers (``Qwen3ForCausalLM`` for SDAR,
 Both sides then decode the same prompts greedily and their tokens are compared.
 
 Rows (batch 8, same-length prompts, greedy, no stop token so every row generates G tokens):
-- ``block+kv``: ``block.sample_block`` (SDAR, KV cache, B=4, 4 denoising steps,
+- ``block+kv``: ``block.sample`` (SDAR, KV cache, B=4, 4 denoising steps,
   low_confidence_dynamic 0.9) vs ``torch_reference.sdar_block_generate`` (the HF
   ``generate.py`` loop with a transformers DynamicCache).
 - ``block+kv Ndev`` (``--cpu-devices N``): the same sampler on a ``(N, 1, 1)`` data mesh of
@@ -194,11 +194,7 @@ def jdiff_call(sample, model, ids, cfg):
   """A warm, blocking call of ``sample(model, ids, pmask, key, cfg)`` on unpadded prompts."""
   pmask = np.ones(ids.shape, bool)
   key = jax.random.key(0)
-  if sample is block.sample_block:
-    run = lambda: jax.block_until_ready(  # noqa: E731
-        block.sample_block(model, ids, key, cfg, prompt_mask=pmask))
-  else:
-    run = lambda: jax.block_until_ready(sample(model, ids, pmask, key, cfg))  # noqa: E731
+  run = lambda: jax.block_until_ready(sample(model, ids, pmask, key, cfg))  # noqa: E731
   _precompile(model, ids, pmask, key, cfg, run)
   return run
 
@@ -213,8 +209,6 @@ def jdiff_mesh_call(sample, model, ids, cfg, devices):
 
   def run():
     with jax.set_mesh(mesh):
-      if sample is block.sample_block:
-        return jax.block_until_ready(sample(sharded, ids, key, cfg, prompt_mask=pmask))
       return jax.block_until_ready(sample(sharded, ids, pmask, key, cfg))
 
   run()  # compiles
@@ -303,18 +297,18 @@ def _steps(g, args):
 
 # --------------------------------------------------------------------------- rows
 def bench_block(model, tm, ids, g, args):
-  cfg = block.BlockSamplerConfig(max_tokens=g, block_length=BLOCK_SIZE,
-                                 denoising_steps=BLOCK_STEPS, strategy=BLOCK_STRATEGY,
+  cfg = block.BlockSamplerConfig(gen_length=g, block_length=BLOCK_SIZE,
+                                 steps_per_block=BLOCK_STEPS, strategy=BLOCK_STRATEGY,
                                  threshold=BLOCK_THRESHOLD, temperature=0.0, stop_ids=())
-  fns = {"jdiff": jdiff_call(block.sample_block, model, ids, cfg),
+  fns = {"jdiff": jdiff_call(block.sample, model, ids, cfg),
          "torch": torch_call(lambda: ref.sdar_block_generate(
              tm, ids, g, BLOCK_SIZE, BLOCK_STEPS, model.config.mask_token_id, BLOCK_STRATEGY,
              BLOCK_THRESHOLD), tm, ids)}
   if args.row_threads > 1:
-    fns["threads"] = jdiff_call(block.sample_block, model, ids,
+    fns["threads"] = jdiff_call(block.sample, model, ids,
                                 dataclasses.replace(cfg, row_threads=args.row_threads))
   if args.cpu_devices > 1:
-    fns["mesh"] = jdiff_mesh_call(block.sample_block, model, ids, cfg, args.cpu_devices)
+    fns["mesh"] = jdiff_mesh_call(block.sample, model, ids, cfg, args.cpu_devices)
   res, peak = _measure(fns, args)
   t_t, (toks, calls) = res["torch"]
   flops = sum(ids.shape[0] * q * model.config.flops_per_token(kv) for q, kv in calls)

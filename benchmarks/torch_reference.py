@@ -76,7 +76,7 @@ def _additive(visible: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- SDAR block
 @torch.no_grad()
 def sdar_block_generate(model, prompt_ids, gen_length: int, block_length: int,
-                        denoising_steps: int, mask_id: int,
+                        steps_per_block: int, mask_id: int,
                         strategy: str = "low_confidence_dynamic", threshold: float = 0.9):
   """Block diffusion with a DynamicCache (SDAR ``generate.py``), greedy. Returns
   ``(tokens [B, G] int64 numpy, [(query tokens, key length)] of every model forward)``.
@@ -92,7 +92,7 @@ def sdar_block_generate(model, prompt_ids, gen_length: int, block_length: int,
   x = torch.full((b, size), mask_id, dtype=torch.long)
   x[:, :p] = ids
   cache = transformers.DynamicCache(config=model.config)
-  sched = transfer_schedule(bl, denoising_steps)
+  sched = transfer_schedule(bl, steps_per_block)
   calls = []
 
   p0 = (p // bl) * bl  # prefill: the whole blocks of the prompt, block-causal
@@ -111,7 +111,7 @@ def sdar_block_generate(model, prompt_ids, gen_length: int, block_length: int,
     keys = torch.cat([torch.ones(start, dtype=torch.bool), win_valid])
     mask = _additive(keys.expand(b, bl, start + bl))
     pos_ids = win_pos.expand(b, bl)
-    for step in range(denoising_steps):
+    for step in range(steps_per_block):
       win = x[:, start:start + bl]
       eligible = (win == mask_id) & decodable
       if not bool(eligible.any()):

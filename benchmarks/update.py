@@ -42,7 +42,8 @@ import jdiff  # noqa: E402
 from forward import SIZES, matmul_peak  # noqa: E402
 from jdiff.rl import cj_grpo, diffu_grpo, tracerl  # noqa: E402
 from jdiff.sampling import llada  # noqa: E402
-from jdiff.sampling.block import BlockSamplerConfig, sample_block  # noqa: E402
+from jdiff.sampling import block
+from jdiff.sampling.block import BlockSamplerConfig  # noqa: E402
 from jdiff.sampling.common import left_pad  # noqa: E402
 from jdiff.train.optim import make_optimizer  # noqa: E402
 from jdiff.train.update import init_train_state, make_update_step  # noqa: E402
@@ -61,11 +62,11 @@ def make_model(size: str, family: str):
 
 
 def block_trajectory(model, prompts, gen: int, key):
-  """SDAR block-sampler rollout: 1 token per step (denoising_steps = block size), no stop,
+  """SDAR block-sampler rollout: 1 token per step (steps_per_block = block size), no stop,
   so every response decodes all ``gen`` tokens."""
-  cfg = BlockSamplerConfig(max_tokens=gen, denoising_steps=model.config.block_size,
+  cfg = BlockSamplerConfig(gen_length=gen, steps_per_block=model.config.block_size,
                            temperature=1.0, stop_ids=())
-  return jax.device_get(sample_block(model, prompts, key, cfg, bucket=BUCKET))
+  return jax.device_get(block.sample(model, prompts, None, key, cfg, bucket=BUCKET))
 
 
 def llada_trajectory(model, prompts, gen: int, schedule: str, key):

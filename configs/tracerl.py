@@ -40,11 +40,11 @@ def get_config():
 
   # Rollouts: block diffusion with the KV cache (TraDo's defaults: B = S = 4, dynamic τ = 0.9).
   c.sampler = ml_collections.ConfigDict(dict(
-      name="block", max_tokens=24, denoising_steps=4, strategy="low_confidence_dynamic",
+      name="block", gen_length=24, steps_per_block=4, strategy="low_confidence_dynamic",
       threshold=0.9, temperature=1.0, top_k=0, top_p=1.0))
   c.eval = ml_collections.ConfigDict(dict(
       batch_size=32,
-      sampler=dict(name="block", max_tokens=24, denoising_steps=4,
+      sampler=dict(name="block", gen_length=24, steps_per_block=4,
                    strategy="low_confidence_static", temperature=0.0)))
 
   # shrink=2: two trace rows per block instead of four — about half the update cost.

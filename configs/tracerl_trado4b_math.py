@@ -45,13 +45,13 @@ def get_config():
   c.sft.steps = 0
   # Rollouts: dynamic τ = 0.9, B = S = 4, T = 1.0, top_p 1.0, top_k 0, max_token 2000 (§9).
   c.sampler = ml_collections.ConfigDict(dict(
-      name="block", max_tokens=2000, denoising_steps=4, strategy="low_confidence_dynamic",
+      name="block", gen_length=2000, steps_per_block=4, strategy="low_confidence_dynamic",
       threshold=0.9, temperature=1.0, top_k=0, top_p=1.0))
   # Eval (trado_eval.yaml, §10): dynamic τ = 0.9, T = 1.0, top_k 0, B = S = 4, 2000 tokens.
   # batch_size: not in the spec (the engine batches continuously); 64 is a choice.
   c.eval = ml_collections.ConfigDict(dict(
       batch_size=64,
-      sampler=dict(name="block", max_tokens=2000, denoising_steps=4,
+      sampler=dict(name="block", gen_length=2000, steps_per_block=4,
                    strategy="low_confidence_dynamic", threshold=0.9, temperature=1.0,
                    top_k=0, top_p=1.0)))
   # Training block 4, shrink 1, ε 0.2, β 0.01 (k3 KL against the pre-update policy) (§5.6, §9).

@@ -21,8 +21,8 @@ def tiny(config, steps=2):
   c.sft.steps, c.sft.batch_size = 3, 8
   c.rl.steps, c.rl.prompts_per_step, c.rl.group_size = steps, 2, 4
   c.rl.inner_epochs, c.rl.eval_every = 1, 0
-  if "max_tokens" in c.sampler:
-    c.sampler.max_tokens = c.eval.sampler.max_tokens = 8
+  if "gen_length" in c.sampler:
+    c.sampler.gen_length = c.eval.sampler.gen_length = 8
   c.checkpoint.every = 1
   return c
 

@@ -37,9 +37,9 @@ Decisions where the references are open or buggy:
 - ``entropy_bounded`` implements the stated rule (ascending-entropy prefix whose cumulative
   entropy stays within ``eb_threshold``, at least one token) instead of the shipped code. It
   ignores ``n_k``, and a block keeps stepping until no mask remains (at most L steps) rather
-  than committing mask tokens after ``denoising_steps`` as JetEngine would. Its entropy is
+  than committing mask tokens after ``steps_per_block`` as JetEngine would. Its entropy is
   that of the filtered sampling distribution (temperature-1 softmax when greedy).
-- The completion is exactly ``[P_b, P_b + G)``: slots of the last block past ``max_tokens``
+- The completion is exactly ``[P_b, P_b + G)``: slots of the last block past ``gen_length``
   are not part of the sequence (never unmasked, invisible as keys), so a training forward
   over prompt + completion sees exactly the states the sampler saw.
 - The mask token is excluded from sampling (trained checkpoints give it ~0 mass; a drawn
@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import flax.struct
 import jax
@@ -79,9 +79,10 @@ from jax.sharding import NamedSharding
 from jdiff.models import masks
 from jdiff.models.config import ModelConfig
 from jdiff.models.kv_cache import KVCache
-from jdiff.sampling.common import (F32, Trajectory, argmax_first, filter_logits,
-                                   is_positive_int, left_pad, prob_at, select_top_n,
-                                   token_logprob, trajectory_row_specs, transfer_schedule)
+from jdiff.sampling.common import (F32, Trajectory, argmax_first, canvas_positions,
+                                   config_error, filter_logits, finish, is_positive_int,
+                                   left_pad, prob_at, row_keys, select_top_n, token_logprob,
+                                   top_p_filter, trajectory_row_specs, transfer_schedule)
 from jdiff.sampling.row_shards import (check_row_threads, in_host_threads, on_row_shards,
                                        row_shard_axes)
 from jdiff.sharding.rules import SAMPLING_RULES, constrain, logical_spec, use_rules
@@ -132,17 +133,17 @@ STRATEGIES = {
 # --------------------------------------------------------------------------- config
 @dataclasses.dataclass(frozen=True)
 class BlockSamplerConfig:
-  """Settings of :func:`sample_block`.
+  """Settings of :func:`sample`.
 
-  Shape-like fields (``max_tokens``, ``block_length``, ``denoising_steps``, ``top_k``,
+  Shape-like fields (``gen_length``, ``block_length``, ``steps_per_block``, ``top_k``,
   ``stop_ids``, ``record_states``, ``use_cache``) select the compiled program; the others
   (``strategy``, ``temperature``, ``top_p``, ``threshold``, ``eb_threshold``) are passed as
   traced values, so changing them never recompiles. ``row_threads`` only splits the batch
   among host threads (each group's shape is compiled once).
   """
-  max_tokens: int = 256  # completion length G
+  gen_length: int = 256  # completion length G
   block_length: Optional[int] = None  # None: the model's block_size (the only allowed value)
-  denoising_steps: int = 4  # S: steps per block of the transfer schedule
+  steps_per_block: int = 4  # S: steps per block of the transfer schedule
   strategy: str = "low_confidence_dynamic"
   threshold: float = 0.9  # low_confidence_dynamic
   eb_threshold: float = 0.35  # entropy_bounded
@@ -157,18 +158,42 @@ class BlockSamplerConfig:
   # outputs. On a multi-core CPU a small model's step cannot keep the cores busy, separate
   # loops can (see ``row_shards.in_host_threads``).
   row_threads: int = 1
+  # Former setting names, for the error a config that still uses one gets.
+  RENAMED: ClassVar[Dict[str, str]] = {"max_tokens": "gen_length",
+                                       "denoising_steps": "steps_per_block"}
 
   def __post_init__(self):
     if self.stop_ids is not None:  # lists would make the config unhashable
       object.__setattr__(self, "stop_ids", tuple(int(s) for s in self.stop_ids))
 
-  def validate(self, model_config: ModelConfig) -> "BlockSamplerConfig":
-    """Checks every field against the model; returns a copy with the defaults filled in."""
+  @property
+  def num_blocks(self) -> int:
+    """The most blocks a completion touches: blocks sit at absolute positions, so a
+    completion whose prompt ends inside a block starts in that block."""
+    if self.block_length is None:
+      raise ValueError("BlockSamplerConfig.block_length=None: validate(model_config) sets it "
+                       "to the model's block_size")
+    return (self.gen_length + self.block_length - 2) // self.block_length + 1
+
+  @property
+  def total_steps(self) -> int:
+    """The most decoding steps a full decode takes: ``steps_per_block`` per block
+    (``entropy_bounded`` steps until the block is full: up to ``block_length``)."""
+    per_block = (self.block_length if self.strategy == "entropy_bounded"
+                 else self.steps_per_block)
+    return per_block * self.num_blocks
+
+  def validate(self, model_config: Optional[ModelConfig] = None) -> "BlockSamplerConfig":
+    """Checks every field (against the model too when ``model_config`` is given); returns a
+    copy with the defaults the model fixes (``block_length``, ``stop_ids``) filled in."""
+    self._validate_fields()
+    if model_config is None:
+      return self
     mc = model_config
     name = type(self).__name__
-    if not mc.block_causal or not mc.block_size:
-      raise ValueError(f"{name}: model family {mc.family!r} is not block-causal; the block "
-                       "sampler needs an sdar/trado model")
+    if mc.family != "sdar" or not mc.block_causal or not mc.block_size:
+      raise ValueError(f"{name}: the block sampler needs an sdar/trado model, not "
+                       f"{mc.family!r}")
     if mc.mask_token_id is None:
       raise ValueError(f"{name}: the model config has no mask_token_id")
     block = mc.block_size if self.block_length is None else self.block_length
@@ -176,37 +201,50 @@ class BlockSamplerConfig:
       raise ValueError(f"{name}.block_length={block} must equal the model's block_size="
                        f"{mc.block_size}: blocks sit at absolute positions and training "
                        "rebuilds the sampler's states with the model's block-causal mask")
-    if not 1 <= self.denoising_steps <= block:
-      raise ValueError(f"{name}.denoising_steps={self.denoising_steps} must be in "
-                       f"[1, block_length={block}]")
-    if self.strategy not in STRATEGIES:
-      raise ValueError(f"{name}.strategy={self.strategy!r}; expected one of {sorted(STRATEGIES)}")
-    if not 0.0 < self.threshold <= 1.0:
-      raise ValueError(f"{name}.threshold={self.threshold} must be in (0, 1]")
-    if not self.eb_threshold > 0.0:
-      raise ValueError(f"{name}.eb_threshold={self.eb_threshold} must be positive")
-    if not self.temperature >= 0.0:
-      raise ValueError(f"{name}.temperature={self.temperature} must be >= 0 (0 = greedy)")
-    if not 0 <= self.top_k <= mc.vocab_size:
-      raise ValueError(f"{name}.top_k={self.top_k} must be in [0, vocab_size={mc.vocab_size}]")
-    if not 0.0 < self.top_p <= 1.0:
-      raise ValueError(f"{name}.top_p={self.top_p} must be in (0, 1]")
-    if not is_positive_int(self.row_threads):
-      raise ValueError(f"{name}.row_threads={self.row_threads!r} must be a positive int")
-    if self.max_tokens <= 0:
-      raise ValueError(f"{name}.max_tokens={self.max_tokens} must be positive")
+    if self.steps_per_block > block:
+      raise config_error(self, "steps_per_block", f"must be in [1, block_length={block}]")
+    if self.top_k > mc.vocab_size:
+      raise config_error(self, "top_k", f"must be in [0, vocab_size={mc.vocab_size}]")
     stops = (mc.eos_token_id,) if self.stop_ids is None else self.stop_ids
     stops = tuple(s for s in stops if s is not None)
     if any(not 0 <= s < mc.vocab_size for s in stops):
       raise ValueError(f"{name}.stop_ids={stops} must be token ids below {mc.vocab_size}")
     return dataclasses.replace(self, block_length=block, stop_ids=stops)
 
+  def _validate_fields(self) -> None:
+    """The checks that need no model."""
+    def bad(field, why):
+      raise config_error(self, field, why)
+    if not is_positive_int(self.gen_length):
+      bad("gen_length", "must be a positive int")
+    if self.block_length is not None and not is_positive_int(self.block_length):
+      bad("block_length", "must be None (the model's block_size) or a positive int")
+    if not is_positive_int(self.steps_per_block) or (
+        self.block_length is not None and self.steps_per_block > self.block_length):
+      bad("steps_per_block", f"must be in [1, block_length={self.block_length}]")
+    if self.strategy not in STRATEGIES:
+      bad("strategy", f"expected one of {sorted(STRATEGIES)}")
+    if not 0.0 < self.threshold <= 1.0:
+      bad("threshold", "must be in (0, 1]")
+    if not self.eb_threshold > 0.0:
+      bad("eb_threshold", "must be positive")
+    if not self.temperature >= 0.0:
+      bad("temperature", "must be >= 0 (0 = greedy)")
+    if not self.top_k >= 0:
+      bad("top_k", "must be >= 0 (0 = off)")
+    if not 0.0 < self.top_p <= 1.0:
+      bad("top_p", "must be in (0, 1]")
+    if not is_positive_int(self.row_threads):
+      bad("row_threads", "must be a positive int")
+    if self.stop_ids is not None and any(s < 0 for s in self.stop_ids):
+      bad("stop_ids", "must be token ids >= 0")
+
 
 class _Static(NamedTuple):
   """The part of a validated config that shapes the program (the jit's static argument)."""
   block_length: int
-  denoising_steps: int
-  max_tokens: int
+  steps_per_block: int
+  gen_length: int
   top_k: int
   stop_ids: Tuple[int, ...]
   record_states: bool
@@ -224,7 +262,7 @@ class _Knobs:
 
 
 def _split(cfg: BlockSamplerConfig) -> Tuple[_Static, _Knobs]:
-  static = _Static(cfg.block_length, cfg.denoising_steps, cfg.max_tokens, cfg.top_k,
+  static = _Static(cfg.block_length, cfg.steps_per_block, cfg.gen_length, cfg.top_k,
                    cfg.stop_ids, cfg.record_states, cfg.use_cache)
   knobs = _Knobs(strategy=np.int32(list(STRATEGIES).index(cfg.strategy)),
                  temperature=np.float32(cfg.temperature), top_p=np.float32(cfg.top_p),
@@ -233,17 +271,6 @@ def _split(cfg: BlockSamplerConfig) -> Tuple[_Static, _Knobs]:
 
 
 # --------------------------------------------------------------------------- sampling
-def _top_p_filter(logits, top_p):
-  """The nucleus rule of ``common.filter_logits`` with a traced ``top_p`` (same ops, same
-  result): keep the smallest sorted prefix whose mass reaches ``top_p``."""
-  sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
-  probs = jax.nn.softmax(sorted_logits, axis=-1)
-  cum = jnp.cumsum(probs, axis=-1)
-  keep_sorted = (cum - probs) < top_p
-  cutoff = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-  return jnp.where(logits < cutoff, -jnp.inf, logits)
-
-
 def _draw(row_keys, num_steps, logits, mask_id: int, top_k: int, kn: _Knobs):
   """``common.sample_categorical`` per row with traced temperature / top_p.
 
@@ -258,7 +285,7 @@ def _draw(row_keys, num_steps, logits, mask_id: int, top_k: int, kn: _Knobs):
     # Only a sampled step pays for the filters and the per-row keys; greedy steps skip them.
     filtered = filter_logits(logits, kn.temperature, top_k, 1.0)
     # A cond, not a where: with top_p == 1 the cumulative sum could still drop a tail token.
-    filtered = jax.lax.cond(kn.top_p < 1.0, _top_p_filter, lambda x, _: x, filtered, kn.top_p)
+    filtered = jax.lax.cond(kn.top_p < 1.0, top_p_filter, lambda x, _: x, filtered, kn.top_p)
     keys = jax.vmap(jax.random.fold_in)(row_keys, num_steps)
     return jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32), filtered
 
@@ -373,7 +400,7 @@ def _step(model, st: _Static, kn: _Knobs, row_keys, plen, c: _Carry) -> _Carry:
   """One forward for every live row: a row whose block is clean commits it (stores its K/V,
   scans it for a stop id, moves on or ends) and, if it moves on, takes the first denoising
   step of its next block in the same forward; every other live row takes a denoising step."""
-  block, g = st.block_length, st.max_tokens
+  block, g = st.block_length, st.gen_length
   mask_id = model.config.mask_token_id
   gen_end = plen + g
   offsets = jnp.arange(block, dtype=jnp.int32)
@@ -411,8 +438,8 @@ def _step(model, st: _Static, kn: _Knobs, row_keys, plen, c: _Carry) -> _Carry:
 
   x0, conf, dist = _draw(row_keys, c.num_steps, logits, mask_id, st.top_k, kn)
   step_in_block = jnp.where(advance, 0, c.step_in_block)
-  schedule = jnp.asarray(transfer_schedule(block, st.denoising_steps))
-  n_k = schedule[jnp.minimum(step_in_block, st.denoising_steps - 1)]
+  schedule = jnp.asarray(transfer_schedule(block, st.steps_per_block))
+  n_k = schedule[jnp.minimum(step_in_block, st.steps_per_block - 1)]
   transfer = jax.lax.switch(kn.strategy, list(STRATEGIES.values()), eligible, conf, dist,
                             n_k, kn) & eligible
   num_steps = c.num_steps + denoise.astype(jnp.int32)
@@ -437,14 +464,14 @@ def _step(model, st: _Static, kn: _Knobs, row_keys, plen, c: _Carry) -> _Carry:
 
 def _generate(model, ids, pmask, key, st: _Static, kn: _Knobs, row_offset=0) -> Trajectory:
   mc = model.config
-  block, g = st.block_length, st.max_tokens
+  block, g = st.block_length, st.gen_length
   n_rows, p = ids.shape
   size = _round_up(p + g, block)  # canvas / cache slots: every position any row can reach
   pad_id = mc.pad_token_id if mc.pad_token_id is not None else (mc.eos_token_id or 0)
   ids = constrain(jnp.asarray(ids, jnp.int32), _ROW_AXES)
   pmask = constrain(jnp.asarray(pmask, bool), _ROW_AXES)
   plen = jnp.sum(pmask, axis=-1, dtype=jnp.int32)
-  ppos = jnp.maximum(jnp.cumsum(pmask, axis=-1, dtype=jnp.int32) - 1, 0)
+  ppos = canvas_positions(pmask)
   gen_end = plen + g
 
   # Canvas: prompt tokens at their positions, masks on the completion, pad after it.
@@ -467,10 +494,9 @@ def _generate(model, ids, pmask, key, st: _Static, kn: _Knobs, row_offset=0) -> 
       block_start=(plen // block) * block, step_in_block=zeros, num_steps=zeros, end=gen_end,
       done=jnp.zeros((n_rows,), bool), states=states, iteration=jnp.zeros((), jnp.int32))
 
-  rows = row_offset + jnp.arange(n_rows)  # global row indices (a shard's rows start at offset)
-  row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)
+  keys = row_keys(key, n_rows, row_offset)  # a shard's / group's rows start at row_offset
   max_iters = max_blocks * (block + 1)  # every block: at most L steps + one commit
-  step = functools.partial(_step, model, st, kn, row_keys, plen)
+  step = functools.partial(_step, model, st, kn, keys, plen)
   c = carry
   for phase_size in (_phase_sizes(p, size, block) if st.use_cache else [size]):
     # A phase runs while every live row's window fits its cache; the next grows the cache.
@@ -483,20 +509,12 @@ def _generate(model, ids, pmask, key, st: _Static, kn: _Knobs, row_offset=0) -> 
 
     c = jax.lax.while_loop(cond, step, c)
 
-  # Completion space: position P_b + j; everything past the kept end is pad / 0.
+  # Completion space: position P_b + j; everything past the kept end is pad / 0, and after
+  # a row's last step its state is the final (truncated) completion.
   comp_pos = plen[:, None] + jnp.arange(g, dtype=jnp.int32)
-  keep = comp_pos < c.end[:, None]
-  tokens = jnp.where(keep, _gather(c.canvas, comp_pos), pad_id)
-  states = c.states
-  if states is not None:  # after a row's last step its state is the final completion
-    after = jnp.arange(max_steps)[:, None, None] >= c.num_steps[None, :, None]
-    states = jnp.where(after, tokens[None], states)
-  raw_steps = _gather(c.step_map, comp_pos)
-  return Trajectory(prompt_ids=ids, prompt_mask=pmask, tokens=tokens,
-                    step_map=jnp.where(keep, raw_steps, 0),
-                    logprobs=jnp.where(keep, _gather(c.logprobs, comp_pos), 0.0),
-                    lengths=c.end - plen, num_steps=c.num_steps, states=states,
-                    raw_tokens=_gather(c.canvas, comp_pos), raw_step_map=raw_steps)
+  return finish(ids, pmask, _gather(c.canvas, comp_pos), _gather(c.step_map, comp_pos),
+                _gather(c.logprobs, comp_pos), c.end - plen, c.num_steps, pad_id,
+                states=c.states, tail_truncated=True, raw_logprobs=False)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -556,14 +574,14 @@ def _place_batch(x: np.ndarray):
   return jax.device_put(x, NamedSharding(mesh, spec))
 
 
-def sample_block(model, prompt_ids, key, config: BlockSamplerConfig, *,
-                 prompt_mask=None, bucket: int = 16) -> Trajectory:
+def sample(model, prompt_ids, prompt_mask, key, config: BlockSamplerConfig, *,
+           bucket: int = 16) -> Trajectory:
   """Samples completions for a batch of prompts with block diffusion.
 
-  ``prompt_ids``: a list of token-id lists (left-padded here to a multiple of ``bucket``,
-  so prompts of one bucket share a compilation), or a left-padded ``[B, P]`` array with
-  its bool ``prompt_mask``. Under ``jax.set_mesh`` the batch is sharded over
-  ('data', 'fsdp'); shard the model with ``SAMPLING_RULES`` first.
+  ``prompt_ids``: a left-padded ``[B, P]`` array with its bool ``prompt_mask``, or (with
+  ``prompt_mask=None``) a list of token-id lists, left-padded here to a multiple of
+  ``bucket`` so prompts of one bucket share a compilation. Under ``jax.set_mesh`` the batch
+  is sharded over ('data', 'fsdp'); shard the model with ``SAMPLING_RULES`` first.
   """
   config = config.validate(model.config)  # before anything is traced or compiled
   if prompt_mask is None:

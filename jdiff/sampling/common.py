@@ -2,7 +2,7 @@
 
 Conventions (all samplers):
 - ``Trajectory.tokens`` ``[B, G]``: completion ids; position j is the j-th token after the
-  row's prompt. Tokens after the stop (EOS / stop id / max_tokens) are set to ``pad_id``.
+  row's prompt. Tokens after the stop (EOS / stop id / gen_length) are set to ``pad_id``.
 - ``step_map`` ``[B, G]`` int32: the 1-based global decoding step (counted per sequence
   across blocks) at which the token was unmasked; 0 where nothing was generated.
 - ``logprobs`` ``[B, G]`` float32: log-probability of the committed token under the
@@ -64,6 +64,58 @@ def trajectory_row_specs(record_states: bool, raw_logprobs: bool):
   return specs
 
 
+def config_error(config, field: str, why: str) -> ValueError:
+  """The ValueError of a sampler config's bad field: ``<Config>.<field>=<value>: <why>``."""
+  return ValueError(f"{type(config).__name__}.{field}={getattr(config, field)!r}: {why}")
+
+
+def row_keys(key: jax.Array, n_rows: int, row_offset=0) -> jax.Array:
+  """Each row's key ``fold_in(key, row_offset + b)`` ``[B]``: a row's draws depend on its
+  global index only, not on the other rows of its batch, shard or thread group."""
+  rows = row_offset + jnp.arange(n_rows, dtype=jnp.int32)
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)
+
+
+def canvas_positions(valid: jax.Array, padding_blind: bool = False,
+                     pad_position: int = 0) -> jax.Array:
+  """Positions of a left-padded canvas: each real token's count of real tokens before it
+  (pads get ``pad_position``), so a padded row sees the positions it has alone; or the
+  physical ``arange`` with ``padding_blind`` (LLaDA's official code)."""
+  valid = jnp.asarray(valid, bool)
+  if padding_blind:
+    return jnp.broadcast_to(jnp.arange(valid.shape[1], dtype=jnp.int32), valid.shape)
+  count = jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1
+  if pad_position == 0:
+    return jnp.maximum(count, 0)
+  return jnp.where(valid, count, pad_position).astype(jnp.int32)
+
+
+def stop_lengths(canvas: jax.Array, stop_ids) -> jax.Array:
+  """Completion length per row ``[B]``: up to and including the first stop id, else G."""
+  is_stop = jnp.isin(canvas, jnp.asarray(stop_ids, jnp.int32))
+  g = canvas.shape[1]
+  return jnp.where(jnp.any(is_stop, -1), jnp.argmax(is_stop, -1) + 1, g).astype(jnp.int32)
+
+
+def finish(prompt_ids, prompt_mask, canvas, step_map, logprobs, lengths, num_steps, pad_id: int,
+           states=None, tail_truncated: bool = False, raw_logprobs: bool = True) -> Trajectory:
+  """The trajectory of a decoded completion canvas ``[B, G]``: tokens after ``lengths`` become
+  ``pad_id`` with step 0 and log-prob 0, the untouched canvas is kept as ``raw_*``, and a
+  row's recorded ``states`` after its last step (``k >= num_steps``) repeat its final
+  completion (the raw canvas, or with ``tail_truncated`` the truncated tokens)."""
+  after = jnp.arange(canvas.shape[1])[None, :] >= lengths[:, None]
+  tokens = jnp.where(after, pad_id, canvas)
+  if states is not None:
+    tail = tokens if tail_truncated else canvas
+    later = jnp.arange(states.shape[0])[:, None, None] >= num_steps[None, :, None]
+    states = jnp.where(later, tail[None], states)
+  return Trajectory(prompt_ids=prompt_ids, prompt_mask=prompt_mask, tokens=tokens,
+                    step_map=jnp.where(after, 0, step_map),
+                    logprobs=jnp.where(after, 0.0, logprobs), lengths=lengths,
+                    num_steps=num_steps, states=states, raw_tokens=canvas,
+                    raw_step_map=step_map, raw_logprobs=logprobs if raw_logprobs else None)
+
+
 def transfer_schedule(num_masked: int, steps: int) -> np.ndarray:
   """Even split of ``num_masked`` over ``steps``, the remainder going to the early steps."""
   if steps <= 0:
@@ -91,14 +143,19 @@ def filter_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0,
     kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
     logits = jnp.where(logits < kth, NEG_INF, logits)
   if top_p < 1.0:
-    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    cum = jnp.cumsum(probs, axis=-1)
-    # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-    keep_sorted = (cum - probs) < top_p
-    cutoff = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-    logits = jnp.where(logits < cutoff, NEG_INF, logits)
+    logits = top_p_filter(logits, top_p)
   return logits
+
+
+def top_p_filter(logits: jax.Array, top_p) -> jax.Array:
+  """The nucleus rule: keep the smallest sorted prefix whose mass reaches ``top_p`` (the
+  first token always stays); the rest become -inf. ``top_p`` may be a traced value."""
+  sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+  probs = jax.nn.softmax(sorted_logits, axis=-1)
+  cum = jnp.cumsum(probs, axis=-1)
+  keep_sorted = (cum - probs) < top_p
+  cutoff = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+  return jnp.where(logits < cutoff, NEG_INF, logits)
 
 
 def sample_categorical(key: jax.Array, logits: jax.Array, temperature: float = 1.0,

@@ -41,9 +41,12 @@ What it follows (research/landscape.md §B3, tracerl.md §3.2, d1_cjgrpo_dtrpo.m
   is excluded from sampling and confidences (Dream would commit a drawn mask id, leaving the
   position masked while the step map says decoded; trained checkpoints give it ~0 mass).
   Log-probs still use the raw logits.
-- Randomness: per step ``key, k_tok, k_pos = split(key, 3)``; ``k_tok`` draws the tokens of
-  the window ``[B, W, V]``; ``k_pos`` draws ``uniform [B, W]`` (origin) or ``gumbel [B, W]``
-  (``alg_temp > 0``). W = G without blocks, ``block_length`` with them.
+- Randomness, per row as in the other samplers: row b (global index, ``row_offset + b``)
+  draws at global step s with ``k_tok, k_pos = split(fold_in(fold_in(key, b), s))``;
+  ``k_tok`` draws the row's window tokens ``[W, V]``, ``k_pos`` its ``uniform [W]`` (origin)
+  or ``gumbel [W]`` (``alg_temp > 0``). W = G without blocks, ``block_length`` with them.
+  A row's draws thus do not depend on the other rows (nor, with per-row commit counts, its
+  output: ``batch_mean_count=True`` couples the rows' counts).
 
 Trajectory (see :mod:`jdiff.sampling.common`; the same conventions as the LLaDA sampler):
 ``step_map`` is 1-based and counted per row over the steps that committed something in that
@@ -71,7 +74,9 @@ import numpy as np
 from flax import nnx
 
 from jdiff.models import masks as masks_lib
-from jdiff.sampling.common import F32, Trajectory, filter_logits, select_top_n, token_logprob
+from jdiff.sampling.common import (F32, Trajectory, canvas_positions, config_error,
+                                   filter_logits, finish, row_keys, select_top_n, stop_lengths,
+                                   token_logprob)
 from jdiff.sharding.rules import SAMPLING_RULES, use_rules
 
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
@@ -114,9 +119,11 @@ class DreamSamplerConfig:
   def __post_init__(self):  # lists would make the config unhashable (it is a jit static arg)
     object.__setattr__(self, "stop_ids", tuple(self.stop_ids))
 
-  def validate(self) -> "DreamSamplerConfig":
+  def validate(self, model_config=None) -> "DreamSamplerConfig":
+    """Raises ValueError naming the offending field; runs before anything is traced.
+    ``model_config`` (optional) is checked to be a model this sampler decodes."""
     def bad(field, msg):
-      raise ValueError(f"DreamSamplerConfig.{field}={getattr(self, field)!r}: {msg}")
+      raise config_error(self, field, msg)
     def is_int(v):
       return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
     for f in ("gen_length", "steps"):
@@ -143,6 +150,8 @@ class DreamSamplerConfig:
         bad("steps", f"must be divisible by the number of blocks {self.num_blocks}")
     if not all(is_int(i) for i in self.stop_ids):
       bad("stop_ids", "must be a tuple of token ids")
+    if model_config is not None:
+      _check_model(model_config)
     return self
 
   @property
@@ -156,6 +165,11 @@ class DreamSamplerConfig:
   @property
   def steps_per_block(self) -> int:
     return self.steps // self.num_blocks
+
+  @property
+  def total_steps(self) -> int:
+    """The most decoding steps a full decode takes (every step may commit)."""
+    return self.steps
 
   def transfer_ratios(self) -> np.ndarray:
     """``1 - s/t`` for each step of a block, float32 (as Dream computes it in torch)."""
@@ -175,22 +189,30 @@ class _Ids:
 DreamTrajectory = Trajectory
 
 
+def _check_model(mc):
+  if mc.block_causal:
+    raise ValueError(f"DreamSamplerConfig: the dream sampler needs a bidirectional model, not "
+                     f"{mc.family!r}")
+  if mc.mask_token_id is None or mc.eos_token_id is None:
+    raise ValueError("DreamSamplerConfig: the model config needs mask_token_id and "
+                     "eos_token_id for sampling")
+
+
 @flax.struct.dataclass
 class _Carry:
-  step: jax.Array  # scalar int32: global steps done
+  iteration: jax.Array  # scalar int32: global steps done
   canvas: jax.Array  # [B, G] completion canvas (mask ids where undecided)
   step_map: jax.Array  # [B, G] int32
   logprobs: jax.Array  # [B, G] float32
   num_steps: jax.Array  # [B] int32: steps that committed something, per row
   done: jax.Array  # [B] bool
-  key: jax.Array
   states: Optional[jax.Array]  # [S, B, G] or None
 
 
 def dream_positions(valid: jax.Array) -> jax.Array:
-  """Dream's ``tok_idx``: ``cumsum(valid) - 1`` with pad positions set to 1."""
-  valid = jnp.asarray(valid, bool)
-  return jnp.where(valid, jnp.cumsum(valid, axis=-1) - 1, 1).astype(jnp.int32)
+  """Dream's ``tok_idx``: ``cumsum(valid) - 1`` with pad positions set to 1 (they are
+  never attended to)."""
+  return canvas_positions(valid, pad_position=1)
 
 
 def shift_logits(logits: jax.Array) -> jax.Array:
@@ -198,13 +220,10 @@ def shift_logits(logits: jax.Array) -> jax.Array:
   return jnp.concatenate([logits[:, :1], logits[:, :-1]], axis=1)
 
 
-_TRACE_COUNT = [0]  # incremented each time the sampler is traced (compile-count tests)
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "ids"))
-def _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, *, cfg: DreamSamplerConfig,
-                ids: _Ids) -> DreamTrajectory:
-  _TRACE_COUNT[0] += 1
+def _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, row_offset=0, *,
+                cfg: DreamSamplerConfig, ids: _Ids) -> DreamTrajectory:
+  """The sampler; ``row_offset`` (traced): the global index of the first row, for its keys."""
   model = nnx.merge(graphdef, state)
   b, p = prompt_ids.shape
   g, w, spb = cfg.gen_length, cfg.window, cfg.steps_per_block
@@ -216,30 +235,32 @@ def _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, *, cfg: DreamSamp
   temperature = float(cfg.temperature)
   top_k, top_p = int(cfg.top_k or 0), float(cfg.top_p or 1.0)
   alg_temp = float(cfg.alg_temp or 0.0)
+  keys = row_keys(key, b, row_offset)
 
   def body(c: _Carry) -> _Carry:
-    i = c.step % spb
-    start = (c.step // spb) * w
+    i = c.iteration % spb
+    start = (c.iteration // spb) * w
     last = i == spb - 1
     tokens = jnp.concatenate([prompt_ids, c.canvas], axis=1)
     h, _ = model.backbone(tokens, positions, attn, window=(p + start - int(ids.shift), w))
     logits = model.logits_from_hidden(h)  # [B, W, V] float32, already shifted
-    key, k_tok, k_pos = jax.random.split(c.key, 3)
+    step_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, c.iteration)))(keys)
+    k_tok, k_pos = step_keys[:, 0], step_keys[:, 1]
     filtered = filter_logits(logits.at[..., ids.mask].set(-jnp.inf),
                              temperature if temperature > 0 else 1.0, top_k, top_p)
     if temperature > 0:
-      new = jax.random.categorical(k_tok, filtered, axis=-1).astype(jnp.int32)
+      new = jax.vmap(jax.random.categorical)(k_tok, filtered).astype(jnp.int32)
     else:
       new = jnp.argmax(filtered, axis=-1).astype(jnp.int32)
     win = jax.lax.dynamic_slice_in_dim(c.canvas, start, w, axis=1)
     eligible = (win == ids.mask) & ~c.done[:, None]
     if cfg.alg == "origin":
-      u = jax.random.uniform(k_pos, (b, w), F32)
+      u = jax.vmap(lambda k: jax.random.uniform(k, (w,), F32))(k_pos)
       transfer = eligible & ((u < ratios[i]) | last)
     else:
       conf = CONFIDENCE[cfg.alg](jax.nn.softmax(filtered, axis=-1), new)
       if alg_temp > 0:
-        conf = conf / alg_temp + jax.random.gumbel(k_pos, (b, w), F32)
+        conf = conf / alg_temp + jax.vmap(lambda k: jax.random.gumbel(k, (w,), F32))(k_pos)
       n_row = jnp.sum(eligible, axis=-1).astype(F32)  # a stopped row counts no masks
       n_mask = jnp.broadcast_to(jnp.mean(n_row), (b,)) if cfg.batch_mean_count else n_row
       count = jnp.floor(jnp.where(last, n_row, n_mask * ratios[i])).astype(jnp.int32)
@@ -260,49 +281,42 @@ def _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, *, cfg: DreamSamp
     if states is not None:  # row b's canvas after its own k-th step (rows not stepping: dropped)
       slot = jnp.where(committed, num_steps - 1, cfg.steps)
       states = states.at[slot, jnp.arange(b)].set(canvas, mode="drop")
-    return _Carry(step=c.step + 1, canvas=canvas, step_map=step_map, logprobs=logprobs,
-                  num_steps=num_steps, done=done, key=key, states=states)
+    return _Carry(iteration=c.iteration + 1, canvas=canvas, step_map=step_map,
+                  logprobs=logprobs, num_steps=num_steps, done=done, states=states)
 
   def cond(c: _Carry):
-    return (c.step < cfg.steps) & ~jnp.all(c.done)
+    return (c.iteration < cfg.steps) & ~jnp.all(c.done)
 
-  init = _Carry(step=jnp.zeros((), jnp.int32), canvas=jnp.full((b, g), ids.mask, jnp.int32),
+  init = _Carry(iteration=jnp.zeros((), jnp.int32),
+                canvas=jnp.full((b, g), ids.mask, jnp.int32),
                 step_map=jnp.zeros((b, g), jnp.int32), logprobs=jnp.zeros((b, g), F32),
-                num_steps=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool), key=key,
+                num_steps=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool),
                 states=(jnp.zeros((cfg.steps, b, g), jnp.int32) if cfg.record_states else None))
   c = jax.lax.while_loop(cond, body, init)
-
-  states = c.states
-  if states is not None:  # a row's steps after its last one repeat its final canvas
-    later = jnp.arange(cfg.steps)[:, None, None] >= c.num_steps[None, :, None]
-    states = jnp.where(later, c.canvas[None], states)
-  is_stop = jnp.isin(c.canvas, stops)
-  lengths = jnp.where(jnp.any(is_stop, -1), jnp.argmax(is_stop, -1) + 1, g).astype(jnp.int32)
-  after = jnp.arange(g)[None, :] >= lengths[:, None]
-  return DreamTrajectory(
-      prompt_ids=prompt_ids, prompt_mask=prompt_mask, tokens=jnp.where(after, ids.pad, c.canvas),
-      step_map=jnp.where(after, 0, c.step_map), logprobs=jnp.where(after, 0.0, c.logprobs),
-      lengths=lengths, num_steps=c.num_steps, states=states, raw_tokens=c.canvas,
-      raw_step_map=c.step_map, raw_logprobs=c.logprobs)
+  # A row's states after its last step repeat its final canvas.
+  return finish(prompt_ids, prompt_mask, c.canvas, c.step_map, c.logprobs,
+                stop_lengths(c.canvas, ids.stops), c.num_steps, ids.pad, states=c.states)
 
 
 def sample(model, prompt_ids, prompt_mask, key: Optional[jax.Array],
-           cfg: DreamSamplerConfig) -> DreamTrajectory:
+           config: DreamSamplerConfig) -> DreamTrajectory:
   """Runs Dream's sampler on a left-padded batch (``prompt_ids``/``prompt_mask`` ``[B, P]``).
 
   Compiles once per (model graph, B, P, config); ``key`` may be None (PRNGKey(0)).
   """
   graphdef, state = nnx.split(model)
-  return sample_state(graphdef, state, prompt_ids, prompt_mask, key, cfg)
+  return sample_state(graphdef, state, prompt_ids, prompt_mask, key, config)
 
 
 def sample_state(graphdef, state, prompt_ids, prompt_mask, key: Optional[jax.Array],
-                 cfg: DreamSamplerConfig) -> DreamTrajectory:
-  """:func:`sample` on a split model (what an RL loop holds between updates)."""
-  cfg.validate()
+                 config: DreamSamplerConfig, *, row_offset: int = 0) -> DreamTrajectory:
+  """:func:`sample` on a split model (what an RL loop holds between updates).
+
+  ``row_offset``: the global index of the batch's first row when it is a slice of a larger
+  batch (row b draws with the keys of row ``row_offset + b``); traced, so no recompile.
+  """
   mc = nnx.merge(graphdef, state).config
-  if mc.mask_token_id is None or mc.eos_token_id is None:
-    raise ValueError("the model config needs mask_token_id and eos_token_id for sampling")
+  cfg = config.validate(mc)
   # A jax.Array stays where it lies: a multi-process global batch cannot be read on one host.
   pm = (prompt_mask.astype(bool) if isinstance(prompt_mask, jax.Array)
         else np.asarray(prompt_mask, bool))
@@ -322,4 +336,4 @@ def sample_state(graphdef, state, prompt_ids, prompt_mask, key: Optional[jax.Arr
   # Always traced under the sampling layout, so a cached trace never depends on the caller.
   with use_rules(SAMPLING_RULES):
     return _sample_jit(graphdef, state, jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(pm),
-                       key, cfg=cfg, ids=ids)
+                       key, np.int32(row_offset), cfg=cfg, ids=ids)

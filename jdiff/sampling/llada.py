@@ -73,8 +73,9 @@ from flax import nnx
 from jdiff.models import masks as masks_lib
 from jdiff.sampling import fast_dllm
 from jdiff.sampling import schedules as sched
-from jdiff.sampling.common import (F32, Trajectory, gumbel_argmax, is_positive_int, prob_at,
-                                   select_top_n, token_logprob, trajectory_row_specs,
+from jdiff.sampling.common import (F32, Trajectory, canvas_positions, config_error, finish,
+                                   gumbel_argmax, is_positive_int, prob_at, select_top_n,
+                                   stop_lengths, token_logprob, trajectory_row_specs,
                                    transfer_schedule)
 from jdiff.sampling.row_shards import (check_row_threads, check_rows_per_loop, in_host_threads,
                                        in_row_groups, on_row_shards, row_shard_axes,
@@ -116,6 +117,12 @@ class LLaDASamplerConfig:
     return self.gen_length // self.block_length
 
   @property
+  def total_steps(self) -> int:
+    """The most decoding steps a full decode takes: ``steps``, or with threshold decoding
+    (at least one token per step) ``gen_length``."""
+    return self.gen_length if self.threshold is not None else self.steps
+
+  @property
   def gamma_name(self) -> Optional[str]:
     if self.eoser is False or self.eoser is None:
       return None
@@ -124,10 +131,11 @@ class LLaDASamplerConfig:
   def plan(self) -> sched.StepPlan:
     return sched.step_plan(self.schedule, self.gen_length, self.num_blocks, self.steps)
 
-  def validate(self) -> "LLaDASamplerConfig":
-    """Raises ValueError naming the offending field; runs before anything is traced."""
+  def validate(self, model_config=None) -> "LLaDASamplerConfig":
+    """Raises ValueError naming the offending field; runs before anything is traced.
+    ``model_config`` (optional) is checked to be a model this sampler decodes."""
     def bad(field, why):
-      raise ValueError(f"LLaDASamplerConfig.{field}={getattr(self, field)!r}: {why}")
+      raise config_error(self, field, why)
     for f in ("gen_length", "block_length", "steps"):
       if not isinstance(getattr(self, f), (int, np.integer)) or getattr(self, f) <= 0:
         bad(f, "must be a positive int")
@@ -170,6 +178,8 @@ class LLaDASamplerConfig:
       bad("remasking", "threshold decoding ranks by model confidence ('low_confidence')")
     if self.cache != "none" and self.cfg_scale > 0:
       bad("cfg_scale", "CFG is not supported together with a Fast-dLLM cache")
+    if model_config is not None:
+      _check_model(model_config)
     return self
 
 
@@ -179,22 +189,15 @@ LLaDATrajectory = Trajectory
 
 @flax.struct.dataclass
 class _Carry:
-  it: jax.Array  # global step (loop iteration), indexes the plan / keys / γ
-  blk: jax.Array  # current block (threshold decoding only)
-  j: jax.Array  # step within the block (threshold decoding only)
-  comp: jax.Array  # [B, G] completion canvas
+  iteration: jax.Array  # global step (loop iteration), indexes the plan / keys / γ
+  block: jax.Array  # current block (threshold decoding only)
+  step_in_block: jax.Array  # step within the block (threshold decoding only)
+  canvas: jax.Array  # [B, G] completion canvas
   step_map: jax.Array
   logprobs: jax.Array
-  nsteps: jax.Array  # [B] decoding steps so far, per row
+  num_steps: jax.Array  # [B] decoding steps so far, per row
   done: jax.Array  # [B] no mask left in the completion
   states: Optional[jax.Array] = None
-
-
-def canvas_positions(valid: jax.Array, padding_blind: bool = False) -> jax.Array:
-  """Positions of a left-padded canvas: real-token count from 0 (pads get 0), or ``arange``."""
-  if padding_blind:
-    return jnp.broadcast_to(jnp.arange(valid.shape[1], dtype=jnp.int32), valid.shape)
-  return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)
 
 
 def sample(model, prompt_ids, prompt_mask, key, config: LLaDASamplerConfig) -> LLaDATrajectory:
@@ -206,7 +209,7 @@ def sample(model, prompt_ids, prompt_mask, key, config: LLaDASamplerConfig) -> L
 def sample_state(graphdef, state, prompt_ids, prompt_mask, key,
                  config: LLaDASamplerConfig) -> LLaDATrajectory:
   """:func:`sample` on a split model (what an RL loop holds between updates)."""
-  config.validate()
+  config.validate(nnx.merge(graphdef, state).config)
   prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
   if prompt_ids.ndim != 2:
     raise ValueError(f"prompt_ids must be [B, P], got shape {prompt_ids.shape}")
@@ -258,10 +261,11 @@ def _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, row_offset=0, *, 
 
 def _check_model(mc):
   if mc.block_causal or mc.shift_logits:
-    raise ValueError(f"the LLaDA sampler needs a bidirectional, unshifted model; family "
-                     f"{mc.family!r} has its own sampler")
+    raise ValueError(f"LLaDASamplerConfig: the llada sampler needs a bidirectional, unshifted "
+                     f"model (llada), not {mc.family!r}")
   if mc.mask_token_id is None or mc.eos_token_id is None:
-    raise ValueError("the model config needs mask_token_id and eos_token_id")
+    raise ValueError("LLaDASamplerConfig: the model config needs mask_token_id and "
+                     "eos_token_id")
 
 
 def _position_keys(keys, rows: jax.Array, cols: jax.Array) -> jax.Array:
@@ -325,7 +329,7 @@ def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig,
 
     cols = ws + jnp.arange(width, dtype=jnp.int32)
     # Threshold decoding: each row's own step count (rows wait at block ends; see module doc).
-    step = cr.nsteps if use_threshold else jnp.full((b,), cr.it)
+    step = cr.num_steps if use_threshold else jnp.full((b,), cr.iteration)
     step_keys = jax.vmap(lambda s: jax.random.split(jax.random.fold_in(key, s)))(step)
     kg, kr = step_keys[:, 0], step_keys[:, 1]
     if c.temperature == 0:
@@ -343,28 +347,29 @@ def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig,
       gamma = gammas[jnp.minimum(step, gammas.shape[0] - 1)][:, None]
       conf = jnp.where(xhat == eos, conf * gamma, conf)
 
-    win = jax.lax.dynamic_slice_in_dim(cr.comp, ws, width, axis=1)
+    win = jax.lax.dynamic_slice_in_dim(cr.canvas, ws, width, axis=1)
     eligible = (win == mask_id) & (cols >= bs) & (cols < be)
     if use_threshold:
       commit = fast_dllm.threshold_select(conf, eligible, c.threshold)
     else:
       commit = select_top_n(conf, eligible, jnp.full((b,), count, jnp.int32))
     decoded = jnp.any(commit, axis=-1)
-    nsteps = cr.nsteps + decoded.astype(jnp.int32)
+    nsteps = cr.num_steps + decoded.astype(jnp.int32)
 
     def put(full, new):
       old = jax.lax.dynamic_slice_in_dim(full, ws, width, axis=1)
       return jax.lax.dynamic_update_slice_in_dim(full, jnp.where(commit, new, old), ws, axis=1)
 
-    comp = put(cr.comp, xhat)
+    comp = put(cr.canvas, xhat)
     step_map = put(cr.step_map, jnp.broadcast_to(nsteps[:, None], commit.shape))
     logprobs = put(cr.logprobs, token_logprob(logits, xhat))
     states = cr.states
     if states is not None:  # row r's (k+1)-th step goes to states[k, r]
       slot = jnp.where(decoded, nsteps - 1, states.shape[0])
       states = states.at[slot, jnp.arange(b)].set(comp, mode="drop")
-    return cr.replace(it=cr.it + 1, comp=comp, step_map=step_map, logprobs=logprobs,
-                      nsteps=nsteps, done=~jnp.any(comp == mask_id, axis=-1), states=states)
+    return cr.replace(iteration=cr.iteration + 1, canvas=comp, step_map=step_map,
+                      logprobs=logprobs, num_steps=nsteps,
+                      done=~jnp.any(comp == mask_id, axis=-1), states=states)
 
   def block_open(comp, bs, be):
     """Whether any row still has a mask in ``[bs, be)`` (threshold decoding moves the batch
@@ -374,28 +379,29 @@ def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig,
 
   def body(cr: _Carry) -> _Carry:
     if use_threshold:
-      bs = cr.blk * bk
+      bs = cr.block * bk
       be, count = bs + bk, None
     else:
-      bs, be, count = starts[cr.it], ends[cr.it], counts[cr.it]
+      bs, be, count = starts[cr.iteration], ends[cr.iteration], counts[cr.iteration]
     ws = jnp.minimum(bs, g - width)  # the window always contains [bs, be)
-    logits, guided = window_logits(cr.comp, ws)
+    logits, guided = window_logits(cr.canvas, ws)
     cr = decode(cr, logits, guided, bs, be, ws, count)
     if use_threshold:
-      is_open = block_open(cr.comp, bs, be)
-      cr = cr.replace(blk=jnp.where(is_open, cr.blk, cr.blk + 1),
-                      j=jnp.where(is_open, cr.j + 1, 0))
+      is_open = block_open(cr.canvas, bs, be)
+      cr = cr.replace(block=jnp.where(is_open, cr.block, cr.block + 1),
+                      step_in_block=jnp.where(is_open, cr.step_in_block + 1, 0))
     return cr
 
   def cond(cr: _Carry):
-    go = (cr.it < max_steps) & ~jnp.all(cr.done)
-    return go & (cr.blk < c.num_blocks) if use_threshold else go
+    go = (cr.iteration < max_steps) & ~jnp.all(cr.done)
+    return go & (cr.block < c.num_blocks) if use_threshold else go
 
   zero = jnp.zeros((), jnp.int32)
   init = _Carry(
-      it=zero, blk=zero, j=zero, comp=jnp.full((b, g), mask_id, jnp.int32),
-      step_map=jnp.zeros((b, g), jnp.int32), logprobs=jnp.zeros((b, g), F32),
-      nsteps=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool),
+      iteration=zero, block=zero, step_in_block=zero,
+      canvas=jnp.full((b, g), mask_id, jnp.int32), step_map=jnp.zeros((b, g), jnp.int32),
+      logprobs=jnp.zeros((b, g), F32),
+      num_steps=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool),
       states=jnp.zeros((max_steps, b, g), jnp.int32) if c.record_states else None)
   if c.cache == "none":
     out = jax.lax.while_loop(cond, body, init)
@@ -409,27 +415,27 @@ def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig,
   for blk in range(c.num_blocks):
     bs, be = blk * bk, (blk + 1) * bk
     block_counts = jnp.asarray(transfer_schedule(bk, per_block))
-    step0 = out.it  # the block's first global step
+    step0 = out.iteration  # the block's first global step
 
     def count_at(cr, step0=step0, block_counts=block_counts):
-      return None if use_threshold else block_counts[cr.it - step0]
+      return None if use_threshold else block_counts[cr.iteration - step0]
 
-    canvas = jnp.concatenate([prompt_ids, out.comp], axis=1)
+    canvas = jnp.concatenate([prompt_ids, out.canvas], axis=1)
     h, cache = fast_dllm.refresh(model, c.cache, canvas, positions, attn, valid, p + bs, bk)
     logits = model.logits_from_hidden(h)
     out = decode(out, logits, logits, bs, be, bs, count_at(out))
 
     def cached_body(cr, bs=bs, be=be, cache=cache, count_at=count_at):
-      canvas = jnp.concatenate([prompt_ids, cr.comp], axis=1)
+      canvas = jnp.concatenate([prompt_ids, cr.canvas], axis=1)
       h = fast_dllm.cached_hidden(model, c.cache, canvas, positions, cache, p + bs, bk)
       logits = model.logits_from_hidden(h)
       return decode(cr, logits, logits, bs, be, bs, count_at(cr))
 
     def cached_cond(cr, bs=bs, be=be, step0=step0):
-      go = (cr.it < max_steps) & ~jnp.all(cr.done)
+      go = (cr.iteration < max_steps) & ~jnp.all(cr.done)
       if use_threshold:
-        return go & block_open(cr.comp, bs, be)
-      return go & (cr.it < step0 + per_block)
+        return go & block_open(cr.canvas, bs, be)
+      return go & (cr.iteration < step0 + per_block)
 
     out = jax.lax.while_loop(cached_cond, cached_body, out)
   return _finish(out, prompt_ids, prompt_mask, eos, pad_id)
@@ -437,19 +443,5 @@ def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig,
 
 def _finish(out: _Carry, prompt_ids, prompt_mask, eos: int, pad_id: int) -> LLaDATrajectory:
   """Truncates after the first EOS and assembles the trajectory."""
-  comp = out.comp
-  g = comp.shape[1]
-  is_eos = comp == eos
-  has_eos = jnp.any(is_eos, axis=-1)
-  first = jnp.argmax(is_eos, axis=-1)
-  lengths = jnp.where(has_eos, first + 1, g).astype(jnp.int32)
-  after = jnp.arange(g)[None, :] >= lengths[:, None]
-  states = out.states
-  if states is not None:
-    done_steps = jnp.arange(states.shape[0])[:, None, None] < out.nsteps[None, :, None]
-    states = jnp.where(done_steps, states, comp[None])
-  return LLaDATrajectory(
-      prompt_ids=prompt_ids, prompt_mask=prompt_mask,
-      tokens=jnp.where(after, pad_id, comp), step_map=jnp.where(after, 0, out.step_map),
-      logprobs=jnp.where(after, 0.0, out.logprobs), lengths=lengths, num_steps=out.nsteps,
-      states=states, raw_tokens=comp, raw_step_map=out.step_map, raw_logprobs=out.logprobs)
+  return finish(prompt_ids, prompt_mask, out.canvas, out.step_map, out.logprobs,
+                stop_lengths(out.canvas, (eos,)), out.num_steps, pad_id, states=out.states)

@@ -19,9 +19,7 @@ class SamplerEntry(NamedTuple):
 
 def _block():
   from jdiff.sampling import block
-  return SamplerEntry(block.BlockSamplerConfig,
-                      lambda m, ids, mask, key, c: block.sample_block(m, ids, key, c,
-                                                                      prompt_mask=mask))
+  return SamplerEntry(block.BlockSamplerConfig, block.sample)
 
 
 def _llada():
@@ -57,7 +55,10 @@ def make_config(name: str, settings: Mapping[str, Any]):
   settings = dict(settings)
   unknown = sorted(set(settings) - fields)
   if unknown:
-    raise ValueError(f"sampler {name!r} has no setting(s) {unknown}; known: {sorted(fields)}")
+    renamed = getattr(cls, "RENAMED", {})
+    said = ", ".join(f"{k!r} (renamed {renamed[k]})" if k in renamed else repr(k)
+                     for k in unknown)
+    raise ValueError(f"sampler {name!r} has no setting {said}; known: {sorted(fields)}")
   return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in settings.items()})
 
 

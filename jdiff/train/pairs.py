@@ -117,9 +117,8 @@ def read_pairs(path: str) -> List[dict]:
 def response_width(pairs, sampler_cfg, oc) -> int:
   """One response width for every batch (one compile): the sampler's completion length for
   sampled pairs, else ``max_response_len`` or the longest response."""
-  for f in ("max_tokens", "gen_length"):
-    if not oc.pairs_path and hasattr(sampler_cfg, f):
-      return int(getattr(sampler_cfg, f))
+  if not oc.pairs_path and hasattr(sampler_cfg, "gen_length"):
+    return int(sampler_cfg.gen_length)
   longest = max(max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in pairs)
   return int(oc.max_response_len) or longest
 

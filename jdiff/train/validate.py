@@ -216,7 +216,7 @@ def _online(config, method, method_cfg, sampler_name, sampler_cfg) -> None:
     raise _err("rl.group_size", f"{rc.group_size}: group advantages need >= 2 responses")
   # Update rows per step: one per response and round for TraceRL block rows (a fixed number of
   # rounds) and d1; CJ-GRPO has one row per response and recorded step.
-  steps = int(getattr(sampler_cfg, "steps", 1)) if method.name == "cj_grpo" else 1
+  steps = sampler_cfg.total_steps if method.name == "cj_grpo" else 1
   if (responses * steps) % ga:
     what = "responses" if steps == 1 else f"rows ({responses} responses x {steps} steps)"
     raise _err("rl.grad_accum", f"{ga} does not divide the {responses * steps} {what} per "

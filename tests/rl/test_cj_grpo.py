@@ -230,11 +230,12 @@ def test_block_model_rows_match_block_sampler():
   """SDAR: ``[prompt | x_{s-1}]`` under the native block-causal mask is the state the block
   sampler saw; a row that stops early (its later states are the padded final completion)
   gets no spurious positions, and tokens decoded after the stop keep their transitions."""
-  from jdiff.sampling.block import BlockSamplerConfig, sample_block
+  from jdiff.sampling import block
+  from jdiff.sampling.block import BlockSamplerConfig
   sdar = jdiff.DiffusionLM(jdiff.preset("tiny_sdar"), rngs=nnx.Rngs(0))
-  cfg_s = BlockSamplerConfig(max_tokens=10, denoising_steps=2, strategy="low_confidence_static",
+  cfg_s = BlockSamplerConfig(gen_length=10, steps_per_block=2, strategy="low_confidence_static",
                              temperature=1.0, record_states=True, stop_ids=(40, 41, 42, 43, 44))
-  traj = jax.device_get(sample_block(sdar, [[5, 6, 7], [8, 9, 10, 11, 12, 13]],
+  traj = jax.device_get(block.sample(sdar, [[5, 6, 7], [8, 9, 10, 11, 12, 13]], None,
                                      jax.random.key(0), cfg_s))
   assert traj.lengths.min() < 10  # one row stopped early (the stop ids are chosen for that)
   batch = cj_grpo.build_batch(traj, np.zeros(2, np.float32), None, CFG, sdar.config)

@@ -11,7 +11,8 @@ import hf_fixtures
 import jdiff
 from jdiff.models import masks
 from jdiff.rl.trace_rows import build_block_rows, build_full_attention_rows
-from jdiff.sampling.block import BlockSamplerConfig, sample_block
+from jdiff.sampling import block
+from jdiff.sampling.block import BlockSamplerConfig
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +38,10 @@ def _row_logprobs(model, rows, noisy_layout=True):
 
 @pytest.mark.parametrize("strategy", ["low_confidence_static", "low_confidence_dynamic"])
 def test_block_rows_reproduce_sampler_logprobs(sdar, strategy):
-  cfg = BlockSamplerConfig(max_tokens=10, denoising_steps=4, strategy=strategy,
+  cfg = BlockSamplerConfig(gen_length=10, steps_per_block=4, strategy=strategy,
                            temperature=1.0, threshold=0.3)
   prompts = [[5, 6, 7], [8, 9, 10, 11, 12], [13, 14, 15, 16, 17, 18, 19, 20], [21] * 13]
-  traj = sample_block(sdar, prompts, jax.random.key(0), cfg)
+  traj = block.sample(sdar, prompts, None, jax.random.key(0), cfg)
   c = sdar.config
   rows = build_block_rows(traj, block_size=c.block_size, mask_id=c.mask_token_id,
                           pad_id=c.pad_token_id, shrink=1)
@@ -62,9 +63,9 @@ def test_block_rows_reproduce_sampler_logprobs(sdar, strategy):
 
 
 def test_shrink_groups_steps_and_bounds_rows(sdar):
-  cfg = BlockSamplerConfig(max_tokens=8, denoising_steps=4, strategy="low_confidence_static",
+  cfg = BlockSamplerConfig(gen_length=8, steps_per_block=4, strategy="low_confidence_static",
                            temperature=1.0)
-  traj = sample_block(sdar, [[5, 6, 7, 8, 9]], jax.random.key(1), cfg)
+  traj = block.sample(sdar, [[5, 6, 7, 8, 9]], None, jax.random.key(1), cfg)
   c = sdar.config
   rows = build_block_rows(traj, block_size=c.block_size, mask_id=c.mask_token_id,
                           pad_id=c.pad_token_id, shrink=2)

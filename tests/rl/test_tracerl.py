@@ -13,7 +13,8 @@ import jdiff
 from jdiff.rl import advantages as adv_lib
 from jdiff.rl import tracerl
 from jdiff.rl.method import methods
-from jdiff.sampling.block import BlockSamplerConfig, sample_block
+from jdiff.sampling import block
+from jdiff.sampling.block import BlockSamplerConfig
 from jdiff.train.update import init_train_state, make_update_step
 
 LOW_IDS = 48  # toy reward: the fraction of completion tokens with an id below this
@@ -36,8 +37,9 @@ def test_registered():
 
 
 def test_first_step_ratio_is_one_and_kl_zero(model):
-  sampler = BlockSamplerConfig(max_tokens=8, denoising_steps=4, temperature=1.0)
-  traj = sample_block(model, [[5, 6, 7], [8, 9, 10, 11, 12]] * 2, jax.random.key(0), sampler)
+  sampler = BlockSamplerConfig(gen_length=8, steps_per_block=4, temperature=1.0)
+  traj = block.sample(model, [[5, 6, 7], [8, 9, 10, 11, 12]] * 2, None, jax.random.key(0),
+                      sampler)
   cfg = tracerl.TraceRLConfig()
   a = np.asarray(adv_lib.group_zscore(jnp.asarray(_reward(traj)), 2))
   batch = tracerl.build_batch(traj, a, None, cfg, model.config)
@@ -62,7 +64,7 @@ def test_config_validation():
 def test_tracerl_raises_reward(model):
   """A few rollout/update rounds on a toy reward raise the sampled reward (seeded)."""
   cfg = tracerl.TraceRLConfig(beta=0.0)
-  sampler = BlockSamplerConfig(max_tokens=8, denoising_steps=4, temperature=1.0)
+  sampler = BlockSamplerConfig(gen_length=8, steps_per_block=4, temperature=1.0)
   prompts = [[5, 6, 7], [8, 9, 10, 11, 12], [13, 14], [15, 16, 17, 18]]
   group = 4
   batch_prompts = [p for p in prompts for _ in range(group)]
@@ -75,13 +77,13 @@ def test_tracerl_raises_reward(model):
 
   def mean_reward(params, rest, seed):
     m = nnx.merge(graphdef, params, rest)
-    traj = sample_block(m, batch_prompts * 2, jax.random.key(1000 + seed), sampler)
+    traj = block.sample(m, batch_prompts * 2, None, jax.random.key(1000 + seed), sampler)
     return float(_reward(traj).mean())
 
   before = np.mean([mean_reward(state.params, state.rest, s) for s in range(2)])
   for it in range(6):
     m = nnx.merge(graphdef, state.params, state.rest)
-    traj = sample_block(m, batch_prompts, jax.random.key(it), sampler)
+    traj = block.sample(m, batch_prompts, None, jax.random.key(it), sampler)
     a = np.asarray(adv_lib.group_zscore(jnp.asarray(_reward(traj)), group))
     batch = tracerl.build_batch(traj, a, None, cfg, model.config)
     batch["old_logp"] = score(state.params, state.rest, batch)
@@ -96,8 +98,9 @@ def test_tracerl_raises_reward(model):
 def test_loss_gradient_matches_naive_per_row_version(model):
   """Autodiff of TraceRL's batched loss equals autodiff of a plain per-row loop (full
   log_softmax, one row at a time, the §5.6 formula written out)."""
-  sampler = BlockSamplerConfig(max_tokens=8, denoising_steps=4, temperature=1.0)
-  traj = sample_block(model, [[5, 6, 7], [8, 9, 10, 11, 12]], jax.random.key(3), sampler)
+  sampler = BlockSamplerConfig(gen_length=8, steps_per_block=4, temperature=1.0)
+  traj = block.sample(model, [[5, 6, 7], [8, 9, 10, 11, 12]], None, jax.random.key(3),
+                      sampler)
   cfg = tracerl.TraceRLConfig(beta=0.05, eps=0.2)
   a = np.array([0.7, -1.3], np.float32)
   batch = tracerl.build_batch(traj, a, None, cfg, model.config)

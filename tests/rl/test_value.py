@@ -9,7 +9,8 @@ from flax import nnx
 
 import jdiff
 from jdiff.rl import tracerl, value
-from jdiff.sampling.block import BlockSamplerConfig, sample_block
+from jdiff.sampling import block
+from jdiff.sampling.block import BlockSamplerConfig
 
 
 @pytest.fixture(scope="module")
@@ -17,10 +18,11 @@ def setup():
   cfg = jdiff.preset("tiny_sdar", eos_token_id=2)
   policy = jdiff.DiffusionLM(cfg, rngs=nnx.Rngs(0))
   vmodel = jdiff.ValueModel.from_policy(policy)
-  traj = sample_block(policy, [[5, 6, 7], [8, 9, 10, 11, 12], [13, 14], [15, 16, 17, 18]],
-                      jax.random.key(0), BlockSamplerConfig(max_tokens=8, denoising_steps=4,
-                                                            strategy="low_confidence_dynamic",
-                                                            threshold=0.5, temperature=1.0))
+  traj = block.sample(policy, [[5, 6, 7], [8, 9, 10, 11, 12], [13, 14], [15, 16, 17, 18]],
+                      None, jax.random.key(0),
+                      BlockSamplerConfig(gen_length=8, steps_per_block=4,
+                                         strategy="low_confidence_dynamic", threshold=0.5,
+                                         temperature=1.0))
   rows = tracerl.build_batch(traj, np.zeros(4, np.float32), None, tracerl.TraceRLConfig(), cfg)
   return policy, vmodel, traj, rows
 

@@ -76,7 +76,7 @@ def test_sample_writes_completions(scripts, sdar_dir, tmp_path):
       {"prompt": "Compute 1+2"}, "", {"prompt_ids": [5, 6, 7, 8, 9, 10, 11]},
       {"prompt": "hi", "extra": 1}])
   tracerl = _load("configs", "tracerl").get_config()
-  sampler = dict(tracerl.sampler, max_tokens=10, stop_ids=())  # no stop: every block decodes
+  sampler = dict(tracerl.sampler, gen_length=10, stop_ids=())  # no stop: every block decodes
   out = str(tmp_path / "out.jsonl")
   records = sample.sample_file(sdar_dir, prompts, out, sampler, batch_size=4, seed=3,
                                num_samples=2)
@@ -109,7 +109,7 @@ def test_sample_default_sampler_and_stop(scripts, sdar_dir, tmp_path):
   sample = scripts["sample"]
   prompts = _write_jsonl(tmp_path / "in.jsonl", [{"prompt_ids": [5, 6, 7]}])
   # No config: the family's default sampler (block) with its defaults but a short budget.
-  recs = sample.sample_file(sdar_dir, prompts, str(tmp_path / "o.jsonl"), {"max_tokens": 8},
+  recs = sample.sample_file(sdar_dir, prompts, str(tmp_path / "o.jsonl"), {"gen_length": 8},
                             chat_template=False)
   (r,) = recs
   assert 1 <= len(r["completion_ids"]) <= 8
@@ -190,7 +190,7 @@ def test_sft_then_eval(scripts, tmp_path, capsys):
   import jdiff
   sft, ev = scripts["sft"], scripts["eval"]
   cfg = _small_sft_config("sft_block")
-  cfg.eval.sampler.max_tokens = 8
+  cfg.eval.sampler.gen_length = 8
   workdir = str(tmp_path / "sft")
   res = sft.run(cfg, workdir, log=lambda *_: None)
   assert np.isfinite(res["loss_before"]) and np.isfinite(res["loss_after"])
@@ -235,7 +235,7 @@ def test_eval_restores_rl_checkpoint(scripts, tmp_path):
   cfg.model.preset = "tiny_sdar"
   cfg.task.num_train, cfg.task.num_eval = 16, 4
   cfg.eval.batch_size = 4
-  cfg.eval.sampler.max_tokens = 4
+  cfg.eval.sampler.gen_length = 4
   model, _ = setup.load_policy(cfg.model, seed=123)  # not the weights eval would build
   _, state = init_train_state(model, make_optimizer(dict(cfg.optim)))
   workdir = str(tmp_path / "rl")

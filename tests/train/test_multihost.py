@@ -34,7 +34,7 @@ OVERRIDES = [
     "--config.task.reward=test_digit_fraction", "--config.eval.batch_size=8",
     "--config.sft.steps=0", "--config.rl.prompts_per_step=2",
     "--config.rl.group_size=4", "--config.rl.inner_epochs=1", "--config.rl.eval_every=0",
-    "--config.sampler.max_tokens=8", "--config.eval.sampler.max_tokens=8",
+    "--config.sampler.gen_length=8", "--config.eval.sampler.gen_length=8",
     "--config.checkpoint.every=1",
 ]
 TIMEOUT_S = 600

@@ -31,7 +31,7 @@ def short(max_steps=0):
   c.task.reward = "test_completion_length"
   c.eval.batch_size = 16  # = rollout_batch x group_size: one sampler compile serves both
   c.sft.steps, c.sft.batch_size = 1, 4
-  c.sampler.max_tokens = c.eval.sampler.max_tokens = 8
+  c.sampler.gen_length = c.eval.sampler.gen_length = 8
   c.offline.update(num_prompts=4, group_size=4, rollout_batch=4, pairs_per_step=2, epochs=1,
                    max_steps=max_steps)
   c.checkpoint.every = 1

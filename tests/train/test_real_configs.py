@@ -70,7 +70,7 @@ def _set(c, path, value):
 BROKEN = [
     ("tracerl", "rl.grad_accum", 3, "config.rl.grad_accum"),
     ("tracerl", "rl.group_size", 1, "config.rl.group_size"),
-    ("tracerl", "sampler.denoising_steps", 8, "config.sampler"),
+    ("tracerl", "sampler.steps_per_block", 8, "config.sampler"),
     ("tracerl", "sampler.typo", 1, "config.sampler"),
     ("tracerl", "eval.sampler.strategy", "nope", "config.eval.sampler"),
     ("tracerl", "model.preset", "gpt5", "config.model.preset"),

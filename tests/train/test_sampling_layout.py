@@ -23,7 +23,7 @@ def test_unknown_layout_is_named():
 def test_fsdp_layout_samples_the_same_tokens():
   model = DiffusionLM(preset("mini_sdar"), rngs=nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  cfg = registry.make_config("block", dict(max_tokens=8, denoising_steps=4,
+  cfg = registry.make_config("block", dict(gen_length=8, steps_per_block=4,
                                            strategy="low_confidence_static", temperature=1.0))
   rng = np.random.default_rng(0)
   prompts = [rng.integers(2, 128, size=n).tolist() for n in (5, 9, 7, 3, 8, 6, 4, 9)]

@@ -25,6 +25,7 @@ from jdiff.checkpoint import hf_config, hf_mapping
 from jdiff.checkpoint.safetensors_io import (INDEX_NAME, CheckpointError, CheckpointReader,
                                              write_checkpoint)
 from jdiff.models.config import ModelConfig
+from jdiff.models.lora import merge_lora
 from jdiff.models.transformer import DiffusionLM, ValueModel
 
 log = logging.getLogger(__name__)
@@ -280,8 +281,9 @@ def _hf_meta(src: "_HFSource", torch_dtype: str) -> dict:
 
 def save_jdiff(model, out_dir: str, *, tokenizer_dir: Optional[str] = None,
                hf_meta: Optional[dict] = None, max_shard_bytes: int = 5 * 2**30) -> None:
-  """Writes ``model`` as a jdiff checkpoint directory."""
+  """Writes ``model`` as a jdiff checkpoint directory (a LoRA model's adapters merged)."""
   kind = "value" if isinstance(model, ValueModel) else "lm"
+  model = merge_lora(model)
   state = nnx.state(model)
   specs = []
   for path, var in nnx.to_flat_state(state):
@@ -361,7 +363,8 @@ def export_hf(source, out_dir: str, *, torch_dtype: Optional[str] = None,
               scheme: Optional[str] = None, max_shard_bytes: int = 5 * 2**30) -> None:
   """Writes an HF checkpoint directory with the family's original names and config.json.
 
-  ``source`` is a jdiff checkpoint directory or a ``DiffusionLM``.
+  ``source`` is a jdiff checkpoint directory or a ``DiffusionLM`` (a LoRA model is written
+  with its adapters merged into the base weights).
   """
   if isinstance(source, str):
     if not is_jdiff_checkpoint(source):
@@ -373,7 +376,7 @@ def export_hf(source, out_dir: str, *, torch_dtype: Optional[str] = None,
     shapes = {tuple(k.split(".")): src.reader.shape(k) for k in src.reader.keys()}
     get = lambda p: src.reader.get(_param_name(p))  # noqa: E731
   else:
-    model = source
+    model = merge_lora(source)
     config = model.config
     hf_meta = json.loads(getattr(model, "hf_meta_json", None) or "{}")
     tok_dir = getattr(model, "source_path", None)

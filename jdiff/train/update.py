@@ -79,14 +79,18 @@ def batch_shardings(batch: Any, mesh: Mesh, rules=None) -> Any:
 
 
 def init_train_state(model: nnx.Module, optimizer: optax.GradientTransformation,
-                     mesh: Optional[Mesh] = None, rules=None):
+                     mesh: Optional[Mesh] = None, rules=None, trainable: Any = nnx.Param):
   """Splits ``model`` into ``(graphdef, TrainState)``.
+
+  ``trainable`` (an nnx filter, default every ``nnx.Param``) picks ``state.params``: only
+  they get gradients, optimizer state and weight decay; everything else rides in
+  ``state.rest`` unchanged (e.g. ``jdiff.models.lora.LoraParam`` trains only the adapters).
 
   The state owns fresh copies of the model's arrays (the update step donates it, which must
   not invalidate ``model``). With a mesh, params and optimizer state are created directly
   with the rules table's shardings.
   """
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  graphdef, params, rest = nnx.split(model, trainable, ...)
 
   def make(params, rest):
     params, rest = jax.tree.map(jnp.copy, (params, rest))

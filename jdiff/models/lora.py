@@ -109,6 +109,28 @@ def _split_spec(spec: str, n_in: int):
   return lhs, w[:n_in], w[n_in:], out
 
 
+def pack_4bit(values: jax.Array) -> jax.Array:
+  """4-bit values (qwix's ``uint4`` nf4 codes or ``int4``) two per ``uint8`` on the last axis.
+
+  Orbax (tensorstore) cannot store 4-bit dtypes, so the frozen base is kept packed: a
+  training checkpoint holds it at 4 bits and ``dense`` unpacks one layer at a time.
+  """
+  if values.shape[-1] % 2:
+    raise ValueError(f"4-bit packing needs an even last dim, got shape {values.shape}")
+  nibbles = values.astype(jnp.int8).astype(jnp.uint8) & 0xF
+  pairs = nibbles.reshape(values.shape[:-1] + (values.shape[-1] // 2, 2))
+  return pairs[..., 0] | (pairs[..., 1] << 4)
+
+
+def unpack_4bit(packed: jax.Array, qtype: str) -> jax.Array:
+  """The inverse of :func:`pack_4bit`: ``uint4`` codes for nf4, ``int4`` for int4."""
+  nibbles = jnp.stack([packed & 0xF, packed >> 4], axis=-1)
+  nibbles = nibbles.reshape(packed.shape[:-1] + (packed.shape[-1] * 2,))
+  if qtype == "nf4":
+    return nibbles.astype(jnp.uint4)
+  return ((nibbles.astype(jnp.int8) ^ 8) - 8).astype(jnp.int4)  # sign-extend the nibble
+
+
 def base_weight(p: Mapping[str, jax.Array], name: str) -> jax.Array:
   """One layer's weight ``name`` from its scan slice: the Param, or the 4-bit base dequantised."""
   if name in p:
@@ -116,8 +138,8 @@ def base_weight(p: Mapping[str, jax.Array], name: str) -> jax.Array:
   for qtype in QUANTIZE[1:]:
     if f"{name}_q_{qtype}" in p:
       import qwix  # heavy; only QLoRA models need it
-      q = qwix.QArray(p[f"{name}_q_{qtype}"], p[f"{name}_qscale"], None,
-                      "nf4" if qtype == "nf4" else jnp.int4)
+      values = unpack_4bit(p[f"{name}_q_{qtype}"], qtype)
+      q = qwix.QArray(values, p[f"{name}_qscale"], None, "nf4" if qtype == "nf4" else jnp.int4)
       return qwix.dequantize(q)
   raise KeyError(f"layer weight {name!r} not found")
 
@@ -184,7 +206,8 @@ def apply_lora(model, cfg: LoraConfig, seed: int = 0):
     if cfg.quantize_base != "none":
       q = _quantize(w, n_in, cfg.quantize_base)
       delattr(layers, name)
-      setattr(layers, f"{name}_q_{cfg.quantize_base}", QuantizedBase(q.qvalue, logical_axes=axes))
+      setattr(layers, f"{name}_q_{cfg.quantize_base}",
+              QuantizedBase(pack_4bit(q.qvalue), logical_axes=axes))
       setattr(layers, f"{name}_qscale", QuantizedBase(q.scale, logical_axes=axes))
   layers.lora_scale = LoraScale(jnp.full((n_layers,), cfg.alpha / cfg.rank, jnp.float32),
                                 logical_axes=("layers",))
@@ -260,4 +283,4 @@ def merge_lora(model):
 
 
 __all__ = ["LoraConfig", "LoraParam", "LoraScale", "QuantizedBase", "TARGETS", "apply_lora",
-           "dense", "has_lora", "lora_reference", "merge_lora", "merged_weight", "trainable_filter"]
+           "dense", "has_lora", "pack_4bit", "unpack_4bit", "lora_reference", "merge_lora", "merged_weight", "trainable_filter"]

@@ -38,7 +38,7 @@ LossFn = Callable[[nnx.Module, Any], Tuple[jax.Array, Mapping[str, jax.Array]]]
 @flax.struct.dataclass
 class TrainState:
   """Trainable state of one model; its ``graphdef`` is kept outside (closed over by jit)."""
-  params: nnx.State  # the model's nnx.Param variables
+  params: nnx.State  # the trainable variables (init_train_state: every nnx.Param by default)
   opt_state: Any  # optax state for ``params``
   step: jax.Array  # int32 scalar: update calls so far (skipped ones included)
   rest: nnx.State  # any non-Param variables, carried through unchanged

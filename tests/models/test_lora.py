@@ -206,3 +206,31 @@ def test_load_policy_reads_model_lora():
   mc = ml_collections.ConfigDict(dict(preset="tiny_sdar", lora=dict(rank="8")))
   with pytest.raises(ValueError, match=r"config\.model\.lora\.rank"):
     load_policy(mc, seed=0)
+
+
+def test_4bit_packing_round_trips_every_code():
+  from jdiff.models.lora import pack_4bit, unpack_4bit
+  codes = np.arange(16).reshape(2, 8)
+  for qtype, values in (("nf4", jnp.asarray(codes, jnp.uint4)),
+                        ("int4", jnp.asarray(codes - 8, jnp.int4))):
+    packed = pack_4bit(values)
+    assert packed.dtype == jnp.uint8 and packed.shape == (2, 4)
+    back = unpack_4bit(packed, qtype)
+    assert back.dtype == values.dtype
+    np.testing.assert_array_equal(np.asarray(back.astype(jnp.int32)),
+                                  np.asarray(values.astype(jnp.int32)))
+
+
+def test_qlora_train_state_checkpoints(tmp_path):
+  """Orbax cannot store 4-bit dtypes: the packed base must survive a save / restore."""
+  from jdiff.train.checkpointing import Checkpointer
+  model = apply_lora(_tiny(), LoraConfig(rank=4, alpha=8.0, quantize_base="int4"))
+  _, state = init_train_state(model, optax.adamw(1e-3), trainable=LoraParam)
+  ck = Checkpointer(str(tmp_path))
+  ck.save(1, {"state": state}, force=True)
+  items, _ = ck.restore(1, targets={"state": jax.eval_shape(lambda s: s, state)})
+  want = dict(nnx.to_flat_state(state.rest))
+  got = dict(nnx.to_flat_state(items["state"].rest))
+  assert sorted(got) == sorted(want)
+  for k in want:
+    np.testing.assert_array_equal(np.asarray(got[k][...]), np.asarray(want[k][...]))

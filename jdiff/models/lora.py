@@ -283,4 +283,5 @@ def merge_lora(model):
 
 
 __all__ = ["LoraConfig", "LoraParam", "LoraScale", "QuantizedBase", "TARGETS", "apply_lora",
-           "dense", "has_lora", "pack_4bit", "unpack_4bit", "lora_reference", "merge_lora", "merged_weight", "trainable_filter"]
+           "dense", "has_lora", "lora_reference", "merge_lora", "merged_weight", "pack_4bit",
+           "trainable_filter", "unpack_4bit"]

@@ -89,7 +89,9 @@ def clipped_policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Ar
                         row_norm: Optional[jax.Array] = None,
                         log_ratio_clip: Optional[float] = 10.0,
                         kl_estimator: str = "k3"):
-  """PPO-clip surrogate plus β·KL (k3 or k1), reduced by ``normalization``. Returns ``(loss, metrics)``.
+  """PPO-clip surrogate plus β·KL (k3 or k1), reduced by ``normalization``.
+
+  Returns ``(loss, metrics)``.
 
   Args:
     logp: ``[B, T]`` current log-probs (with gradient); ``old_logp`` ``[B, T]`` π_old's.

@@ -180,7 +180,9 @@ def apply_lora(model, cfg: LoraConfig, seed: int = 0):
   """Adds adapters (and the 4-bit base) to ``model``'s layer stack in place; returns it.
 
   Only the target layer weights change form: embeddings, norms and the LM head stay plain,
-  frozen Params (train only :data:`LoraParam` with ``trainable=LoraParam``).
+  frozen Params (train only :data:`LoraParam` with ``trainable=LoraParam``). Adapters are
+  float32 master weights whatever ``param_dtype`` is (they are small; a bf16 base would
+  otherwise round away most of each update), cast to the compute dtype in the forward.
   """
   if not cfg.enabled:
     return model
@@ -199,9 +201,9 @@ def apply_lora(model, cfg: LoraConfig, seed: int = 0):
     a = jax.random.uniform(jax.random.fold_in(key, i), (n_layers, *in_shape, cfg.rank),
                            jnp.float32, -bound, bound)
     setattr(layers, name + "_lora_a",
-            LoraParam(a.astype(w.dtype), logical_axes=(*axes[:1 + n_in], None)))
+            LoraParam(a, logical_axes=(*axes[:1 + n_in], None)))
     setattr(layers, name + "_lora_b",
-            LoraParam(jnp.zeros((n_layers, cfg.rank, *out_shape), w.dtype),
+            LoraParam(jnp.zeros((n_layers, cfg.rank, *out_shape), jnp.float32),
                       logical_axes=(axes[0], None, *axes[1 + n_in:])))
     if cfg.quantize_base != "none":
       q = _quantize(w, n_in, cfg.quantize_base)

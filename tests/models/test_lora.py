@@ -234,3 +234,15 @@ def test_qlora_train_state_checkpoints(tmp_path):
   assert sorted(got) == sorted(want)
   for k in want:
     np.testing.assert_array_equal(np.asarray(got[k][...]), np.asarray(want[k][...]))
+
+
+def test_adapters_are_float32_on_a_bf16_base():
+  base = jdiff.DiffusionLM(jdiff.preset("tiny_sdar", param_dtype="bfloat16", dtype="bfloat16"),
+                           rngs=nnx.Rngs(0))
+  model = apply_lora(base, LoraConfig(rank=4, alpha=8.0, targets=("wq",)))
+  assert model.backbone.layers.wq[...].dtype == jnp.bfloat16
+  assert model.backbone.layers.wq_lora_a[...].dtype == jnp.float32
+  assert model.backbone.layers.wq_lora_b[...].dtype == jnp.float32
+  out = logits(_randomise_b(model), _tokens(model.config))
+  assert out.dtype == np.float32 and np.all(np.isfinite(out))
+  assert merge_lora(model).backbone.layers.wq[...].dtype == jnp.bfloat16

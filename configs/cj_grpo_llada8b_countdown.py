@@ -59,4 +59,7 @@ def get_config():
   c.rl.grad_accum = 14
   c.rl.eval_every = 12  # d1's every 100 updates / μ 8 ≈ 12
   c.checkpoint.every = 12
+  # d1's LoRA (r 128, alpha 64, same effective targets) on a bf16 base: CJ-GRPO's code leaves
+  # the 4-bit quantisation line commented out (docs/methods.md).
+  c.model.lora.quantize_base = "none"
   return c

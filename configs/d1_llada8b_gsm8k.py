@@ -39,6 +39,14 @@ def get_config():
   c.model = ml_collections.ConfigDict(dict(
       checkpoint="", tokenizer="", family="llada", preset="llada_8b", param_dtype="bfloat16",
       dtype="bfloat16", remat="full", require_checkpoint=True))
+  # d1's RL trains a QLoRA adapter, not the whole model: NF4 4-bit base, r 128, alpha 64,
+  # dropout 0.05 (d1 code defaults, docs/methods.md). Its target list names q,k,v,o,up,down,
+  # gate_proj, but only q_proj/k_proj/v_proj/up_proj exist in LLaDA, so only those get
+  # adapters: wq, wk, wv, w_up here. Adapter dropout is not implemented (0.0, not 0.05). The
+  # reference policy is the adapter disabled (jdiff.models.lora.lora_reference).
+  c.model.lora = ml_collections.ConfigDict(dict(
+      rank=128, alpha=64.0, dropout=0.0, targets=("wq", "wk", "wv", "w_up"),
+      quantize_base="nf4"))
   # Rollout reward: the sum of d1's five GSM8K rewards (max 4.0); accuracy = correctness (2.0).
   c.task = ml_collections.ConfigDict(dict(
       name="gsm8k", reward="gsm8k", num_train=0, num_eval=0, seed=0, generator_kwargs={},

@@ -1,6 +1,6 @@
 """Tasks: where prompts come from, how completions are rewarded, what counts as correct.
 
-Synthetic tasks (arithmetic, countdown, sudoku, sort) are generated with a seed and need no
+Synthetic tasks (arithmetic, countdown, sudoku, sort, code) are generated with a seed and need no
 download; file tasks (gsm8k, math) read local files through :func:`jdiff.data.load_prompts`
 with a field mapping. Rewards are names from :mod:`jdiff.rewards`.
 """
@@ -39,6 +39,9 @@ TASKS: Dict[str, Task] = {
                    ("puzzle", "solution")),
     "sort": Task("sort", "answer_exact", 1.0, synthetic.digit_sort,
                  synthetic.digit_sort_completion, ("answer",)),
+    # Fraction of the row's asserts passed in the sandbox; correct = all of them.
+    "code": Task("code", "code", 1.0, synthetic.code_functions, synthetic.code_completion,
+                 ("tests",)),
     # Accuracy on GSM8K is d1's 2.0 correctness term alone (train with reward="gsm8k").
     "gsm8k": Task("gsm8k", "gsm8k_correctness", 2.0, columns=("answer",)),
     "math": Task("math", "math", 1.0, columns=("answer",)),

@@ -144,7 +144,7 @@ def read_tensors(directory):
 _QWEN_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta",
                 "rms_norm_eps", "max_position_embeddings", "tie_word_embeddings", "hidden_act",
-                "attention_bias", "use_sliding_window")
+                "attention_bias", "use_sliding_window", "rope_parameters")
 
 
 def load_exported(family: str, directory: str, attn_implementation: str = "sdpa"):

@@ -124,11 +124,28 @@ def to_model_config(cfg: dict, family: str, scheme: str, **overrides) -> ModelCo
   return ModelConfig(**kw)
 
 
-def from_model_config(c: ModelConfig, torch_dtype: str = "bfloat16", base: Optional[dict] = None) -> dict:
-  """The family's own config.json for ``c`` (fields of ``base`` that we don't own are kept)."""
-  out = dict(base or {})
-  ids = dict(mask_token_id=c.mask_token_id, eos_token_id=c.eos_token_id,
-             pad_token_id=c.pad_token_id, bos_token_id=c.bos_token_id)
+# The config.json keys that hold each ModelConfig field, per key naming scheme.
+_FIELD_KEYS = {
+    "llada": dict(vocab_size=("vocab_size", "embedding_size"), hidden_size=("d_model",),
+                  intermediate_size=("mlp_hidden_size",), num_layers=("n_layers",),
+                  num_heads=("n_heads",), num_kv_heads=("n_kv_heads",),
+                  rope_theta=("rope_theta",), rms_norm_eps=("rms_norm_eps",),
+                  qkv_bias=("include_qkv_bias",), tie_word_embeddings=("weight_tying",),
+                  max_position_embeddings=("max_sequence_length",)),
+    "hf": dict(vocab_size=("vocab_size",), hidden_size=("hidden_size",),
+               intermediate_size=("intermediate_size",), num_layers=("num_hidden_layers",),
+               num_heads=("num_attention_heads",), num_kv_heads=("num_key_value_heads",),
+               head_dim=("head_dim",), rope_theta=("rope_theta",),
+               rms_norm_eps=("rms_norm_eps",), qkv_bias=("attention_bias",),
+               tie_word_embeddings=("tie_word_embeddings",),
+               max_position_embeddings=("max_position_embeddings",), block_size=("block_size",)),
+}
+SPECIAL_IDS = ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id")
+
+
+def _fresh_config(c: ModelConfig) -> dict:
+  """A complete config.json for ``c`` when there is no source checkpoint to start from."""
+  out = {}
   if c.family == "llada":
     out.update(model_type="llada", architectures=["LLaDAModelLM"], d_model=c.hidden_size,
                n_heads=c.num_heads, n_kv_heads=c.num_kv_heads, n_layers=c.num_layers,
@@ -144,18 +161,66 @@ def from_model_config(c: ModelConfig, torch_dtype: str = "bfloat16", base: Optio
                num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim, vocab_size=c.vocab_size,
                rope_theta=c.rope_theta, rms_norm_eps=c.rms_norm_eps,
                max_position_embeddings=c.max_position_embeddings,
-               tie_word_embeddings=c.tie_word_embeddings)
-    # Fields jdiff does not model keep the source checkpoint's values.
-    for key, default in dict(hidden_act="silu", use_sliding_window=False, attention_bias=False,
-                             use_cache=False).items():
-      out.setdefault(key, default)
+               tie_word_embeddings=c.tie_word_embeddings, hidden_act="silu",
+               use_sliding_window=False, attention_bias=c.qkv_bias and c.family != "dream",
+               use_cache=False)
     if c.family == "dream":
-      out.setdefault("model_type", "Dream")
-      out.setdefault("architectures", ["DreamModel"])
+      out.update(model_type="Dream", architectures=["DreamModel"])
     else:
-      out.setdefault("model_type", "sdar")
-      out.setdefault("architectures", ["SDARForCausalLM"])
-      out["block_size"] = c.block_size
-  out.update({k: v for k, v in ids.items() if v is not None})
-  out["torch_dtype"] = torch_dtype
+      out.update(model_type="sdar", architectures=["SDARForCausalLM"], block_size=c.block_size)
+  out.update({k: getattr(c, k) for k in SPECIAL_IDS if getattr(c, k) is not None})
+  return out
+
+
+def _as_read(base: dict, family: str, scheme: str, imported_ids: Optional[dict]):
+  """The ModelConfig an import of ``base`` produced, or None when ``base`` does not parse."""
+  try:
+    was = to_model_config(base, family, scheme)
+  except (CheckpointError, ValueError, TypeError):
+    return None
+  if imported_ids:  # ids the import filled in from the tokenizer (or pad = EOS)
+    was = was.replace(**{k: v for k, v in imported_ids.items() if k in SPECIAL_IDS})
+  elif was.pad_token_id is None:
+    was = was.replace(pad_token_id=was.eos_token_id)  # the importer's own default
+  return was
+
+
+def from_model_config(c: ModelConfig, torch_dtype: str = "bfloat16", base: Optional[dict] = None,
+                      scheme: Optional[str] = None,
+                      imported_ids: Optional[dict] = None) -> dict:
+  """The family's own config.json for ``c``.
+
+  With ``base`` (the config.json the model was imported from) the result is ``base`` with
+  only the keys of fields that ``c`` changed rewritten: import -> export gives back the
+  original fields unchanged, and nothing is added that the original model class would read
+  differently (e.g. SDAR's ``pad_token_id``, which it uses as the embedding's
+  ``padding_idx``). ``imported_ids`` are the special ids the import resolved, so ids it
+  filled in (pad = EOS, mask from the tokenizer) are not written back as if they were edits.
+  """
+  fresh = _fresh_config(c)
+  scheme = scheme or ("llada" if c.family == "llada" else "hf")
+  was = None
+  if base:
+    try:
+      base_family, base_scheme = detect_family(base, c.family)
+    except CheckpointError:
+      base_family, base_scheme = None, None
+    if base_scheme == scheme:
+      was = _as_read(base, base_family, scheme, imported_ids)
+  if was is None:
+    out = dict(base or {})
+    out.update(fresh)
+  else:
+    out = dict(base)
+    keys = dict(_FIELD_KEYS[scheme], **{k: (k,) for k in SPECIAL_IDS})
+    for field, names in keys.items():
+      if getattr(was, field) == getattr(c, field):
+        continue
+      for name in names:
+        if name in fresh:
+          out[name] = fresh[name]
+        else:
+          out.pop(name, None)
+  uses_dtype = base and "dtype" in base and "torch_dtype" not in base
+  out["dtype" if uses_dtype else "torch_dtype"] = torch_dtype
   return out

@@ -25,6 +25,7 @@ from jdiff.checkpoint import hf_config, hf_mapping
 from jdiff.checkpoint.safetensors_io import (INDEX_NAME, CheckpointError, CheckpointReader,
                                              write_checkpoint)
 from jdiff.models.config import ModelConfig
+from jdiff.models.lora import merge_lora
 from jdiff.models.transformer import DiffusionLM, ValueModel
 
 log = logging.getLogger(__name__)
@@ -164,12 +165,19 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "to
 
 
 def load_tokenizer(path: str):
-  """``AutoTokenizer`` from local files only; a clear error when the directory has none."""
+  """``AutoTokenizer`` from local files only; a clear error when the directory has none.
+
+  ``trust_remote_code=False``: the released LLaDA / Dream / SDAR checkpoints carry an
+  ``auto_map`` naming their own Python code, and with the default (None) transformers asks
+  on stdin whether to run it, which blocks or fails in a batch job. Their tokenizers are
+  stock ones, so the built-in classes load them.
+  """
   if not any(os.path.exists(os.path.join(path, f)) for f in _TOKENIZER_FILES):
     raise CheckpointError(f"no tokenizer files ({', '.join(_TOKENIZER_FILES)}) in {path}")
   import transformers  # heavy import kept local
   try:
-    return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True,
+                                                      trust_remote_code=False)
   except Exception as e:  # transformers raises many types; keep the cause visible
     raise CheckpointError(f"could not load the tokenizer in {path}: {e}") from e
 
@@ -260,15 +268,22 @@ def from_pretrained(path: str, *, family: Optional[str] = None, kind: Optional[s
   model.source_path = os.path.abspath(path)  # tokenizer lookup for scripts
   # What export needs to write the checkpoint back as it came (names, dtype, config fields).
   # Kept as a JSON string: module attributes end up in the (hashed) graphdef.
-  model.hf_meta_json = json.dumps(src.hf if isinstance(src, _JdiffSource) else {
-      "scheme": src.scheme, "torch_dtype": src.torch_dtype, "config_json": src.raw_config})
+  model.hf_meta_json = json.dumps(src.hf if isinstance(src, _JdiffSource) else
+                                  _hf_meta(src, src.torch_dtype))
   return model
+
+
+def _hf_meta(src: "_HFSource", torch_dtype: str) -> dict:
+  # The ids as imported let export tell ids the import filled in from ids a user changed.
+  return {"scheme": src.scheme, "torch_dtype": torch_dtype, "config_json": src.raw_config,
+          "special_ids": {k: getattr(src.config, k) for k in hf_config.SPECIAL_IDS}}
 
 
 def save_jdiff(model, out_dir: str, *, tokenizer_dir: Optional[str] = None,
                hf_meta: Optional[dict] = None, max_shard_bytes: int = 5 * 2**30) -> None:
-  """Writes ``model`` as a jdiff checkpoint directory."""
+  """Writes ``model`` as a jdiff checkpoint directory (a LoRA model's adapters merged)."""
   kind = "value" if isinstance(model, ValueModel) else "lm"
+  model = merge_lora(model)
   state = nnx.state(model)
   specs = []
   for path, var in nnx.to_flat_state(state):
@@ -308,7 +323,7 @@ def import_hf(hf_dir: str, out_dir: str, *, family: Optional[str] = None,
   for path, var in nnx.to_flat_state(nnx.state(abstract)):
     shape, dt = tuple(var.get_value().shape), np.dtype(var.get_value().dtype)
     specs.append((_param_name(path), shape, dt, (lambda p=path, s=shape, d=dt: src.get(p, s, d))))
-  hf_meta = {"scheme": src.scheme, "torch_dtype": stored, "config_json": src.raw_config}
+  hf_meta = _hf_meta(src, stored)
   _write_jdiff(out_dir, config, "lm", specs, hf_meta, hf_dir, max_shard_bytes)
   return config
 
@@ -348,7 +363,8 @@ def export_hf(source, out_dir: str, *, torch_dtype: Optional[str] = None,
               scheme: Optional[str] = None, max_shard_bytes: int = 5 * 2**30) -> None:
   """Writes an HF checkpoint directory with the family's original names and config.json.
 
-  ``source`` is a jdiff checkpoint directory or a ``DiffusionLM``.
+  ``source`` is a jdiff checkpoint directory or a ``DiffusionLM`` (a LoRA model is written
+  with its adapters merged into the base weights).
   """
   if isinstance(source, str):
     if not is_jdiff_checkpoint(source):
@@ -360,7 +376,7 @@ def export_hf(source, out_dir: str, *, torch_dtype: Optional[str] = None,
     shapes = {tuple(k.split(".")): src.reader.shape(k) for k in src.reader.keys()}
     get = lambda p: src.reader.get(_param_name(p))  # noqa: E731
   else:
-    model = source
+    model = merge_lora(source)
     config = model.config
     hf_meta = json.loads(getattr(model, "hf_meta_json", None) or "{}")
     tok_dir = getattr(model, "source_path", None)
@@ -374,7 +390,8 @@ def export_hf(source, out_dir: str, *, torch_dtype: Optional[str] = None,
   os.makedirs(out_dir, exist_ok=True)
   specs = _export_specs(config, scheme, get, shapes, _DTYPE_NAMES[torch_dtype])
   write_checkpoint(out_dir, specs, max_shard_bytes=max_shard_bytes, metadata={"format": "pt"})
-  cfg_json = hf_config.from_model_config(config, torch_dtype, hf_meta.get("config_json"))
+  cfg_json = hf_config.from_model_config(config, torch_dtype, hf_meta.get("config_json"),
+                                         scheme=scheme, imported_ids=hf_meta.get("special_ids"))
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(cfg_json, f, indent=2)
   _copy_side_files(tok_dir, out_dir)

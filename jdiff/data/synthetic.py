@@ -17,6 +17,8 @@ Formats (``{...}`` are placeholders)::
                completion "<answer>408</answer>"
     sort       prompt "Sort 3142"
                completion "<answer>1234</answer>"
+    code       prompt "f(x) = x times 3 then plus 2"   (jdiff.data.synthetic_code)
+               completion "```python\nf=lambda x:(x*3)+2\n```"  (rewarded by running tests)
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from fractions import Fraction
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
+
+from jdiff.data.synthetic_code import code_completion, code_functions
 
 ANSWER_OPEN = "<answer>"
 ANSWER_CLOSE = "</answer>"
@@ -403,10 +407,11 @@ def digit_sort_completion(row: Row) -> str:
 # --------------------------------------------------------------------------
 
 GENERATORS: Dict[str, Callable[..., List[Row]]] = {
-    "sudoku": sudoku4x4, "countdown": countdown, "arithmetic": arithmetic, "sort": digit_sort}
+    "sudoku": sudoku4x4, "countdown": countdown, "arithmetic": arithmetic, "sort": digit_sort,
+    "code": code_functions}
 COMPLETIONS: Dict[str, Callable[[Row], str]] = {
     "sudoku": sudoku_completion, "countdown": countdown_completion,
-    "arithmetic": arithmetic_completion, "sort": digit_sort_completion}
+    "arithmetic": arithmetic_completion, "sort": digit_sort_completion, "code": code_completion}
 
 
 def completion_for(row: Row) -> str:

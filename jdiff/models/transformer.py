@@ -19,6 +19,7 @@ from jdiff.models.chunked_attention import TiledMask, chunked_attention, tiled_m
 from jdiff.models.config import ModelConfig
 from jdiff.models.kv_cache import KVCache
 from jdiff.models.layers import F32, attention, attention_with_cache, rms_norm, rope
+from jdiff.models.lora import LoraScale, QuantizedBase, dense
 from jdiff.sharding.rules import constrain
 
 _REMAT = {
@@ -64,7 +65,10 @@ class LayerStack(nnx.Module):
     self.w_down = _param(rngs, (n, f, d), ("layers", "mlp", "embed"), pd)
 
   def arrays(self) -> dict:
-    return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
+    # Adapters (LoraParam is a Param), their scale and a 4-bit base are scanned with the
+    # layers' own weights: jdiff.models.lora.dense reads them from the per-layer slice.
+    kinds = (nnx.Param, LoraScale, QuantizedBase)
+    return {k: v[...] for k, v in vars(self).items() if isinstance(v, kinds)}
 
 
 def _layer(config: ModelConfig, x, p, positions, mask, cache_k, cache_v, window=None):
@@ -77,13 +81,13 @@ def _layer(config: ModelConfig, x, p, positions, mask, cache_k, cache_v, window=
   dt = x.dtype
   c = config
   h = rms_norm(x, p["attn_norm"], c.rms_norm_eps)
-  k = jnp.einsum("btd,dnh->btnh", h, p["wk"].astype(dt))
-  v = jnp.einsum("btd,dnh->btnh", h, p["wv"].astype(dt))
+  k = dense("wk", h, p, dt)
+  v = dense("wv", h, p, dt)
   q_pos = positions
   if window is not None:
     cut = lambda a: jax.lax.dynamic_slice_in_dim(a, window[0], window[1], axis=1)  # noqa: E731
     x, h, q_pos, mask = cut(x), cut(h), cut(positions), cut(mask)
-  q = jnp.einsum("btd,dnh->btnh", h, p["wq"].astype(dt))
+  q = dense("wq", h, p, dt)
   if c.qkv_bias:
     q, k, v = q + p["bq"].astype(dt), k + p["bk"].astype(dt), v + p["bv"].astype(dt)
   if c.qk_norm:  # Qwen3/SDAR: per-head RMSNorm before RoPE
@@ -98,13 +102,13 @@ def _layer(config: ModelConfig, x, p, positions, mask, cache_k, cache_v, window=
     out = attention(q, k, v, mask)
   else:
     out = attention_with_cache(q, k, v, cache_k.astype(dt), cache_v.astype(dt), mask)
-  x = x + jnp.einsum("btnh,nhd->btd", out, p["wo"].astype(dt))
+  x = x + dense("wo", out, p, dt)
   x = constrain(x, ("batch", "length", "embed"))
   h = rms_norm(x, p["mlp_norm"], c.rms_norm_eps)
-  gate = jnp.einsum("btd,df->btf", h, p["w_gate"].astype(dt))
-  up = jnp.einsum("btd,df->btf", h, p["w_up"].astype(dt))
+  gate = dense("w_gate", h, p, dt)
+  up = dense("w_up", h, p, dt)
   act = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
-  x = x + jnp.einsum("btf,fd->btd", act, p["w_down"].astype(dt))
+  x = x + dense("w_down", act, p, dt)
   x = constrain(x, ("batch", "length", "embed"))
   return x, k, v
 

@@ -1,4 +1,4 @@
-"""Clipped policy loss (PPO/GRPO surrogate + k3 KL) and clipped value loss.
+"""Clipped policy loss (PPO/GRPO surrogate + k3 or k1 KL) and clipped value loss.
 
 Specs: research/tracerl.md §5.6 (block path), §6 (full attention), §7 (value loss);
 d1_cjgrpo_dtrpo.md §2.2 step 6 (diffu-GRPO), §3.3 step 4 (CJ-GRPO). All math in float32.
@@ -42,6 +42,18 @@ def k3_kl(logp: jax.Array, ref_logp: jax.Array, clip: Optional[float] = None) ->
   return jnp.exp(e) - delta - 1.0
 
 
+def k1_kl(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
+  """The k1 estimator of KL(π‖π_ref): ``logp − ref`` per token (unbiased, can be negative).
+
+  TraceRL's ``use_kl_estimator_k3=False``; its gradient is the score function, so it pulls
+  every sampled token's log-prob toward the reference's.
+  """
+  return logp - ref_logp
+
+
+KL_ESTIMATORS = ("k3", "k1")
+
+
 def _row_reduce(per_token, mask, normalization, row_norm, what):
   """Reduces a ``[B, T]`` masked per-token quantity to a scalar (see module docstring)."""
   rows_valid = jnp.sum(mask, axis=1) > 0
@@ -75,8 +87,11 @@ def clipped_policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Ar
                         ref_logp: Optional[jax.Array] = None,
                         normalization: str = "token_mean",
                         row_norm: Optional[jax.Array] = None,
-                        log_ratio_clip: Optional[float] = 10.0):
-  """PPO-clip surrogate plus β·k3 KL, reduced by ``normalization``. Returns ``(loss, metrics)``.
+                        log_ratio_clip: Optional[float] = 10.0,
+                        kl_estimator: str = "k3"):
+  """PPO-clip surrogate plus β·KL (k3 or k1), reduced by ``normalization``.
+
+  Returns ``(loss, metrics)``.
 
   Args:
     logp: ``[B, T]`` current log-probs (with gradient); ``old_logp`` ``[B, T]`` π_old's.
@@ -89,7 +104,11 @@ def clipped_policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Ar
     row_norm: ``[B]`` per-row normaliser for ``"per_row_sum_over_length"`` (TraceRL's L1).
     log_ratio_clip: clip ``d`` (and the k3 exponent) to ±this before ``exp`` (TraceRL: 10);
       None = no clipping (d1).
+    kl_estimator: "k3" (:func:`k3_kl`, the default) or "k1" (:func:`k1_kl`, unclipped).
   """
+  if kl_estimator not in KL_ESTIMATORS:
+    raise ValueError(f"clipped_policy_loss: kl_estimator={kl_estimator!r}; expected one of "
+                     f"{KL_ESTIMATORS}")
   logp, old_logp = jnp.asarray(logp, F32), jax.lax.stop_gradient(jnp.asarray(old_logp, F32))
   mask = jnp.asarray(loss_mask, F32)
   adv = jax.lax.stop_gradient(jnp.asarray(advantages, F32))
@@ -102,7 +121,7 @@ def clipped_policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Ar
   clipped = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)
   surr = jnp.minimum(ratio * adv, clipped * adv)
   ref = old_logp if ref_logp is None else jax.lax.stop_gradient(jnp.asarray(ref_logp, F32))
-  kl = k3_kl(logp, ref, log_ratio_clip)
+  kl = k3_kl(logp, ref, log_ratio_clip) if kl_estimator == "k3" else k1_kl(logp, ref)
 
   policy = _row_reduce(-surr, mask, normalization, row_norm, "clipped_policy_loss")
   kl_norm = "per_row_sum" if normalization == "per_row_mean" else normalization
@@ -160,4 +179,5 @@ def clipped_value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Ar
   return loss, metrics
 
 
-__all__ = ["NORMALIZATIONS", "clipped_policy_loss", "clipped_value_loss", "k3_kl"]
+__all__ = ["KL_ESTIMATORS", "NORMALIZATIONS", "clipped_policy_loss", "clipped_value_loss",
+           "k1_kl", "k3_kl"]

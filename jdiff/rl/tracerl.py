@@ -17,8 +17,8 @@ from typing import Optional
 import numpy as np
 
 from jdiff.models import masks
-from jdiff.rl.losses import clipped_policy_loss
 from jdiff.models.logprobs import model_token_logprobs
+from jdiff.rl.losses import KL_ESTIMATORS, clipped_policy_loss
 from jdiff.rl.method import Method, register_method
 from jdiff.rl.trace_rows import build_block_rows, build_full_attention_rows
 
@@ -27,7 +27,8 @@ from jdiff.rl.trace_rows import build_block_rows, build_full_attention_rows
 class TraceRLConfig:
   shrink: int = 1  # block models; the reference uses 8 for full-attention models
   eps: float = 0.2  # PPO clip
-  beta: float = 0.01  # k3 KL coefficient
+  beta: float = 0.01  # KL coefficient
+  kl_estimator: str = "k3"  # reference use_kl_estimator_k3=True; "k1" = log π_θ − log π_ref
   kl_against: str = "old"  # "old" (reference default: the pre-update policy) | "ref" (frozen)
   normalization: Optional[str] = None  # None: per_row_sum_over_length (block) / per_row_mean (full)
   log_ratio_clip: Optional[float] = 10.0
@@ -43,6 +44,9 @@ class TraceRLConfig:
       raise ValueError(f"TraceRLConfig.beta must be >= 0, got {self.beta}")
     if self.kl_against not in ("old", "ref"):
       raise ValueError(f"TraceRLConfig.kl_against={self.kl_against!r}; expected 'old' or 'ref'")
+    if self.kl_estimator not in KL_ESTIMATORS:
+      raise ValueError(f"TraceRLConfig.kl_estimator={self.kl_estimator!r}; expected one of "
+                       f"{KL_ESTIMATORS}")
 
 
 def build_batch(traj, advantages, key, cfg: TraceRLConfig, model_config) -> dict:
@@ -83,7 +87,8 @@ def loss_fn(model, batch, cfg: TraceRLConfig):
   loss, metrics = clipped_policy_loss(
       logp, batch["old_logp"], batch["advantages"], batch["loss_mask"], eps_low=cfg.eps,
       kl_coef=cfg.beta, ref_logp=ref, normalization=normalization,
-      row_norm=batch.get("row_norm"), log_ratio_clip=cfg.log_ratio_clip)
+      row_norm=batch.get("row_norm"), log_ratio_clip=cfg.log_ratio_clip,
+      kl_estimator=cfg.kl_estimator)
   return loss, metrics
 
 

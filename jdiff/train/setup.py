@@ -18,12 +18,13 @@ from jdiff.data import load_prompts, synthetic
 from jdiff.data.char_tokenizer import build_char_tokenizer, special_token_ids
 from jdiff.data.loading import encode_prompt_rows
 from jdiff.models.config import preset
+from jdiff.models.lora import LoraConfig, apply_lora
 from jdiff.sampling import registry as samplers
 from jdiff.tasks import Task, get_task
 
 
 def load_policy(mc, seed: int = 0):
-  """(model, tokenizer) from ``config.model``.
+  """(model, tokenizer) from ``config.model``, with ``config.model.lora``'s adapters if set.
 
   ``model.require_checkpoint`` (the real-model configs): an empty checkpoint is an error rather
   than a silent fallback to a from-scratch preset, which would train a random 4B/8B model."""
@@ -38,7 +39,7 @@ def load_policy(mc, seed: int = 0):
       raise FileNotFoundError(f"config.model.checkpoint={mc.checkpoint!r} is not a directory")
     overrides = {k: mc.get(k) for k in ("param_dtype", "dtype", "remat") if mc.get(k)}
     model = jdiff.from_pretrained(path, family=mc.get("family") or None, **overrides)
-    return model, jdiff.load_tokenizer(mc.get("tokenizer") or path)
+    return _with_lora(model, mc, seed), jdiff.load_tokenizer(mc.get("tokenizer") or path)
   tokenizer = build_char_tokenizer()
   ids = special_token_ids(tokenizer)
   vocab = -(-len(tokenizer) // 64) * 64  # round up: a friendlier matmul width
@@ -48,7 +49,13 @@ def load_policy(mc, seed: int = 0):
     if mc.get(k):
       overrides[k] = mc.get(k)
   model = jdiff.DiffusionLM(preset(mc.preset, **overrides), rngs=nnx.Rngs(seed))
-  return model, tokenizer
+  return _with_lora(model, mc, seed), tokenizer
+
+
+def _with_lora(model, mc, seed: int):
+  """LoRA / QLoRA adapters from ``config.model.lora`` (none when absent or rank 0). Train with
+  ``jdiff.models.lora.trainable_filter(model)``; the reference policy is ``lora_reference``."""
+  return apply_lora(model, LoraConfig.from_section(mc.get("lora")), seed=seed)
 
 
 def task_rows(tc) -> Tuple[Task, List[Dict[str, Any]], List[Dict[str, Any]]]:

@@ -38,7 +38,7 @@ LossFn = Callable[[nnx.Module, Any], Tuple[jax.Array, Mapping[str, jax.Array]]]
 @flax.struct.dataclass
 class TrainState:
   """Trainable state of one model; its ``graphdef`` is kept outside (closed over by jit)."""
-  params: nnx.State  # the model's nnx.Param variables
+  params: nnx.State  # the trainable variables (init_train_state: every nnx.Param by default)
   opt_state: Any  # optax state for ``params``
   step: jax.Array  # int32 scalar: update calls so far (skipped ones included)
   rest: nnx.State  # any non-Param variables, carried through unchanged
@@ -79,14 +79,18 @@ def batch_shardings(batch: Any, mesh: Mesh, rules=None) -> Any:
 
 
 def init_train_state(model: nnx.Module, optimizer: optax.GradientTransformation,
-                     mesh: Optional[Mesh] = None, rules=None):
+                     mesh: Optional[Mesh] = None, rules=None, trainable: Any = nnx.Param):
   """Splits ``model`` into ``(graphdef, TrainState)``.
+
+  ``trainable`` (an nnx filter, default every ``nnx.Param``) picks ``state.params``: only
+  they get gradients, optimizer state and weight decay; everything else rides in
+  ``state.rest`` unchanged (e.g. ``jdiff.models.lora.LoraParam`` trains only the adapters).
 
   The state owns fresh copies of the model's arrays (the update step donates it, which must
   not invalidate ``model``). With a mesh, params and optimizer state are created directly
   with the rules table's shardings.
   """
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  graphdef, params, rest = nnx.split(model, trainable, ...)
 
   def make(params, rest):
     params, rest = jax.tree.map(jnp.copy, (params, rest))

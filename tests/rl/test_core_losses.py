@@ -88,6 +88,27 @@ def test_kl_defaults_to_old_policy_and_token_advantages():
   assert float(l1) == float(l2) and float(m1["kl"]) > 0
 
 
+def test_k1_and_k3_kl_by_hand():
+  # Zero advantages and logp == old: the loss is beta * mean KL over the 3 masked tokens.
+  logp = np.array([[-1.0, -2.0, -0.5, -3.0]], np.float32)
+  ref = np.array([[-1.5, -1.0, -0.5, 0.0]], np.float32)
+  mask = np.array([[1, 1, 1, 0]], np.float32)
+  adv = np.zeros((1,), np.float32)
+  k1 = (0.5 + -1.0 + 0.0) / 3  # log pi - log pi_ref per token
+  k3 = (np.exp(-0.5) + 0.5 - 1 + np.exp(1.0) - 1.0 - 1 + 0.0) / 3  # exp(r) - r - 1, r = ref - logp
+  for name, want in (("k1", k1), ("k3", k3)):
+    loss, m = clipped_policy_loss(logp, logp, adv, mask, kl_coef=0.1, ref_logp=ref,
+                                  kl_estimator=name)
+    np.testing.assert_allclose(float(loss), 0.1 * want, rtol=1e-6)
+    np.testing.assert_allclose(float(m["kl"]), want, rtol=1e-6)
+  # k1's gradient is beta / N on every masked token, whatever the reference says.
+  g = jax.grad(lambda x: clipped_policy_loss(x, logp, adv, mask, kl_coef=0.1, ref_logp=ref,
+                                             kl_estimator="k1")[0])(jnp.asarray(logp))
+  np.testing.assert_allclose(np.asarray(g), 0.1 / 3 * mask, rtol=1e-6)
+  with pytest.raises(ValueError, match="kl_estimator"):
+    clipped_policy_loss(logp, logp, adv, mask, kl_estimator="k2")
+
+
 def test_policy_loss_gradient_matches_finite_differences():
   rng = np.random.default_rng(9)
   old = (rng.normal(size=(2, 4)) * 0.1 - 1.0).astype(np.float32)

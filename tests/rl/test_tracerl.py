@@ -1,6 +1,7 @@
 """TraceRL end to end on a tiny block model: ratio 1 at the first step, and learning."""
 
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +60,23 @@ def test_config_validation():
     tracerl.TraceRLConfig(shrink=0)
   with pytest.raises(ValueError, match="kl_against"):
     tracerl.TraceRLConfig(kl_against="reference")
+  with pytest.raises(ValueError, match="kl_estimator"):
+    tracerl.TraceRLConfig(kl_estimator="k2")
+
+
+def test_kl_estimator_reaches_the_loss(monkeypatch):
+  """TraceRL's loss uses the configured estimator against pi_old (here by hand: k1 = d)."""
+  logp = np.array([[-1.0, -2.0, -0.7]], np.float32)
+  old = np.array([[-1.2, -1.5, -0.7]], np.float32)
+  monkeypatch.setattr(tracerl, "logprob_fn", lambda model, batch, cfg: jnp.asarray(logp))
+  model = types.SimpleNamespace(config=types.SimpleNamespace(block_causal=True))
+  batch = {"old_logp": old, "advantages": np.zeros((1,), np.float32),
+           "loss_mask": np.ones((1, 3), np.float32), "row_norm": np.array([4.0], np.float32)}
+  d = logp - old
+  for est, kl in (("k1", d), ("k3", np.exp(-d) + d - 1)):
+    cfg = tracerl.TraceRLConfig(beta=0.5, kl_estimator=est)
+    loss, _ = tracerl.loss_fn(model, batch, cfg)
+    np.testing.assert_allclose(float(loss), 0.5 * kl.sum() / 4.0, rtol=1e-5)
 
 
 def test_tracerl_raises_reward(model):

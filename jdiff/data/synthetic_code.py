@@ -9,11 +9,11 @@ All randomness comes from ``numpy.random.default_rng(seed)``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict, List
 
 import numpy as np
 
-Row = dict[str, Any]
+Row = Dict[str, Any]
 _WORDS = {"+": "plus", "-": "minus", "*": "times"}
 _APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
@@ -32,7 +32,7 @@ def _value(x: int, ops, consts) -> int:
 
 
 def code_functions(n: int, seed: int, num_ops: int = 2, max_const: int = 9,
-                   num_tests: int = 3) -> list[Row]:
+                   num_tests: int = 3) -> List[Row]:
   """``n`` rows: ``task``, ``prompt``, ``expression`` (the lambda body), ``tests``.
 
   ``num_ops`` operations (``+ - *``) with constants in ``1..max_const`` are applied to ``x``
@@ -45,7 +45,7 @@ def code_functions(n: int, seed: int, num_ops: int = 2, max_const: int = 9,
   if not 1 <= num_tests <= 19:
     raise ValueError(f"code_functions: num_tests must lie in [1, 19], got {num_tests}")
   rng = np.random.default_rng(seed)
-  rows: list[Row] = []
+  rows: List[Row] = []
   for _ in range(n):
     ops = [str(o) for o in rng.choice(list(_WORDS), size=num_ops)]
     consts = [int(c) for c in rng.integers(1, max_const + 1, size=num_ops)]

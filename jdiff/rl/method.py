@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict
 import jax.numpy as jnp
 import numpy as np
 
-from jdiff.rl.registry import Registry
+from jdiff.registry import Registry
 
 Batch = Dict[str, Any]
 

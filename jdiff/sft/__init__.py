@@ -19,7 +19,9 @@ Objectives:
 
 from __future__ import annotations
 
-from typing import Callable, Dict, NamedTuple
+from typing import Callable, NamedTuple
+
+from jdiff.registry import Registry
 
 from jdiff.sft import block_sft, common, llada_sft, semi_ar_sft
 from jdiff.sft.common import make_rows
@@ -30,28 +32,20 @@ class SFTObjective(NamedTuple):
   loss_fn: Callable
 
 
-OBJECTIVES: Dict[str, SFTObjective] = {}
+OBJECTIVES = Registry("SFT objective")
 
 
 def register(name: str, build_batch: Callable, loss_fn: Callable) -> SFTObjective:
   """Registers an objective; a different pair under a taken name is an error."""
-  obj = SFTObjective(build_batch, loss_fn)
-  old = OBJECTIVES.get(name)
-  if old is not None and old != obj:
-    raise ValueError(f"SFT objective {name!r} is already registered")
-  OBJECTIVES[name] = obj
-  return obj
+  return OBJECTIVES.register(name, SFTObjective(build_batch, loss_fn))
 
 
 def get(name: str) -> SFTObjective:
-  try:
-    return OBJECTIVES[name]
-  except KeyError:
-    raise KeyError(f"unknown SFT objective {name!r}; available: {sorted(OBJECTIVES)}") from None
+  return OBJECTIVES.get(name)
 
 
 def names() -> list:
-  return sorted(OBJECTIVES)
+  return OBJECTIVES.names()
 
 
 register("sft_block", block_sft.build_batch, block_sft.loss_fn)

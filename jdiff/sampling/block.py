@@ -162,8 +162,18 @@ class BlockSamplerConfig:
     if self.stop_ids is not None:  # lists would make the config unhashable
       object.__setattr__(self, "stop_ids", tuple(int(s) for s in self.stop_ids))
 
-  def validate(self, model_config: ModelConfig) -> "BlockSamplerConfig":
-    """Checks every field against the model; returns a copy with the defaults filled in."""
+  @property
+  def total_steps(self) -> int:
+    """Decoding steps of one completion (needs ``block_length``: validate against the model)."""
+    if not self.block_length:
+      raise ValueError("BlockSamplerConfig.total_steps needs block_length (validate first)")
+    return -(-self.max_tokens // self.block_length) * self.denoising_steps
+
+  def validate(self, model_config: Optional[ModelConfig] = None) -> "BlockSamplerConfig":
+    """Checks every field against the model; returns a copy with the defaults filled in
+    (unchanged without a model config: every check needs the model)."""
+    if model_config is None:
+      return self
     mc = model_config
     name = type(self).__name__
     if not mc.block_causal or not mc.block_size:

@@ -114,7 +114,13 @@ class DreamSamplerConfig:
   def __post_init__(self):  # lists would make the config unhashable (it is a jit static arg)
     object.__setattr__(self, "stop_ids", tuple(self.stop_ids))
 
-  def validate(self) -> "DreamSamplerConfig":
+  @property
+  def total_steps(self) -> int:
+    """Decoding steps of one completion."""
+    return int(self.steps)
+
+  def validate(self, model_config=None) -> "DreamSamplerConfig":
+    del model_config  # the settings do not depend on the model
     def bad(field, msg):
       raise ValueError(f"DreamSamplerConfig.{field}={getattr(self, field)!r}: {msg}")
     def is_int(v):

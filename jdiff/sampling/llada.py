@@ -124,8 +124,14 @@ class LLaDASamplerConfig:
   def plan(self) -> sched.StepPlan:
     return sched.step_plan(self.schedule, self.gen_length, self.num_blocks, self.steps)
 
-  def validate(self) -> "LLaDASamplerConfig":
+  @property
+  def total_steps(self) -> int:
+    """Decoding steps of one completion."""
+    return int(self.steps)
+
+  def validate(self, model_config=None) -> "LLaDASamplerConfig":
     """Raises ValueError naming the offending field; runs before anything is traced."""
+    del model_config  # the settings do not depend on the model
     def bad(field, why):
       raise ValueError(f"LLaDASamplerConfig.{field}={getattr(self, field)!r}: {why}")
     for f in ("gen_length", "block_length", "steps"):

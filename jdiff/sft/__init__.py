@@ -19,6 +19,7 @@ Objectives:
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, NamedTuple
 
 from jdiff.registry import Registry
@@ -30,6 +31,7 @@ from jdiff.sft.common import make_rows
 class SFTObjective(NamedTuple):
   build_batch: Callable
   loss_fn: Callable
+  options: frozenset = frozenset()  # build_batch's keyword-only options (config.sft.options)
 
 
 OBJECTIVES = Registry("SFT objective")
@@ -37,7 +39,9 @@ OBJECTIVES = Registry("SFT objective")
 
 def register(name: str, build_batch: Callable, loss_fn: Callable) -> SFTObjective:
   """Registers an objective; a different pair under a taken name is an error."""
-  return OBJECTIVES.register(name, SFTObjective(build_batch, loss_fn))
+  params = inspect.signature(build_batch).parameters.values()
+  kw = frozenset(p.name for p in params if p.kind == p.KEYWORD_ONLY)
+  return OBJECTIVES.register(name, SFTObjective(build_batch, loss_fn, kw))
 
 
 def get(name: str) -> SFTObjective:
@@ -48,9 +52,14 @@ def names() -> list:
   return OBJECTIVES.names()
 
 
+def options(name: str) -> frozenset:
+  """The keyword options objective ``name`` takes (the keys config.sft.options may hold)."""
+  return OBJECTIVES.get(name).options
+
+
 register("sft_block", block_sft.build_batch, block_sft.loss_fn)
 register("sft_llada", llada_sft.build_batch, llada_sft.loss_fn)
 register("sft_semi_ar", semi_ar_sft.build_batch, semi_ar_sft.loss_fn)
 
 __all__ = ["OBJECTIVES", "SFTObjective", "block_sft", "common", "get", "llada_sft", "make_rows",
-           "names", "register", "semi_ar_sft"]
+           "names", "options", "register", "semi_ar_sft"]

@@ -431,7 +431,9 @@ def _value(config, method) -> dict:
     return {}
   from jdiff.rl import value as value_lib
   _keys(value, schema(ValueSection) | schema(value_lib.ValueConfig), "value")
-  section = ValueSection(enabled=bool(value.get("enabled", False)), optim=value.get("optim"))
+  optim = value.get("optim")
+  section = ValueSection(enabled=bool(value.get("enabled", False)),
+                         optim=None if optim is None else dict(optim))
   if not section.enabled:
     return dict(value=section)
   if not method.value_model:

@@ -1,6 +1,7 @@
 """What a training loop (online ``rl_loop``, offline ``offline_loop``) sets up before its
-first step, in one place: the validated config turned into a policy, prompts, sampler
-settings, mesh, metrics writer and checkpointer; and the SFT warm start both loops share."""
+first step, in one place: the config validated into a typed ``RunConfig``, then a policy,
+prompts, sampler settings (loaded by :mod:`jdiff.train.setup`), mesh, metrics writer and
+checkpointer; and the SFT warm start both loops share."""
 
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ Specs: research/tracerl.md §4, §7; d1_cjgrpo_dtrpo.md §2.2, §3.3.
 Registered in :data:`jdiff.rl.registry.advantage_estimators` (``config.rl.advantage`` picks
 the RL loop's group estimator):
 
-- ``"group_zscore"`` (alias ``"grpo"``): group z-score (TraceRL §4): ``(r - mean) / std`` with the *population* std;
-  a group whose std is 0 gets advantage 0.
+- ``"group_zscore"`` (alias ``"grpo"``): group z-score (TraceRL §4): ``(r - mean) / std``
+  with the *population* std; a group whose std is 0 gets advantage 0.
 - ``"group_mean"``: d1's diffu-GRPO / CJ-GRPO code (§2.2 step 5, §3.3 step 2): ``r - mean``,
   no division by the std.
 - ``"trace_gae"``: TraceRL's step-level GAE with the diffusion value model (§7).

@@ -4,7 +4,6 @@ import json
 import os
 import warnings
 
-import jax
 import numpy as np
 import pytest
 
@@ -97,6 +96,3 @@ def test_rl_step_alone_matches_the_run(straight, tmp_path):
       if k != "step" and not k.endswith("_s") and k != "tokens_per_s":
         assert row[k] == v, (step, k)
   r.writer.close()
-  # The runtime it returns holds the straight run's final policy.
-  for a, b in zip(policy_leaves(workdir, 2), jax.tree.leaves(rt.policy.state)):
-    np.testing.assert_array_equal(a, np.asarray(b))

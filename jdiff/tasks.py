@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from jdiff.data import synthetic
+from jdiff.registry import Registry
 
 Row = Dict[str, object]
 
@@ -30,25 +31,26 @@ class Task:
     return np.asarray(rewards).reshape(len(rewards), -1).sum(-1) >= self.correct_at - 1e-9
 
 
-TASKS: Dict[str, Task] = {
-    "arithmetic": Task("arithmetic", "answer_exact", 1.0, synthetic.arithmetic,
+TASKS = Registry("task")
+for _task in (
+    Task("arithmetic", "answer_exact", 1.0, synthetic.arithmetic,
                        synthetic.arithmetic_completion, ("answer",)),
-    "countdown": Task("countdown", "countdown", 1.0, synthetic.countdown,
+    Task("countdown", "countdown", 1.0, synthetic.countdown,
                       synthetic.countdown_completion, ("numbers", "target")),
-    "sudoku": Task("sudoku", "sudoku", 1.0, synthetic.sudoku4x4, synthetic.sudoku_completion,
+    Task("sudoku", "sudoku", 1.0, synthetic.sudoku4x4, synthetic.sudoku_completion,
                    ("puzzle", "solution")),
-    "sort": Task("sort", "answer_exact", 1.0, synthetic.digit_sort,
+    Task("sort", "answer_exact", 1.0, synthetic.digit_sort,
                  synthetic.digit_sort_completion, ("answer",)),
     # Fraction of the row's asserts passed in the sandbox; correct = all of them.
     "code": Task("code", "code", 1.0, synthetic.code_functions, synthetic.code_completion,
                  ("tests",)),
     # Accuracy on GSM8K is d1's 2.0 correctness term alone (train with reward="gsm8k").
-    "gsm8k": Task("gsm8k", "gsm8k_correctness", 2.0, columns=("answer",)),
-    "math": Task("math", "math", 1.0, columns=("answer",)),
-}
+    Task("gsm8k", "gsm8k_correctness", 2.0, columns=("answer",)),
+    Task("math", "math", 1.0, columns=("answer",)),
+):
+  TASKS.register(_task.name, _task)
+del _task
 
 
 def get_task(name: str) -> Task:
-  if name not in TASKS:
-    raise KeyError(f"unknown task {name!r}; available: {sorted(TASKS)}")
-  return TASKS[name]
+  return TASKS.get(name)

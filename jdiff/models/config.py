@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from jdiff.registry import Registry
+
 FAMILIES = ("llada", "dream", "sdar")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -127,7 +129,7 @@ def _sdar(**kw) -> ModelConfig:
 
 _BF16 = dict(param_dtype="float32", dtype="bfloat16")
 
-PRESETS = {
+_PRESETS = {
     "llada_8b": lambda: _llada(vocab_size=126464, hidden_size=4096, intermediate_size=12288,
                                num_layers=32, num_heads=32, num_kv_heads=32, head_dim=128, **_BF16),
     "dream_7b": lambda: _dream(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
@@ -172,13 +174,15 @@ PRESETS = {
                                   num_layers=6, num_heads=8, num_kv_heads=8, head_dim=64,
                                   mask_token_id=3, eos_token_id=1, pad_token_id=1, bos_token_id=2),
 }
-PRESETS["trado_4b"] = PRESETS["sdar_4b"]
-PRESETS["trado_8b"] = PRESETS["sdar_8b"]
+_PRESETS["trado_4b"] = _PRESETS["sdar_4b"]
+_PRESETS["trado_8b"] = _PRESETS["sdar_8b"]
+PRESETS = Registry("model preset")  # name -> () -> ModelConfig
+for _name, _factory in _PRESETS.items():
+  PRESETS.register(_name, _factory)
+del _name, _factory, _PRESETS
 
 
 def preset(name: str, **overrides) -> ModelConfig:
   """A named preset, optionally with fields replaced (e.g. ``dtype='float32'``)."""
-  if name not in PRESETS:
-    raise KeyError(f"unknown model preset {name!r}; available: {sorted(PRESETS)}")
-  cfg = PRESETS[name]()
+  cfg = PRESETS.get(name)()
   return cfg.replace(**overrides) if overrides else cfg

@@ -16,23 +16,25 @@ dataset columns as ``**kwargs`` to every reward function).
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from jdiff.registry import Registry
 
 RewardFn = Callable[..., List[float]]
 # What compute_rewards accepts: one name, a list of names/callables, or a
 # mapping {name_or_callable: weight}.
 RewardSpec = Union[str, RewardFn, Sequence[Union[str, RewardFn]], Mapping[Any, float]]
 
-_REGISTRY: Dict[str, RewardFn] = {}
-
-
 class UnknownRewardError(KeyError):
     """Raised by :func:`get_reward` for a name that was never registered."""
 
     def __str__(self) -> str:  # KeyError would show the repr() of the message
         return str(self.args[0]) if self.args else ""
+
+
+_REGISTRY = Registry("reward", error=UnknownRewardError)
 
 
 class MissingColumnError(KeyError):
@@ -54,22 +56,21 @@ def register_reward(name: str, fn: Optional[RewardFn] = None, *, overwrite: bool
     def _register(f: RewardFn) -> RewardFn:
         if not callable(f):
             raise TypeError(f"reward {name!r} must be callable, got {type(f).__name__}")
-        if name in _REGISTRY and _REGISTRY[name] is not f and not overwrite:
+        if name in _REGISTRY and _REGISTRY.get(name) is not f and not overwrite:
             raise ValueError(f"reward {name!r} is already registered (pass overwrite=True)")
-        _REGISTRY[name] = f
-        return f
+        return _REGISTRY.register(name, f, override=True)
 
     return _register if fn is None else _register(fn)
 
 
 def unregister_reward(name: str) -> None:
     """Remove ``name`` from the registry (mainly for tests)."""
-    _REGISTRY.pop(name, None)
+    _REGISTRY.unregister(name)
 
 
 def available_rewards() -> List[str]:
     """Sorted list of registered reward names."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_reward(name: str) -> RewardFn:
@@ -77,12 +78,7 @@ def get_reward(name: str) -> RewardFn:
 
     Raises :class:`UnknownRewardError` (a ``KeyError``) listing the valid names.
     """
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownRewardError(
-            f"unknown reward {name!r}; available rewards: {', '.join(available_rewards())}"
-        ) from None
+    return _REGISTRY.get(name)
 
 
 def _normalize_spec(spec: RewardSpec) -> List[Tuple[str, RewardFn, float]]:

@@ -1,7 +1,7 @@
 """RL machinery shared by every method: registries, advantages, log-probs, losses.
 
-Importing this package registers the core pieces (``policy_losses["clipped"]``,
-``value_losses["clipped"]``, ``advantage_estimators["grpo" | "group_mean" | "trace_gae"]``)
+Importing this package registers the core pieces
+(``advantage_estimators["group_zscore" | "grpo" | "group_mean" | "trace_gae"]``)
 and every method module in ``methods`` (see :mod:`jdiff.rl.method`).
 """
 
@@ -9,8 +9,7 @@ import importlib
 
 from jdiff.rl import advantages, logprobs, losses, registry
 from jdiff.rl.method import methods
-from jdiff.rl.registry import (Registry, advantage_estimators, batch_builders, policy_losses,
-                               value_losses)
+from jdiff.rl.registry import Registry, advantage_estimators
 
 # Method modules register themselves on import; a module not written yet is simply absent.
 for _name in ("tracerl", "diffu_grpo", "random_masking", "coupled_grpo", "cj_grpo", "dtrpo"):
@@ -21,5 +20,5 @@ for _name in ("tracerl", "diffu_grpo", "random_masking", "coupled_grpo", "cj_grp
       raise
 del _name
 
-__all__ = ["Registry", "methods", "advantage_estimators", "advantages", "batch_builders", "logprobs",
-           "losses", "policy_losses", "registry", "value_losses"]
+__all__ = ["Registry", "methods", "advantage_estimators", "advantages", "logprobs", "losses",
+           "registry"]

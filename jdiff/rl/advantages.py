@@ -2,10 +2,11 @@
 
 Specs: research/tracerl.md §4, §7; d1_cjgrpo_dtrpo.md §2.2, §3.3.
 
-Registered in :data:`jdiff.rl.registry.advantage_estimators`:
+Registered in :data:`jdiff.rl.registry.advantage_estimators` (``config.rl.advantage`` picks
+the RL loop's group estimator):
 
-- ``"grpo"``: group z-score (TraceRL §4): ``(r - mean) / std`` with the *population* std;
-  a group whose std is 0 gets advantage 0.
+- ``"group_zscore"`` (alias ``"grpo"``): group z-score (TraceRL §4): ``(r - mean) / std``
+  with the *population* std; a group whose std is 0 gets advantage 0.
 - ``"group_mean"``: d1's diffu-GRPO / CJ-GRPO code (§2.2 step 5, §3.3 step 2): ``r - mean``,
   no division by the std.
 - ``"trace_gae"``: TraceRL's step-level GAE with the diffusion value model (§7).
@@ -36,6 +37,7 @@ def _grouped(rewards, group_size: int):
   return rewards.reshape(-1, group_size)
 
 
+@advantage_estimators.register("group_zscore")
 @advantage_estimators.register("grpo")
 def group_zscore(rewards, group_size: int, std_normalize: bool = True,
                  eps: float = 1e-6) -> jax.Array:

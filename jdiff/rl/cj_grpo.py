@@ -190,4 +190,25 @@ def loss_fn(model, batch, cfg: CJGRPOConfig):
   return loss * scale, metrics
 
 
-METHOD = register_method(Method("cj_grpo", CJGRPOConfig, build_batch, logprob_fn, loss_fn))
+def _rows_per_response(cfg: CJGRPOConfig, sampler_cfg) -> int:
+  del cfg
+  return int(sampler_cfg.total_steps)  # one row per recorded step
+
+
+def check(cfg: CJGRPOConfig, run_cfg, sampler_cfg, model_cfg) -> None:
+  """The sampler must record its states, and the update split must match the step rows."""
+  del model_cfg
+  if not getattr(sampler_cfg, "record_states", False):
+    raise ValueError("config.sampler.record_states: CJ-GRPO trains on the rollout's "
+                     "intermediate states: set it to True")
+  steps, n_acc, ga = int(sampler_cfg.total_steps), cfg.grad_accum, run_cfg.rl.grad_accum
+  if cfg.step_batching == "accumulate" and (n_acc or steps) % steps:
+    raise ValueError(f"config.method.grad_accum: {n_acc}: step_batching='accumulate' needs a "
+                     f"multiple of the {steps} sampler steps")
+  if n_acc is not None and n_acc != ga:
+    raise ValueError(f"config.method.grad_accum: {n_acc} must equal config.rl.grad_accum={ga} "
+                     "(the loss weights are normalised for the update step's split)")
+
+
+METHOD = register_method(Method("cj_grpo", CJGRPOConfig, build_batch, logprob_fn, loss_fn,
+                                check=check, rows_per_response=_rows_per_response))

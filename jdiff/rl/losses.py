@@ -24,7 +24,6 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from jdiff.rl.registry import policy_losses, value_losses
 
 F32 = jnp.float32
 # "per_row_sum" (Σ per row, mean over rows) is what "per_row_mean" uses for its KL term.
@@ -80,7 +79,6 @@ def _masked_mean(x, mask):
   return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-@policy_losses.register("clipped")
 def clipped_policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array,
                         loss_mask: jax.Array, eps_low: float = 0.2,
                         eps_high: Optional[float] = None, kl_coef: float = 0.0,
@@ -147,7 +145,6 @@ def clipped_policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Ar
   return loss, metrics
 
 
-@value_losses.register("clipped")
 def clipped_value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array,
                        mask: jax.Array, eps: float = 0.2,
                        row_norm: Optional[jax.Array] = None,

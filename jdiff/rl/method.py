@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict
 import jax.numpy as jnp
 import numpy as np
 
-from jdiff.rl.registry import Registry
+from jdiff.registry import Registry
 
 Batch = Dict[str, Any]
 
@@ -32,8 +32,21 @@ def _kl_to_frozen_reference(cfg) -> bool:
   return getattr(cfg, "beta", 0.0) > 0 and getattr(cfg, "kl_against", "ref") == "ref"
 
 
+def _no_check(method_cfg, run_cfg, sampler_cfg, model_cfg) -> None:
+  del method_cfg, run_cfg, sampler_cfg, model_cfg
+
+
+def _one_row(method_cfg, sampler_cfg) -> int:
+  del method_cfg, sampler_cfg
+  return 1
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
+  """An RL method. ``check(method_cfg, run_cfg, sampler_cfg, model_cfg)`` raises
+  ``ValueError("config.<section>.<key>: ...")`` for a setting this method cannot run with
+  (``run_cfg``: the typed :class:`jdiff.train.config.RunConfig`, ``model_cfg``: the preset's
+  architecture or None); it runs in config validation, before anything loads."""
   name: str
   config_cls: type
   build_batch: Callable[..., Batch]
@@ -41,6 +54,10 @@ class Method:
   loss_fn: Callable[..., Any]
   needs_ref: Callable[[Any], bool] = _kl_to_frozen_reference
   offline: bool = False  # trains on a fixed dataset (dTRPO), not on rollouts
+  check: Callable[[Any, Any, Any, Any], None] = _no_check
+  # Update rows per rollout response (rl.grad_accum must divide responses x this).
+  rows_per_response: Callable[[Any, Any], int] = _one_row
+  value_model: bool = False  # trains with the value model (config.value.enabled)
 
 
 # Methods with μ inner iterations over different inputs (d1's prompt-mask draws) store each

@@ -92,4 +92,5 @@ def loss_fn(model, batch, cfg: TraceRLConfig):
   return loss, metrics
 
 
-METHOD = register_method(Method("tracerl", TraceRLConfig, build_batch, logprob_fn, loss_fn))
+METHOD = register_method(Method("tracerl", TraceRLConfig, build_batch, logprob_fn, loss_fn,
+                                value_model=True))

@@ -7,9 +7,11 @@ config string picks the sampler and its options.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
+
+from jdiff.registry import Registry
 
 
 class SamplerEntry(NamedTuple):
@@ -32,20 +34,21 @@ def _dream():
   return SamplerEntry(dream.DreamSamplerConfig, dream.sample)
 
 
-_SAMPLERS: Dict[str, Callable[[], SamplerEntry]] = {"block": _block, "llada": _llada,
-                                                    "dream": _dream}
+# Entry factories (imported on first use, so a sampler's module loads only when picked).
+_SAMPLERS = Registry("sampler")
+for _name, _entry in (("block", _block), ("llada", _llada), ("dream", _dream)):
+  _SAMPLERS.register(_name, _entry)
+del _name, _entry
 # The sampler each family decodes with natively.
 DEFAULT_FOR_FAMILY = {"sdar": "block", "llada": "llada", "dream": "dream"}
 
 
 def names():
-  return sorted(_SAMPLERS)
+  return _SAMPLERS.names()
 
 
 def get(name: str) -> SamplerEntry:
-  if name not in _SAMPLERS:
-    raise KeyError(f"unknown sampler {name!r}; available: {names()}")
-  return _SAMPLERS[name]()
+  return _SAMPLERS.get(name)()
 
 
 def make_config(name: str, settings: Mapping[str, Any]):

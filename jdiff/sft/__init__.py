@@ -19,7 +19,10 @@ Objectives:
 
 from __future__ import annotations
 
-from typing import Callable, Dict, NamedTuple
+import inspect
+from typing import Callable, NamedTuple
+
+from jdiff.registry import Registry
 
 from jdiff.sft import block_sft, common, llada_sft, semi_ar_sft
 from jdiff.sft.common import make_rows
@@ -28,30 +31,30 @@ from jdiff.sft.common import make_rows
 class SFTObjective(NamedTuple):
   build_batch: Callable
   loss_fn: Callable
+  options: frozenset = frozenset()  # build_batch's keyword-only options (config.sft.options)
 
 
-OBJECTIVES: Dict[str, SFTObjective] = {}
+OBJECTIVES = Registry("SFT objective")
 
 
 def register(name: str, build_batch: Callable, loss_fn: Callable) -> SFTObjective:
   """Registers an objective; a different pair under a taken name is an error."""
-  obj = SFTObjective(build_batch, loss_fn)
-  old = OBJECTIVES.get(name)
-  if old is not None and old != obj:
-    raise ValueError(f"SFT objective {name!r} is already registered")
-  OBJECTIVES[name] = obj
-  return obj
+  params = inspect.signature(build_batch).parameters.values()
+  kw = frozenset(p.name for p in params if p.kind == p.KEYWORD_ONLY)
+  return OBJECTIVES.register(name, SFTObjective(build_batch, loss_fn, kw))
 
 
 def get(name: str) -> SFTObjective:
-  try:
-    return OBJECTIVES[name]
-  except KeyError:
-    raise KeyError(f"unknown SFT objective {name!r}; available: {sorted(OBJECTIVES)}") from None
+  return OBJECTIVES.get(name)
 
 
 def names() -> list:
-  return sorted(OBJECTIVES)
+  return OBJECTIVES.names()
+
+
+def options(name: str) -> frozenset:
+  """The keyword options objective ``name`` takes (the keys config.sft.options may hold)."""
+  return OBJECTIVES.get(name).options
 
 
 register("sft_block", block_sft.build_batch, block_sft.loss_fn)
@@ -59,4 +62,4 @@ register("sft_llada", llada_sft.build_batch, llada_sft.loss_fn)
 register("sft_semi_ar", semi_ar_sft.build_batch, semi_ar_sft.loss_fn)
 
 __all__ = ["OBJECTIVES", "SFTObjective", "block_sft", "common", "get", "llada_sft", "make_rows",
-           "names", "register", "semi_ar_sft"]
+           "names", "options", "register", "semi_ar_sft"]

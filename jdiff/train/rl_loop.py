@@ -16,32 +16,35 @@ identically everywhere (see :mod:`jdiff.train.distributed`). Process 0 alone wri
 logs, ``config.json`` and ``results.json``; every process takes part in Orbax saves/restores.
 The optional SFT warm start runs unsharded and identically in each process (it is sized for
 the embedded default; warm-start real models with scripts/sft.py).
+
+Structure: :func:`run` opens the run, builds an :class:`RLRuntime` (the policy's and optional
+value model's :class:`~jdiff.train.runtime.Runtime`) and a :class:`StepContext` (everything a
+step reads and nothing it changes), then calls :func:`rl_step` once per step; each step returns
+the new runtime and its ``metrics.jsonl`` row.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import time
-from typing import Any, Dict
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from tqdm import tqdm
 
 from jdiff.rl import advantages as adv_lib
 from jdiff.rl import value as value_lib
-from jdiff.rl.method import methods, num_iterations, score_all, select_iteration
-from jdiff.sharding import shard_state, use_rules
-from jdiff.sharding.rules import TRAIN_RULES, sampling_rules
+from jdiff.rl.method import Method, num_iterations, select_iteration
+from jdiff.rl.registry import advantage_estimators
+from jdiff.sharding.rules import sampling_rules
 from jdiff.train import distributed as dist
-from jdiff.train.config import section_to
+from jdiff.train.config import RLConfig
 from jdiff.train.optim import make_optimizer
 from jdiff.train.rollout import evaluate, local_rewards, rollout
-from jdiff.train.run_setup import close_run, open_run, warm_start
-from jdiff.train.update import (batch_shardings, init_train_state, make_update_step,
-                                tree_shardings)
+from jdiff.train.run_setup import Run, close_run, open_run, warm_start
+from jdiff.train.runtime import Runtime, policy_runtime, value_runtime
 
 
 def _log(msg: str) -> None:
@@ -49,163 +52,186 @@ def _log(msg: str) -> None:
     tqdm.write(msg)
 
 
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+  """What every RL step reads and none changes."""
+  run: Run
+  config: Any
+  rc: RLConfig
+  method: Method
+  method_cfg: Any
+  advantage: Callable[..., Any]  # config.rl.advantage's group estimator
+  vcfg: Optional[value_lib.ValueConfig] = None  # set when the value model is enabled
+
+
+@dataclasses.dataclass(frozen=True)
+class RLRuntime:
+  """The policy's runtime and, with ``config.value.enabled``, the value model's."""
+  policy: Runtime
+  value: Optional[Runtime] = None
+
+  def items(self) -> dict:
+    """What a checkpoint stores."""
+    return {**self.policy.items("policy"),
+            **(self.value.items("value") if self.value is not None else {})}
+
+  def restored(self, items: dict) -> "RLRuntime":
+    value = self.value.restored(items, "value") if self.value is not None else None
+    return RLRuntime(self.policy.restored(items, "policy"), value)
+
+
+def build(config, r: Run, model) -> Tuple[StepContext, RLRuntime]:
+  """The step context and the initial runtimes for ``model`` (the warm-started policy)."""
+  rc, method, method_cfg = r.cfg.rl, r.cfg.method, r.cfg.method_cfg
+  policy = policy_runtime(model, make_optimizer(dict(config.optim)), method, method_cfg,
+                          mesh=r.mesh, grad_accum=int(rc.grad_accum),
+                          sample_rules=sampling_rules(config))
+  vcfg, value = r.cfg.value_cfg, None
+  if vcfg is not None:  # config.value.enabled
+    value = value_runtime(model, make_optimizer(dict(config.value.optim)), vcfg, model.config,
+                          mesh=r.mesh, grad_accum=int(rc.grad_accum))
+  ctx = StepContext(run=r, config=config, rc=rc, method=method, method_cfg=method_cfg,
+                    advantage=advantage_estimators.get(rc.advantage), vcfg=vcfg)
+  return ctx, RLRuntime(policy, value)
+
+
+def _evaluate(ctx: StepContext, policy: Runtime) -> Dict[str, float]:
+  r = ctx.run
+  (eval_name, eval_cfg) = r.eval_sampler
+  return evaluate(policy.sampling_model(), r.mesh, r.tokenizer, r.task,
+                  r.evalset.require("eval"), eval_name, eval_cfg, ctx.config, r.eval_key)
+
+
+def _collect(ctx: StepContext, policy: Runtime, step: int, skey):
+  """Rollouts of this step's prompts and their rewards, gathered on every process."""
+  r, rc = ctx.run, ctx.rc
+  train, group = r.train.require("train"), int(rc.group_size)
+  idx = train.batch(step * int(rc.prompts_per_step), int(rc.prompts_per_step))
+  prompt_ids = [train.ids[i] for i in idx for _ in range(group)]
+  rows = [train.rows[i] for i in idx for _ in range(group)]
+  sampler_name, sampler_cfg = r.sampler
+  traj, mine = rollout(policy.sampling_model(), r.mesh, sampler_name, sampler_cfg, prompt_ids,
+                       r.model.config.pad_token_id, ctx.config.data.max_prompt_len,
+                       jax.random.fold_in(skey, 0))
+  traj = dist.to_host(traj)  # the method's batch builder reads whole trajectories
+  rewards = local_rewards(ctx.config.task.get("reward") or r.task.reward, r.tokenizer, r.task,
+                          traj.tokens, traj.lengths, mine, rows)
+  return traj, dist.gather_rows(rewards, mine, len(prompt_ids))
+
+
+def _train_batch(ctx: StepContext, rt: RLRuntime, traj, rewards, skey):
+  """The method's batch with advantages, old (and reference) log-probs; with the value model
+  also its values and the returns: (batch, values or None, returns or None)."""
+  rc = ctx.rc
+  adv = np.asarray(ctx.advantage(jnp.asarray(rewards, jnp.float32), int(rc.group_size),
+                                 std_normalize=bool(rc.std_normalize)))
+  if rc.filter_groups:
+    adv = adv * adv_lib.group_filter(rewards, int(rc.group_size), rc.filter_low, rc.filter_high)
+  batch = ctx.method.build_batch(traj, adv, jax.random.fold_in(skey, 1), ctx.method_cfg,
+                                 ctx.run.model.config)
+  v_rows, returns = None, None
+  if rt.value is not None:
+    v_rows = dist.to_host(rt.value.on_mesh(rt.value.score, rt.value.state.params,
+                                           rt.value.state.rest, rt.value.put(batch)))
+    returns, tok_adv, _ = value_lib.returns_and_advantages(
+        batch, v_rows, adv, len(rewards), traj.tokens.shape[1], ctx.vcfg)
+    value_lib.scatter_to_rows(batch, tok_adv, "advantages")
+  batch["old_logp"] = rt.policy.scores(batch)
+  if rt.policy.ref_params is not None:
+    batch["ref_logp"] = rt.policy.scores(batch, params=rt.policy.ref_params)
+  return batch, v_rows, returns
+
+
+def _policy_updates(ctx: StepContext, policy: Runtime, batch):
+  """μ inner updates per rollout batch: the method's num_iterations (d1, CJ-GRPO), else
+  rl.inner_epochs; iteration m trains on the m-th stacked input when there are several."""
+  if ctx.rc.reset_optimizer:
+    policy = policy.reset_optimizer()
+  metrics = []
+  mu = num_iterations(batch)
+  n = int(getattr(ctx.method_cfg, "num_iterations", 0) or ctx.rc.inner_epochs)
+  for it in range(n):
+    policy, m = policy.step(select_iteration(batch, it % mu) if mu > 1 else batch)
+    metrics.append(m)
+  return policy, metrics
+
+
+def _value_update(ctx: StepContext, value: Optional[Runtime], batch, v_rows, returns, step):
+  if value is None or step % ctx.vcfg.train_value_every:
+    return value, {}
+  vbatch = dict(batch, old_values=v_rows)
+  value_lib.scatter_to_rows(vbatch, returns, "returns")
+  value, vm = value.step(vbatch)
+  return value, {"value_loss": float(vm["loss"]), "value_skipped": float(vm["skipped"])}
+
+
+def _row(ctx: StepContext, traj, rewards, metrics, rollout_s, train_s) -> Dict[str, float]:
+  lengths = np.asarray(traj.lengths)
+  row = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+         "accuracy": float(ctx.run.task.correct(rewards).mean()),
+         "response_length": float(lengths.mean()), "rollout_s": rollout_s,
+         "train_s": train_s, "tokens_per_s": float(lengths.sum()) / max(rollout_s, 1e-9)}
+  for k in metrics[-1]:  # policy metrics: the mean over the step's updates
+    row[k] = float(np.mean([m[k] for m in metrics]))
+  return row
+
+
+def rl_step(ctx: StepContext, rt: RLRuntime, step: int) -> Tuple[RLRuntime, Dict[str, float]]:
+  """RL step ``step`` (0-based): rollout -> rewards -> advantages -> updates (-> eval).
+  Returns the updated runtimes and the step's metrics row."""
+  skey = jax.random.fold_in(ctx.run.key, step)
+  t0 = time.time()
+  traj, rewards = _collect(ctx, rt.policy, step, skey)
+  rollout_s = time.time() - t0
+  t1 = time.time()
+  batch, v_rows, returns = _train_batch(ctx, rt, traj, rewards, skey)
+  policy, metrics = _policy_updates(ctx, rt.policy, batch)
+  value, value_metrics = _value_update(ctx, rt.value, batch, v_rows, returns, step)
+  train_s = time.time() - t1
+  skipped = int(sum(float(m.get("skipped", 0.0)) for m in metrics))
+  if skipped:  # the update step kept params and optimizer state; say so, don't stop
+    _log(f"step {step + 1}: non-finite loss or gradient in {skipped} of {len(metrics)} "
+         "update(s); skipped, parameters and optimizer state kept")
+  row = _row(ctx, traj, rewards, metrics, rollout_s, train_s)
+  row.update(value_metrics)
+  if ctx.rc.eval_every and (step + 1) % int(ctx.rc.eval_every) == 0:
+    ev = _evaluate(ctx, policy)
+    row.update({"eval_accuracy": ev["accuracy"], "eval_reward": ev["reward"]})
+  return RLRuntime(policy, value), row
+
+
+def _start(ctx: StepContext, rt: RLRuntime, results: dict) -> Tuple[RLRuntime, int, dict]:
+  """Restores the latest checkpoint, or evaluates the starting policy: (rt, step, results)."""
+  r = ctx.run
+  if r.start is not None:
+    items, meta = r.ckpt.restore(r.start, targets=rt.items())
+    r.writer.truncate_after(r.start)
+    _log(f"resumed from step {r.start}")
+    return rt.restored(items), r.start, meta.get("results", results)
+  before = _evaluate(ctx, rt.policy)
+  _log(f"eval before RL: accuracy {before['accuracy']:.3f} reward {before['reward']:.3f}")
+  return rt, 0, dict(results, accuracy_before=before["accuracy"])
+
+
 def run(config, workdir: str) -> Dict[str, Any]:
   """Runs ``config`` (see configs/tracerl.py) in ``workdir``; returns the final eval metrics."""
-  rc = config.rl
   r = open_run(config, workdir, _log)  # validates every key before anything loads
-  model, tokenizer, task = r.model, r.tokenizer, r.task
-  train, evalset = r.train.require("train"), r.evalset.require("eval")
-  mc, mesh, writer, ckpt, start = model.config, r.mesh, r.writer, r.ckpt, r.start
-  key, eval_key = r.key, r.eval_key
-  (sampler_name, sampler_cfg), (eval_name, eval_cfg) = r.sampler, r.eval_sampler
-  method = methods.get(config.method.name)
-  method_cfg = section_to(method.config_cls, config.method, "config.method", skip=("name",))
-  results: Dict[str, Any] = {"dropped_prompts": r.dropped}
-
-  if start is None and config.sft.steps > 0:  # warm start before the first RL step
+  r.train.require("train"), r.evalset.require("eval")
+  model = r.model
+  if r.start is None and config.sft.steps > 0:  # warm start before the first RL step
     model = warm_start(r, config, _log)
-
-  optimizer = make_optimizer(dict(config.optim))
-  graphdef, state = init_train_state(model, optimizer, mesh=mesh, rules=TRAIN_RULES)
-  loss = functools.partial(method.loss_fn, cfg=method_cfg)
-  update = make_update_step(graphdef, optimizer, loss, mesh=mesh, rules=TRAIN_RULES,
-                            grad_accum=int(rc.grad_accum))
-  score = jax.jit(lambda params, rest, batch: method.logprob_fn(
-      nnx.merge(graphdef, params, rest), batch, method_cfg))
-
-  # A re-created optimizer state laid out as the update step's in_shardings expect.
-  fresh_opt_state = jax.jit(optimizer.init, out_shardings=tree_shardings(
-      jax.eval_shape(optimizer.init, state.params), mesh, TRAIN_RULES))
-
-  def on_mesh(fn, *args):
-    """``fn(*args)`` traced with the mesh and training layout active (activation constraints)."""
-    with jax.set_mesh(mesh), use_rules(TRAIN_RULES):
-      return fn(*args)
-
-  def put(batch):
-    """A host batch (the same on every process) as global arrays laid out as the update step
-    takes them; jit rejects host arrays that would span other processes' devices."""
-    return dist.to_global(batch, batch_shardings(batch, mesh, TRAIN_RULES))
-
-  use_value = bool(config.value.enabled)
-  if use_value:
-    from jdiff.models.transformer import ValueModel
-    from jdiff.rl.tracerl import attention_mask
-    vcfg = section_to(value_lib.ValueConfig, config.value, "config.value",
-                      skip=("enabled", "optim"))
-    voptim = make_optimizer(dict(config.value.optim))
-    vgraphdef, vstate = init_train_state(ValueModel.from_policy(model), voptim, mesh=mesh,
-                                         rules=TRAIN_RULES)
-    vloss = lambda m, b: value_lib.value_loss_fn(m, b, vcfg, attention_mask(b, mc))  # noqa
-    vupdate = make_update_step(vgraphdef, voptim, vloss, mesh=mesh, rules=TRAIN_RULES,
-                               grad_accum=int(rc.grad_accum))
-    vscore = jax.jit(lambda p, r, b: value_lib.value_fn(
-        nnx.merge(vgraphdef, p, r), b, attention_mask(b, mc)))
-
-  sample_rules = sampling_rules(config)
-
-  def current_model():
-    """The policy for sampling: weights in ``config.mesh.sampling_layout`` (the same arrays,
-    not copies, when it agrees with the training layout, e.g. without an fsdp axis)."""
-    return nnx.merge(graphdef, shard_state(state.params, mesh, sample_rules),
-                     shard_state(state.rest, mesh, sample_rules))
-
-  # d1 / CJ-GRPO / dTRPO: a KL to the frozen starting policy (after the warm start).
-  ref_params = jax.tree.map(jnp.copy, state.params) if method.needs_ref(method_cfg) else None
-
-  def saved_items():
-    return {"policy": state, **({"value": vstate} if use_value else {}),
-            **({"reference": ref_params} if ref_params is not None else {})}
-
-  if start is not None:
-    items, meta = ckpt.restore(start, targets=saved_items())
-    state = items["policy"]
-    vstate = items.get("value")
-    ref_params = items.get("reference")
-    writer.truncate_after(start)
-    results = meta.get("results", results)
-    _log(f"resumed from step {start}")
-  else:
-    start = 0
-    before = evaluate(current_model(), mesh, tokenizer, task, evalset, eval_name, eval_cfg,
-                      config, eval_key)
-    results["accuracy_before"] = before["accuracy"]
-    _log(f"eval before RL: accuracy {before['accuracy']:.3f} reward {before['reward']:.3f}")
-
-  group = int(rc.group_size)
-  for step in tqdm(range(start, int(rc.steps)), initial=start, total=int(rc.steps),
-                   desc="rl", disable=jax.process_index() != 0):
-    skey = jax.random.fold_in(key, step)
-    t0 = time.time()
-    idx = train.batch(step * int(rc.prompts_per_step), int(rc.prompts_per_step))
-    prompt_ids = [train.ids[i] for i in idx for _ in range(group)]
-    rows = [train.rows[i] for i in idx for _ in range(group)]
-    traj, mine = rollout(current_model(), mesh, sampler_name, sampler_cfg, prompt_ids,
-                         mc.pad_token_id, config.data.max_prompt_len, jax.random.fold_in(skey, 0))
-    traj = dist.to_host(traj)  # the method's batch builder reads whole trajectories
-    rewards = local_rewards(config.task.get("reward") or task.reward, tokenizer, task,
-                            traj.tokens, traj.lengths, mine, rows)
-    rewards = dist.gather_rows(rewards, mine, len(prompt_ids))
-    rollout_s = time.time() - t0
-
-    t1 = time.time()
-    adv = np.asarray(adv_lib.group_zscore(jnp.asarray(rewards, jnp.float32), group,
-                                          std_normalize=bool(rc.std_normalize)))
-    if rc.filter_groups:
-      adv = adv * adv_lib.group_filter(rewards, group, rc.filter_low, rc.filter_high)
-    batch = method.build_batch(traj, adv, jax.random.fold_in(skey, 1), method_cfg, mc)
-    if use_value:
-      v_rows = dist.to_host(on_mesh(vscore, vstate.params, vstate.rest, put(batch)))
-      returns, tok_adv, _ = value_lib.returns_and_advantages(
-          batch, v_rows, adv, len(rewards), traj.tokens.shape[1], vcfg)
-      value_lib.scatter_to_rows(batch, tok_adv, "advantages")
-    batch["old_logp"] = dist.to_host(score_all(
-        lambda b: on_mesh(score, state.params, state.rest, put(b)), batch))
-    if ref_params is not None:
-      batch["ref_logp"] = dist.to_host(score_all(
-          lambda b: on_mesh(score, ref_params, state.rest, put(b)), batch))
-    if rc.reset_optimizer:
-      state = state.replace(opt_state=fresh_opt_state(state.params))
-    metrics_acc = []
-    # μ inner updates per rollout batch: the method's num_iterations (d1, CJ-GRPO), else
-    # rl.inner_epochs; iteration m trains on the m-th stacked input when there are several.
-    mu = num_iterations(batch)
-    for it in range(int(getattr(method_cfg, "num_iterations", 0) or rc.inner_epochs)):
-      state, m = update(state, put(select_iteration(batch, it % mu) if mu > 1 else batch))
-      metrics_acc.append(dist.to_host(m))
-    value_metrics = {}
-    if use_value and step % vcfg.train_value_every == 0:
-      vbatch = dict(batch, old_values=v_rows)
-      value_lib.scatter_to_rows(vbatch, returns, "returns")
-      vstate, vm = vupdate(vstate, put(vbatch))
-      vm = dist.to_host(vm)
-      value_metrics = {"value_loss": float(vm["loss"]), "value_skipped": float(vm["skipped"])}
-    train_s = time.time() - t1
-    skipped = int(sum(float(m.get("skipped", 0.0)) for m in metrics_acc))
-    if skipped:  # the update step kept params and optimizer state; say so, don't stop
-      _log(f"step {step + 1}: non-finite loss or gradient in {skipped} of {len(metrics_acc)} "
-           "update(s); skipped, parameters and optimizer state kept")
-
-    lengths = np.asarray(traj.lengths)
-    row = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
-           "accuracy": float(task.correct(rewards).mean()),
-           "response_length": float(lengths.mean()), "rollout_s": rollout_s,
-           "train_s": train_s, "tokens_per_s": float(lengths.sum()) / max(rollout_s, 1e-9)}
-    for k in metrics_acc[-1]:  # policy metrics: the mean over the step's updates
-      row[k] = float(np.mean([m[k] for m in metrics_acc]))
-    row.update(value_metrics)
-    if rc.eval_every and (step + 1) % int(rc.eval_every) == 0:
-      ev = evaluate(current_model(), mesh, tokenizer, task, evalset, eval_name, eval_cfg, config,
-                    eval_key)
-      row.update({"eval_accuracy": ev["accuracy"], "eval_reward": ev["reward"]})
-    writer.write(step + 1, row)
-    if (step + 1) % int(config.checkpoint.every) == 0 or step + 1 == int(rc.steps):
-      meta = {"data_position": (step + 1) * int(rc.prompts_per_step), "seed": config.seed,
+  ctx, rt = build(config, r, model)
+  rt, start, results = _start(ctx, rt, {"dropped_prompts": r.dropped})
+  steps = int(ctx.rc.steps)
+  for step in tqdm(range(start, steps), initial=start, total=steps, desc="rl",
+                   disable=jax.process_index() != 0):
+    rt, row = rl_step(ctx, rt, step)
+    r.writer.write(step + 1, row)
+    if (step + 1) % int(config.checkpoint.every) == 0 or step + 1 == steps:
+      meta = {"data_position": (step + 1) * int(ctx.rc.prompts_per_step), "seed": config.seed,
               "results": results}
-      ckpt.save(step + 1, saved_items(), meta=meta, force=True)
-
-  after = evaluate(current_model(), mesh, tokenizer, task, evalset, eval_name, eval_cfg, config,
-                   eval_key)
+      r.ckpt.save(step + 1, rt.items(), meta=meta, force=True)
+  after = _evaluate(ctx, rt.policy)
   results["accuracy_after"] = after["accuracy"]
   _log(f"eval after RL: accuracy {after['accuracy']:.3f} reward {after['reward']:.3f}"
        + (f" (before: {results['accuracy_before']:.3f})" if "accuracy_before" in results else ""))

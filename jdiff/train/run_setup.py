@@ -1,6 +1,7 @@
 """What a training loop (online ``rl_loop``, offline ``offline_loop``) sets up before its
-first step, in one place: the validated config turned into a policy, prompts, sampler
-settings, mesh, metrics writer and checkpointer; and the SFT warm start both loops share."""
+first step, in one place: the config validated into a typed ``RunConfig``, then a policy,
+prompts, sampler settings (loaded by :mod:`jdiff.train.setup`), mesh, metrics writer and
+checkpointer; and the SFT warm start both loops share."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from jdiff.train import setup
 from jdiff.train.checkpointing import Checkpointer
 from jdiff.train.metrics import MetricsWriter
 from jdiff.train.sft_loop import run_sft, sft_rows
-from jdiff.train.validate import mesh_shape, validate_config
+from jdiff.train.config import RunConfig, mesh_shape, validate_config
 
 
 def epoch_order(n: int, position: int, size: int, seed: int) -> List[int]:
@@ -68,6 +69,7 @@ def build_mesh(config) -> Mesh:
 
 @dataclasses.dataclass
 class Run:
+  cfg: RunConfig  # the config, validated and typed
   model: Any
   tokenizer: Any
   task: Any
@@ -88,7 +90,7 @@ class Run:
 def open_run(config, workdir: str, log) -> Run:
   """Validates ``config`` (before anything loads), then builds the run's objects; process 0
   writes ``workdir/config.json``."""
-  validate_config(config)
+  cfg = validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   model, tokenizer = setup.load_policy(config.model, config.seed)
   task, train_rows, eval_rows = setup.task_rows(config.task)
@@ -105,7 +107,7 @@ def open_run(config, workdir: str, log) -> Run:
       f.write(config.to_json_best_effort(indent=2))
   ckpt = Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep)
   key = jax.random.key(config.seed)
-  return Run(model=model, tokenizer=tokenizer, task=task,
+  return Run(cfg=cfg, model=model, tokenizer=tokenizer, task=task,
              train=Prompts(kept, ids, config.seed),
              evalset=Prompts(ekept, eids, config.seed), dropped=dropped,
              eval_dropped=edropped, sampler=setup.sampler_config(config.sampler, family),

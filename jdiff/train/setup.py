@@ -1,4 +1,7 @@
-"""Turning a config into the objects a run needs: tokenizer, model, prompts, sampler config.
+"""Loading: a config section turned into one object a run needs (``load_policy``,
+``task_rows``, ``encode``, ``sampler_config``). It builds nothing run-wide: assembling a run
+(validation, mesh, writer, checkpointer, warm start) is :mod:`jdiff.train.run_setup`'s job, and
+scripts/sample.py, sft.py and eval.py call these loaders directly.
 
 ``config.model.checkpoint`` set: a local HF or jdiff checkpoint directory (and its
 tokenizer). Unset: the embedded default — a character-level tokenizer and a model built

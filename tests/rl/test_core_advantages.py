@@ -11,11 +11,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from jdiff.rl import advantages as adv_lib  # noqa: E402
-from jdiff.rl.registry import Registry, advantage_estimators  # noqa: E402
+from jdiff.registry import Registry  # noqa: E402
+from jdiff.rl.registry import advantage_estimators  # noqa: E402
 
 
 def test_registry_lookup_and_error():
   assert advantage_estimators.get("grpo") is adv_lib.group_zscore
+  assert advantage_estimators.get("group_zscore") is adv_lib.group_zscore
   assert advantage_estimators.get("group_mean") is adv_lib.group_mean_baseline
   assert advantage_estimators.get("trace_gae") is adv_lib.trace_gae
   with pytest.raises(KeyError, match="grpo"):

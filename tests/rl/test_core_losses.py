@@ -13,16 +13,10 @@ from flax import nnx  # noqa: E402
 import jdiff  # noqa: E402
 from jdiff.rl import logprobs as lp_lib  # noqa: E402
 from jdiff.rl.losses import clipped_policy_loss, clipped_value_loss, k3_kl  # noqa: E402
-from jdiff.rl.registry import policy_losses, value_losses  # noqa: E402
 
 
 def _rand(seed, shape, scale=1.0):
   return scale * np.random.default_rng(seed).normal(size=shape).astype(np.float32)
-
-
-def test_registered():
-  assert policy_losses.get("clipped") is clipped_policy_loss
-  assert value_losses.get("clipped") is clipped_value_loss
 
 
 def test_ratio_one_and_kl_zero_when_equal():

@@ -9,6 +9,7 @@ import numpy as np
 
 from config_utils import ROOT, load_config, metrics_rows, policy_leaves, tiny
 from jdiff.train import rl_loop
+from jdiff.train import runtime as runtime_lib
 from jdiff.train.checkpointing import Checkpointer
 
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # where orbax writes a step before it commits it
@@ -17,7 +18,7 @@ TMP_SUFFIX = ".orbax-checkpoint-tmp"  # where orbax writes a step before it comm
 def test_nan_loss_skips_the_step_keeps_state_and_reports(tmp_path, monkeypatch, capsys):
   """The first policy update sees NaN advantages: its loss is NaN, so params and optimizer
   state must come back unchanged, the step's metrics must say so, and the run goes on."""
-  real = rl_loop.make_update_step
+  real = runtime_lib.make_update_step
   calls = []  # (state in, state out, metrics) of every policy update, on the host
 
   def poisoned_factory(*args, **kwargs):
@@ -35,7 +36,7 @@ def test_nan_loss_skips_the_step_keeps_state_and_reports(tmp_path, monkeypatch, 
 
     return call
 
-  monkeypatch.setattr(rl_loop, "make_update_step", poisoned_factory)
+  monkeypatch.setattr(runtime_lib, "make_update_step", poisoned_factory)
   workdir = str(tmp_path / "nan")
   rl_loop.run(tiny(load_config()), workdir)
 
@@ -63,6 +64,7 @@ import os, signal, sys, threading, time
 sys.path[:0] = [sys.argv[2], os.path.join(sys.argv[2], "tests")]
 from config_utils import load_config, tiny
 from jdiff.train import rl_loop
+from jdiff.train import runtime as runtime_lib
 from jdiff.train.checkpointing import Checkpointer
 
 workdir = sys.argv[1]

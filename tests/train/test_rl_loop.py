@@ -79,3 +79,20 @@ def test_all_groups_filtered_warns_not_crashes(tmp_path):
     warnings.simplefilter("always")
     rl_loop.run(c, str(tmp_path))
   assert any("filter" in str(w.message).lower() for w in caught)
+
+
+def test_rl_step_alone_matches_the_run(straight, tmp_path):
+  """rl_step driven by hand (open_run, warm start, build) gives the straight run's rows."""
+  from jdiff.train.run_setup import open_run, warm_start
+  workdir, _ = straight
+  c = tiny(load_config())
+  r = open_run(c, str(tmp_path), lambda msg: None)
+  ctx, rt = rl_loop.build(c, r, warm_start(r, c, lambda msg: None))
+  expected = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  for step in range(2):
+    rt, row = rl_loop.rl_step(ctx, rt, step)
+    assert set(row) == set(expected[step]) - {"step"}
+    for k, v in expected[step].items():
+      if k != "step" and not k.endswith("_s") and k != "tokens_per_s":
+        assert row[k] == v, (step, k)
+  r.writer.close()

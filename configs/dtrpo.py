@@ -31,7 +31,7 @@ def get_config():
   # β is unknown in the paper. Tuned on seed 0 of this task: β 0.5 and the (unbiased) 1/t
   # weight beat β 0.1 / weight 1 (held-out 0.38 vs 0.33). The re-masked estimator scores every
   # masked token (lower variance than the paper's newly_unmasked, same expectation); the grid
-  # is the sampler's: mini_sdar blocks of 4 in denoising_steps = 4 steps.
+  # is the sampler's: mini_sdar blocks of 4 in steps_per_block = 4 steps.
   c.method = ml_collections.ConfigDict(dict(
       name="dtrpo", beta=0.5, estimator="remasked", block_weight="inverse_t",
       steps_per_block=4, timesteps_per_block=1, share_timesteps=False, padding="drop"))

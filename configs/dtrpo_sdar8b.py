@@ -18,13 +18,11 @@ dLLMs. EVERY numeric value below is unverified against the paper (marked so): it
 β, optimiser, data, pair construction and epochs were not available.
 """
 
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from jdiff.config_loading import load_sibling
 
-import ml_collections  # noqa: E402
-import tracerl_trado8b_math  # noqa: E402
+tracerl_trado8b_math = load_sibling(__file__, "tracerl_trado8b_math")
 
 
 def get_config():
@@ -41,7 +39,7 @@ def get_config():
       beta=0.1,  # unverified (a common DPO value)
       estimator="newly_unmasked",  # the paper's estimator (confirmed by the project page)
       block_weight="inverse_t",  # only read by estimator="remasked"
-      steps_per_block=4,  # T_B = the sampler's denoising_steps per block of 4
+      steps_per_block=4,  # T_B = the sampler's steps_per_block per block of 4
       timesteps_per_block=1,  # one t_b per block (confirmed)
       share_timesteps=False,  # unverified
       padding="drop"))  # unverified (EOS scored, nothing after it)
@@ -50,7 +48,7 @@ def get_config():
       num_prompts=0,  # all training prompts: unverified
       group_size=8,  # unverified
       rollout_batch=64,  # a memory / throughput choice
-      max_response_len=2000,  # = sampler.max_tokens (pairs files only)
+      max_response_len=2000,  # = sampler.gen_length (pairs files only)
       pairs_per_step=64,  # unverified
       epochs=1,  # unverified
       grad_accum=16,  # memory only: 8 rows of ~4,800 tokens per micro-batch

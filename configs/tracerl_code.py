@@ -8,13 +8,11 @@ A demonstration of the code reward in the RL loop; this config's learning curve 
 measured. Each rollout runs prompts_per_step x group_size x 3 sandboxed test processes.
 """
 
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from jdiff.config_loading import load_sibling
 
-import ml_collections  # noqa: E402
-import tracerl  # noqa: E402
+tracerl = load_sibling(__file__, "tracerl")
 
 
 def get_config():
@@ -26,7 +24,7 @@ def get_config():
   # Prompts are at most 48 tokens with the chat template; completions at most 32 characters
   # plus EOS, so 36 tokens (nine blocks of 4).
   c.data.max_prompt_len = 48
-  c.sampler.max_tokens = 36
-  c.eval.sampler.max_tokens = 36
+  c.sampler.gen_length = 36
+  c.eval.sampler.gen_length = 36
   c.sft.max_len = 84
   return c

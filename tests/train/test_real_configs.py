@@ -32,8 +32,8 @@ def test_dtrpo_sdar8b_steps_on_the_decoding_grid():
   """The estimator's grid is the sampler's: block 4 in 4 steps, the paper's estimator."""
   from jdiff.models.config import PRESETS
   c = load_config("dtrpo_sdar8b")
-  assert PRESETS[c.model.preset]().block_size == 4 == c.sampler.denoising_steps
-  assert c.method.steps_per_block == c.sampler.denoising_steps
+  assert PRESETS[c.model.preset]().block_size == 4 == c.sampler.steps_per_block
+  assert c.method.steps_per_block == c.sampler.steps_per_block
   assert c.method.estimator == "newly_unmasked" and c.method.timesteps_per_block == 1
 
 

@@ -23,7 +23,7 @@ SECTIONS = {
              "train_path", "eval_path", "field_map"},
     "data": {"max_prompt_len", "use_chat_template"},
     "sft": {"steps", "batch_size", "max_len", "objective", "pad_in_loss", "grad_accum",
-            "options", "optim"},
+            "options", "optim", "trace"},
     "eval": {"batch_size", "sampler", "threshold"},
     "rl": {"steps", "prompts_per_step", "group_size", "inner_epochs", "grad_accum",
            "std_normalize", "filter_groups", "filter_low", "filter_high", "reset_optimizer",
@@ -148,6 +148,10 @@ def _sft(sc) -> None:
     _keys(sc.options or {}, kw, "sft.options")
   if "optim" in sc:
     _optim(sc.optim, "sft.optim")
+  if sc.get("objective") == "trace_sft":
+    from jdiff.sft.trace_sft import TraceCollectConfig
+    from jdiff.train.config import section_to
+    section_to(TraceCollectConfig, sc.get("trace") or {}, "config.sft.trace")
   if steps:
     bs = _positive(sc, "batch_size", "sft")
     ga = _positive(sc, "grad_accum", "sft") or 1

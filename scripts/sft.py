@@ -58,6 +58,55 @@ def _probe_loss(model, objective, options, rows, key):
   return float(loss)
 
 
+def trace_rows(config, model, tokenizer, task, kept, ids, target_rows, workdir, log):
+  """Trace SFT's training rows: an optional warm start on ``target_rows`` with a standard
+  objective, then the model's preferred trajectories (collected once per workdir) sliced into
+  TraceRL's rows. Returns (model, rows, collection stats)."""
+  import copy
+
+  import jax
+
+  from jdiff.sft import trace_sft
+  from jdiff.train import setup
+  from jdiff.train.config import section_to
+  from jdiff.train.rollout import local_rewards, rollout
+  from jdiff.train.sft_loop import run_sft
+  from jdiff.sharding import make_mesh
+  from jdiff.train import distributed as dist
+
+  sc = config.sft
+  cc = section_to(trace_sft.TraceCollectConfig, sc.get("trace") or {}, "config.sft.trace")
+  if "sampler" not in config:
+    raise ValueError("config.sampler: trace SFT samples the training prompts with it; add a "
+                     "sampler section (see configs/trace_sft_block.py)")
+  name, sampler_cfg = setup.sampler_config(config.sampler, model.config.family)
+
+  if cc.warm_start_steps:  # deterministic in the seed, so a rerun rebuilds the same model
+    warm = copy.deepcopy(sc)
+    with warm.unlocked():
+      warm.steps, warm.objective = cc.warm_start_steps, cc.warm_start_objective
+      warm.options = dict(cc.warm_start_options or {})
+    log(f"trace sft: warm start, {cc.warm_start_steps} steps of {cc.warm_start_objective}")
+    model, _ = run_sft(model, target_rows, warm, seed=config.seed, log=log)
+  mesh = make_mesh((1, 1, 1))
+
+  def sample_rows(idx, key):
+    prompt_ids = [ids[i] for i in idx]
+    traj, mine = rollout(model, mesh, name, sampler_cfg, prompt_ids, model.config.pad_token_id,
+                         config.data.max_prompt_len, key)
+    traj = dist.to_host(traj)
+    return traj, local_rewards(task.reward, tokenizer, task, traj.tokens, traj.lengths, mine,
+                               [kept[i] for i in idx])
+
+  def make():
+    return trace_sft.collect(sample_rows, task.correct, ids, cc,
+                             jax.random.fold_in(jax.random.key(config.seed), 2**31 - 3))
+
+  records, stats = trace_sft.collected(workdir, make, log)
+  traj = trace_sft.as_trajectory(records, model.config.pad_token_id)
+  return model, trace_sft.build_rows(traj, model.config, cc), stats
+
+
 def run(config, workdir, log=print):
   """SFT of ``config`` (see configs/sft_block.py) into ``workdir``; returns the results dict."""
   import json
@@ -87,6 +136,10 @@ def run(config, workdir, log=print):
     log(f"dropped {dropped} prompts longer than {config.data.max_prompt_len} tokens")
   rows = sft_rows(tokenizer, ids, targets(config, task, kept), int(sc.max_len),
                   mc.eos_token_id, mc.pad_token_id, pad_in_loss=bool(sc.pad_in_loss))
+  trace_stats = {}
+  if sc.objective == "trace_sft":  # the model's own correct trajectories replace the targets
+    model, rows, trace_stats = trace_rows(config, model, tokenizer, task, kept, ids, rows,
+                                          workdir, log)
   source = config.model.get("checkpoint") or config.model.preset
   log(f"sft: {len(kept)} samples, objective {sc.objective}, {sc.steps} steps of "
       f"{sc.batch_size}, model {mc.family} ({source})")
@@ -127,7 +180,7 @@ def run(config, workdir, log=print):
              "train_loss_first": losses[0] if losses else None,
              "train_loss_last": float(np.mean(losses[-10:])) if losses else None,
              "steps": int(sc.steps), "samples": len(kept), "dropped_prompts": dropped,
-             "model_dir": out, "seconds": time.time() - t_start}
+             "model_dir": out, "seconds": time.time() - t_start, **trace_stats}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "sft_results.json"), "w") as f:
       json.dump(results, f, indent=2)

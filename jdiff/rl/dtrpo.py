@@ -339,11 +339,5 @@ def loss_fn(model, batch, cfg: DTRPOConfig):
   return loss, metrics
 
 
-def check(cfg: DTRPOConfig, run_cfg, sampler_cfg, model_cfg) -> None:
-  del cfg, sampler_cfg, model_cfg
-  if run_cfg.family == "dream":
-    raise ValueError("config.model.family: dTRPO does not support shifted-logit (dream) models")
-
-
 METHOD = register_method(Method("dtrpo", DTRPOConfig, build_batch, logprob_fn, loss_fn,
-                                offline=True, check=check))
+                                offline=True))

@@ -14,7 +14,9 @@ Objectives:
 - ``sft_llada``: LLaDA/d1 masked SFT, bidirectional, CE/p over non-prompt tokens
   (:mod:`jdiff.sft.llada_sft`);
 - ``sft_semi_ar``: TraceRL semi-AR SFT for full-attention models, with Dream's logit shift
-  (:mod:`jdiff.sft.semi_ar_sft`).
+  (:mod:`jdiff.sft.semi_ar_sft`);
+- ``trace_sft``: TraceRL's trace SFT on the model's own preferred trajectories, block and
+  full-attention models (:mod:`jdiff.sft.trace_sft`; ``scripts/sft.py`` collects them first).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Callable, NamedTuple
 
 from jdiff.registry import Registry
 
-from jdiff.sft import block_sft, common, llada_sft, semi_ar_sft
+from jdiff.sft import block_sft, common, llada_sft, semi_ar_sft, trace_sft
 from jdiff.sft.common import make_rows
 
 
@@ -60,6 +62,7 @@ def options(name: str) -> frozenset:
 register("sft_block", block_sft.build_batch, block_sft.loss_fn)
 register("sft_llada", llada_sft.build_batch, llada_sft.loss_fn)
 register("sft_semi_ar", semi_ar_sft.build_batch, semi_ar_sft.loss_fn)
+register("trace_sft", trace_sft.build_batch, trace_sft.loss_fn)
 
 __all__ = ["OBJECTIVES", "SFTObjective", "block_sft", "common", "get", "llada_sft", "make_rows",
-           "names", "options", "register", "semi_ar_sft"]
+           "names", "options", "register", "semi_ar_sft", "trace_sft"]

@@ -81,6 +81,7 @@ class ModelSection:
   dtype: str = ""
   remat: str = ""
   require_checkpoint: bool = False  # the real-model configs: no silent fallback to a preset
+  lora: Any = None  # LoRA / QLoRA adapter settings (jdiff.models.lora.LoraConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +116,7 @@ class SFTSection:
   grad_accum: int = 1
   options: Any = None  # the objective's build_batch keyword options
   optim: Any = None
+  trace: Any = None  # trace_sft: how trajectories are collected (sft.trace_sft.TraceCollectConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,6 +282,9 @@ def _model(mc) -> Tuple[ModelSection, Any, str]:
     raise _err("model.family", f"{family!r} but preset {name!r} is a {cfg.family!r} model")
   if family and family not in ("llada", "dream", "sdar"):
     raise _err("model.family", f"{family!r}; expected llada, dream or sdar")
+  if mc.get("lora") is not None:
+    from jdiff.models.lora import LoraConfig
+    LoraConfig.from_section(mc.lora)  # raises naming config.model.lora.<key>
   return section, cfg, family or (cfg.family if cfg is not None else "")
 
 
@@ -328,6 +333,11 @@ def _sft(sc) -> SFTSection:
     _keys(sc.options or {}, sft_lib.options(sc.objective), "sft.options")
   if "optim" in sc:
     _optim(sc.optim, "sft.optim")
+  if "trace" in sc and sc.get("objective") != "trace_sft":
+    raise _err("sft.trace", f"only the trace_sft objective reads it, not {sc.get('objective')!r}")
+  if sc.get("objective") == "trace_sft":
+    from jdiff.sft.trace_sft import TraceCollectConfig
+    section_to(TraceCollectConfig, sc.get("trace") or {}, "config.sft.trace")
   if steps:
     bs = _positive(sc, "batch_size", "sft")
     ga = _positive(sc, "grad_accum", "sft") or 1

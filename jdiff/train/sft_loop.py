@@ -41,7 +41,7 @@ def run_sft(model, rows: dict, sc, seed: int = 0, mesh=None,
   graphdef, state = init_train_state(model, optimizer, mesh=mesh)
   update = make_update_step(graphdef, optimizer, objective.loss_fn, mesh=mesh,
                             grad_accum=int(sc.get("grad_accum", 1)))
-  n = len(rows["tokens"])
+  n = len(next(iter(rows.values())))  # rows: any dict of [N, ...] arrays
   rng = np.random.default_rng(seed)
   key = jax.random.key(seed)
   t0, losses = time.time(), []

@@ -42,8 +42,7 @@ for _task in (
     Task("sort", "answer_exact", 1.0, synthetic.digit_sort,
                  synthetic.digit_sort_completion, ("answer",)),
     # Fraction of the row's asserts passed in the sandbox; correct = all of them.
-    "code": Task("code", "code", 1.0, synthetic.code_functions, synthetic.code_completion,
-                 ("tests",)),
+    Task("code", "code", 1.0, synthetic.code_functions, synthetic.code_completion, ("tests",)),
     # Accuracy on GSM8K is d1's 2.0 correctness term alone (train with reward="gsm8k").
     Task("gsm8k", "gsm8k_correctness", 2.0, columns=("answer",)),
     Task("math", "math", 1.0, columns=("answer",)),

@@ -262,12 +262,12 @@ def merge_lora(model):
   Export and checkpointing write this; attributes that tell export where the model came
   from (``hf_meta_json``, ``source_path``) are carried over.
   """
-  from jdiff.models.transformer import DiffusionLM  # noqa: PLC0415  (import cycle)
   if not has_lora(model):
     return model
   layers = model.backbone.layers
   config = model.config
-  abstract = nnx.eval_shape(lambda: DiffusionLM(config, rngs=nnx.Rngs(0)))
+  # The model's own class without adapters (apply_lora changes the instance, not the class).
+  abstract = nnx.eval_shape(lambda: type(model)(config, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   source = dict(nnx.to_flat_state(nnx.state(model)))
   flat = []

@@ -12,6 +12,7 @@ import pytest
 
 import hf_fixtures
 import jdiff
+from jdiff.models import masks
 from jdiff.rl import tracerl
 from jdiff.sampling import Trajectory
 from jdiff.sft import trace_sft
@@ -80,7 +81,7 @@ def test_loss_is_hand_computed_nll(models, family):
   model = models[family]
   rows = trace_sft.build_rows(_trajectory(model, seed=7), model.config,
                               trace_sft.TraceCollectConfig(max_steps=8))
-  mask = tracerl.attention_mask(rows, model.config)
+  mask = masks.dense(tracerl.attention_mask(rows, model.config))
   logits = jdiff.forward(model, jnp.asarray(rows["input_ids"]), attention_mask=mask,
                          positions=jnp.asarray(rows["positions"]))
   logp = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32), -1), np.float64)

@@ -116,9 +116,9 @@ def run(config, workdir, log=print):
   import numpy as np
 
   from jdiff import sft as sft_lib
-  from jdiff.checkpoint import save_jdiff
   from jdiff.train import setup
   from jdiff.train.metrics import MetricsWriter
+  from jdiff.train.run_setup import write_model
   from jdiff.train.sft_loop import run_sft, sft_rows
 
   t_start = time.time()
@@ -167,15 +167,8 @@ def run(config, workdir, log=print):
   writer.close()
   loss_after = _probe_loss(model, objective, options, probe_rows, probe_key)
 
-  out = os.path.join(workdir, "model")
-  if jax.process_index() == 0:
-    hf_meta = json.loads(getattr(model, "hf_meta_json", "") or "{}")
-    if config.model.get("checkpoint"):
-      save_jdiff(model, out, tokenizer_dir=config.model.get("tokenizer") or
-                 config.model.checkpoint, hf_meta=hf_meta)
-    else:  # the embedded character tokenizer has no files of its own
-      save_jdiff(model, out, hf_meta=hf_meta)
-      tokenizer.save_pretrained(out)
+  out = write_model(model, workdir, config.model.get("checkpoint"), config.model.get("tokenizer"),
+                    tokenizer)
   results = {"loss_before": loss_before, "loss_after": loss_after,
              "train_loss_first": losses[0] if losses else None,
              "train_loss_last": float(np.mean(losses[-10:])) if losses else None,

@@ -198,7 +198,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
     _log(f"eval after: accuracy {after['accuracy']:.3f} reward {after['reward']:.3f}"
          + (f" (before: {results['accuracy_before']:.3f})" if "accuracy_before" in results
             else ""))
-  return close_run(r, workdir, results)
+  return close_run(r, workdir, results, model=policy.sampling_model())
 
 
 def params_of(workdir: str) -> dict:

@@ -235,4 +235,4 @@ def run(config, workdir: str) -> Dict[str, Any]:
   results["accuracy_after"] = after["accuracy"]
   _log(f"eval after RL: accuracy {after['accuracy']:.3f} reward {after['reward']:.3f}"
        + (f" (before: {results['accuracy_before']:.3f})" if "accuracy_before" in results else ""))
-  return close_run(r, workdir, results)
+  return close_run(r, workdir, results, model=rt.policy.sampling_model())

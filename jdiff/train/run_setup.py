@@ -12,6 +12,7 @@ from typing import Any, List, Optional
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh
 
 from jdiff.sharding.mesh import make_mesh
@@ -130,10 +131,40 @@ def warm_start(run: Run, config, log) -> Any:
   return model
 
 
-def close_run(run: Run, workdir: str, results: dict) -> dict:
-  """Waits for the last checkpoint, closes the metrics and (process 0) writes results.json."""
+MODEL_DIR = "model"
+
+
+def write_model(model, workdir: str, checkpoint: str, tokenizer_dir: str, tokenizer) -> str:
+  """Writes ``model`` as a jdiff checkpoint at ``workdir/model`` (LoRA adapters merged) with
+  its tokenizer, so ``scripts/sample.py --model``, ``eval.py`` and ``convert_hf.py export``
+  take it as it is. The tokenizer files come from ``tokenizer_dir`` (else ``checkpoint``); the
+  embedded default's tokenizer is saved. Parameters sharded over processes are gathered first."""
+  from jax.experimental import multihost_utils
+
+  from jdiff.checkpoint import save_jdiff
+  out = os.path.join(workdir, MODEL_DIR)
+  if jax.process_count() > 1:
+    graphdef, state = nnx.split(model)
+    state = jax.tree.map(lambda a: multihost_utils.process_allgather(a, tiled=True), state)
+    model = nnx.merge(graphdef, state)
+  if dist.is_primary():
+    hf_meta = json.loads(getattr(model, "hf_meta_json", "") or "{}")
+    if checkpoint:
+      save_jdiff(model, out, hf_meta=hf_meta, tokenizer_dir=tokenizer_dir or checkpoint)
+    else:  # the embedded character tokenizer has no files of its own
+      save_jdiff(model, out, hf_meta=hf_meta)
+      tokenizer.save_pretrained(out)
+  return out
+
+
+def close_run(run: Run, workdir: str, results: dict, model=None) -> dict:
+  """Waits for the last checkpoint, closes the metrics, writes the final ``model`` (when
+  given) to ``workdir/model`` and (process 0) results.json."""
   run.ckpt.wait()
   run.writer.close()
+  if model is not None:
+    mc = run.cfg.model
+    results["model_dir"] = write_model(model, workdir, mc.checkpoint, mc.tokenizer, run.tokenizer)
   if dist.is_primary():
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)

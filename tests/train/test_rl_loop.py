@@ -25,6 +25,23 @@ def test_outputs(straight):
   assert json.load(open(os.path.join(workdir, "results.json"))) == results
 
 
+def test_final_policy_is_written_as_a_jdiff_checkpoint(straight):
+  """DIR/model holds the last step's policy, loadable by from_pretrained (sample.py, eval.py
+  and convert_hf.py export read it), with the run's tokenizer."""
+  import jax
+  from flax import nnx
+
+  import jdiff
+  workdir, results = straight
+  assert results["model_dir"] == os.path.join(workdir, "model")
+  model = jdiff.from_pretrained(results["model_dir"])
+  jdiff.load_tokenizer(results["model_dir"])
+  items, _ = Checkpointer(workdir, read_only=True).restore(2)
+  trained = {np.asarray(x).tobytes() for x in jax.tree.leaves(items["policy"]["params"])}
+  saved = {np.asarray(x).tobytes() for x in jax.tree.leaves(nnx.state(model, nnx.Param))}
+  assert saved == trained
+
+
 def test_resume_equals_straight_run(straight, tmp_path):
   workdir, _ = straight
   resumed = str(tmp_path / "resumed")

@@ -35,6 +35,7 @@ import jax
 import numpy as np
 
 from jdiff.rl import tracerl
+from jdiff.rl.losses import KL_ESTIMATORS
 from jdiff.rl.method import Method, register_method
 from jdiff.rl.trace_rows import build_block_rows, build_full_attention_rows
 
@@ -52,6 +53,7 @@ class RandomMaskingConfig:
   eps: float = 0.2
   beta: float = 0.01
   kl_against: str = "old"
+  kl_estimator: str = "k3"  # as TraceRLConfig.kl_estimator
   normalization: Optional[str] = None  # None: per_row_sum_over_length (block) / per_row_mean
   log_ratio_clip: Optional[float] = 10.0
   chunk_size: int = 8192
@@ -72,6 +74,9 @@ class RandomMaskingConfig:
     if self.kl_against not in ("old", "ref"):
       raise ValueError(f"RandomMaskingConfig.kl_against={self.kl_against!r}; "
                        "expected 'old' or 'ref'")
+    if self.kl_estimator not in KL_ESTIMATORS:
+      raise ValueError(f"RandomMaskingConfig.kl_estimator={self.kl_estimator!r}; expected one "
+                       f"of {KL_ESTIMATORS}")
 
 
 def draw_masks(key, shape, cfg: RandomMaskingConfig):

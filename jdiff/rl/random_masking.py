@@ -52,6 +52,7 @@ class RandomMaskingConfig:
   eps: float = 0.2
   beta: float = 0.01
   kl_against: str = "old"
+  kl_estimator: str = "k3"  # tracerl.loss_fn reads it (TraceRLConfig's field, same default)
   normalization: Optional[str] = None  # None: per_row_sum_over_length (block) / per_row_mean
   log_ratio_clip: Optional[float] = 10.0
   chunk_size: int = 8192

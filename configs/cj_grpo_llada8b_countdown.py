@@ -33,7 +33,9 @@ def get_config():
   c.task = ml_collections.ConfigDict(dict(
       name="countdown", reward="countdown", num_train=0, num_eval=0, seed=0,
       generator_kwargs={}, train_path="data/countdown_train.jsonl",
-      eval_path="data/countdown_cd3_test.jsonl", field_map={}))
+      eval_path="data/countdown_cd3_test.jsonl", field_map={},
+      # CJ-GRPO (d1's reward code) scores the whole completion, special tokens skipped.
+      length_penalty=False, reward_text="whole"))
   # Training decoding: EOSER + ASS, τ 1.0, L 128 (run scripts) -> steps = log2(128) = 7 with
   # γ_min 0.01, γ_max 1.0. The run scripts' block_num (64) violates the asserts; one block
   # (full diffusion, like the eval) is the choice here.

@@ -50,7 +50,10 @@ def get_config():
   # Rollout reward: the sum of d1's five GSM8K rewards (max 4.0); accuracy = correctness (2.0).
   c.task = ml_collections.ConfigDict(dict(
       name="gsm8k", reward="gsm8k", num_train=0, num_eval=0, seed=0, generator_kwargs={},
-      train_path="data/gsm8k_train.jsonl", eval_path="data/gsm8k_test.jsonl", field_map={}))
+      train_path="data/gsm8k_train.jsonl", eval_path="data/gsm8k_test.jsonl", field_map={},
+      # d1 scores the whole completion decoded with special tokens skipped (not cut at the
+      # first EOS); no length penalty (docs/methods.md §Rewards and advantages).
+      length_penalty=False, reward_text="whole"))
   c.data = ml_collections.ConfigDict(dict(max_prompt_len=200, use_chat_template=True))
   # The SFT stage is its own run (configs/d1_sft_llada8b_s1k.py); none inside RL.
   c.sft = ml_collections.ConfigDict(dict(
@@ -67,10 +70,10 @@ def get_config():
       sampler=dict(name="llada", gen_length=256, block_length=32, steps=128, temperature=0.0,
                    remasking="low_confidence")))
   # diffu-GRPO (§2.2, train.yaml): p_mask 0.15, μ = 12 (GSM8K), ε 0.5, β 0.04, advantage
-  # r − group mean (no std).
+  # r − group mean (no std: config.rl.std_normalize below).
   c.method = ml_collections.ConfigDict(dict(
       name="diffu_grpo", p_mask_prompt=0.15, num_iterations=12, eps=0.5, beta=0.04,
-      std_normalize=False, random_masking=True))
+      random_masking=True))
   # 16 prompts x G = 6 per step (8 GPUs x 6 per device x GA 2); μ = 12 updates per rollout
   # batch. GSM8K was stopped at 7,700 gradient updates -> 7700 / 12 ≈ 642 RL steps. d1 evals
   # and saves every 100 updates ≈ every 8 RL steps.

@@ -28,7 +28,6 @@ def get_config():
   c.eval.sampler = dict(name="llada", gen_length=24, block_length=8, steps=12,
                         temperature=0.0)
   c.method = ml_collections.ConfigDict(dict(name="diffu_grpo", p_mask_prompt=0.15,
-                                            num_iterations=4, eps=0.5, beta=0.04,
-                                            std_normalize=False))
+                                            num_iterations=4, eps=0.5, beta=0.04))
   c.rl.std_normalize = False  # d1: advantage = r - group mean
   return c

@@ -48,8 +48,11 @@ def get_config():
                    strategy="low_confidence_static", temperature=0.0)))
 
   # shrink=2: two trace rows per block instead of four — about half the update cost.
+  # post_num=1 keeps jdiff's earlier choice for the toy (its stop token, pad == EOS, is
+  # trained: the toy task must learn to stop); the reference's 0 is TraceRLConfig's default
+  # and the TraDo recipes'. L1 = gen_length: the earlier normaliser.
   c.method = ml_collections.ConfigDict(dict(name="tracerl", shrink=2, eps=0.2, beta=0.0,
-                                            kl_against="old"))
+                                            kl_against="old", post_num=1, l1="gen_length"))
   c.value = ml_collections.ConfigDict(dict(enabled=False, gamma=1.0, lam=1.0, eps=0.2,
                                            train_value_every=1,
                                            optim=dict(lr=5e-5, max_grad_norm=1.0)))

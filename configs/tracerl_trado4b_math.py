@@ -39,7 +39,11 @@ def get_config():
       dtype="bfloat16", remat="full", require_checkpoint=True))
   c.task = ml_collections.ConfigDict(dict(
       name="math", reward="", num_train=0, num_eval=0, seed=0, generator_kwargs={},
-      train_path="data/MATH_train.jsonl", eval_path="data/MATH500.jsonl", field_map={}))
+      train_path="data/MATH_train.jsonl", eval_path="data/MATH500.jsonl", field_map={},
+      # The reference's math reward scores a response reaching max_tokens - 5 as incorrect;
+      # the block sampler stops at the EOS, so the text is the response up to it
+      # (docs/methods.md §Rewards and advantages).
+      length_penalty=True, reward_text="to_eos"))
   c.data = ml_collections.ConfigDict(dict(max_prompt_len=784, use_chat_template=True))
   # RL only: TraDo-4B starts directly from SDAR-4B-Chat (no SFT stage).
   c.sft.steps = 0
@@ -55,8 +59,11 @@ def get_config():
                    strategy="low_confidence_dynamic", threshold=0.9, temperature=1.0,
                    top_k=0, top_p=1.0)))
   # Training block 4, shrink 1, ε 0.2, β 0.01 (k3 KL against the pre-update policy) (§5.6, §9).
+  # post_num 0: pad == EOS (<|endoftext|>), so the stop token is never trained; L1 is the
+  # step's longest response (the reference right-pads to it, capped at max_gen_length 2000)
+  # (docs/methods.md §TraceRL block rows, steps 5-6); k3 KL (kl_estimator's default).
   c.method = ml_collections.ConfigDict(dict(name="tracerl", shrink=1, eps=0.2, beta=0.01,
-                                            kl_against="old"))
+                                            kl_against="old", post_num=0, l1="longest"))
   # Value model (§7): a full backbone copy with a zero-initialised head, γ = λ = 1, value
   # clip 0.2, trained every step at lr 5e-6.
   c.value = ml_collections.ConfigDict(dict(

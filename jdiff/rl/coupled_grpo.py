@@ -56,7 +56,6 @@ class CoupledGRPOConfig:
   num_iterations: int = 2  # μ (reference recipe)
   eps: float = 0.5  # PPO clip (reference recipe)
   beta: float = 0.01  # k3 KL to the frozen reference (reference recipe)
-  std_normalize: bool = False  # reference: scale_rewards false
   random_masking: bool = True  # fresh draw per inner iteration; False: seed 42 for all
   chunk_size: int = 8192
 

@@ -57,7 +57,6 @@ class DiffuGRPOConfig:
   num_iterations: int = 12  # μ: 12 for GSM8K / MATH, 8 for Countdown / Sudoku
   eps: float = 0.5  # PPO clip, train.yaml (class default 0.2)
   beta: float = 0.04  # k3 KL to the frozen reference
-  std_normalize: bool = False  # d1 code: advantage r − mean, no std division
   random_masking: bool = True  # fresh prompt mask per inner iteration; False: seed 42 for all
   chunk_size: int = 8192  # vocabulary chunk of the float32 log-softmax
 
@@ -72,9 +71,10 @@ class DiffuGRPOConfig:
       raise ValueError(f"DiffuGRPOConfig.beta must be >= 0, got {self.beta}")
 
 
-def compute_advantages(rewards, group_size: int, cfg) -> jax.Array:
-  """d1's advantage (§2.2 step 5): ``r − group mean``, divided by the std if ``std_normalize``."""
-  return group_zscore(rewards, group_size, std_normalize=cfg.std_normalize)
+def compute_advantages(rewards, group_size: int, std_normalize: bool = False) -> jax.Array:
+  """d1's advantage (§2.2 step 5): ``r − group mean``, divided by the std if ``std_normalize``
+  (the loop's is ``config.rl.std_normalize``; d1's code does not divide)."""
+  return group_zscore(rewards, group_size, std_normalize=std_normalize)
 
 
 def iteration_keys(key, num_iterations: int, random_masking: bool):

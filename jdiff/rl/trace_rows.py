@@ -45,6 +45,27 @@ def _as_np(x):
   return None if x is None else np.asarray(x)
 
 
+def _trained(toks: np.ndarray, kept: np.ndarray, pad_id: int, post_num: Optional[int]):
+  """The positions that may be supervised: ``kept`` (up to and including the stop) minus the
+  pad tokens beyond the first ``post_num`` (docs/methods.md §TraceRL block rows, step 6). With
+  pad == EOS and ``post_num=0`` the stop token is context only, never trained. None: every
+  kept position."""
+  if post_num is None:
+    return kept
+  pads = kept & (toks == pad_id)
+  return kept & ~(pads & (np.cumsum(pads) > post_num))
+
+
+def _l1(lengths: np.ndarray, g: int, l1: str) -> float:
+  """The block rows' normaliser: the canvas width ``G`` (the sampler's gen_length) or, as the
+  reference pads responses to the step's longest one, the longest response capped at ``G``."""
+  if l1 == "gen_length":
+    return float(g)
+  if l1 == "longest":
+    return float(max(1, min(g, int(lengths.max()) if lengths.size else 1)))
+  raise ValueError(f"l1={l1!r}; expected 'gen_length' or 'longest'")
+
+
 def _trajectory_arrays(traj):
   tokens = _as_np(traj.raw_tokens if traj.raw_tokens is not None else traj.tokens)
   steps = _as_np(traj.raw_step_map if traj.raw_step_map is not None else traj.step_map)
@@ -53,8 +74,12 @@ def _trajectory_arrays(traj):
 
 
 def build_block_rows(traj, *, block_size: int, mask_id: int, pad_id: int, shrink: int = 1,
-                     advantages: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
-  """Rows for block models. ``advantages``: ``[B]`` per response (scalar) or ``[B, G]``."""
+                     advantages: Optional[np.ndarray] = None, post_num: Optional[int] = None,
+                     l1: str = "gen_length") -> Dict[str, np.ndarray]:
+  """Rows for block models. ``advantages``: ``[B]`` per response (scalar) or ``[B, G]``.
+
+  ``post_num``: pads supervised per response (see :func:`_trained`); ``l1``: the ``row_norm``
+  of every row, "gen_length" (the canvas width) or "longest" (see :func:`_l1`)."""
   if shrink < 1:
     raise ValueError(f"shrink must be >= 1, got {shrink}")
   pids, pmask, toks, steps, lengths = _trajectory_arrays(traj)
@@ -75,7 +100,7 @@ def build_block_rows(traj, *, block_size: int, mask_id: int, pad_id: int, shrink
       targets=np.full((rows, n), pad_id, np.int32), loss_mask=np.zeros((rows, n), bool),
       step_ids=np.zeros((rows, n), np.int32), advantages=np.zeros((rows, n), np.float32),
       response_index=np.repeat(np.arange(nb, dtype=np.int32), rounds),
-      row_norm=np.full((rows,), float(g), np.float32))
+      row_norm=np.full((rows,), _l1(lengths, g, l1), np.float32))
   noisy_start = p + g
   for b in range(nb):
     plen = int(pmask[b].sum())
@@ -83,6 +108,7 @@ def build_block_rows(traj, *, block_size: int, mask_id: int, pad_id: int, shrink
     rpos = plen + np.arange(g)
     decoded = steps[b] > 0
     kept = np.arange(g) < lengths[b]
+    trained = _trained(toks[b], kept, pad_id, post_num)
     tail_start = (plen // blk) * blk
     # Shared by every round: the clean prompt and response, the prompt-tail window slots.
     base_ids = np.concatenate([pids[b], toks[b], pids[b, p - blk:], toks[b]])
@@ -112,7 +138,7 @@ def build_block_rows(traj, *, block_size: int, mask_id: int, pad_id: int, shrink
       out["noisy"][row, noisy_start:] = True
       out["valid"][row] = base_valid
       out["targets"][row, noisy_start + blk:] = toks[b]
-      out["loss_mask"][row, noisy_start + blk:] = supervised & kept
+      out["loss_mask"][row, noisy_start + blk:] = supervised & trained
       out["step_ids"][row, noisy_start + blk:] = step_ids
       if adv is not None:
         out["advantages"][row, noisy_start + blk:] = adv
@@ -122,8 +148,10 @@ def build_block_rows(traj, *, block_size: int, mask_id: int, pad_id: int, shrink
 
 def build_full_attention_rows(traj, *, mask_id: int, pad_id: int, shrink: int = 8,
                               max_steps: Optional[int] = None,
-                              advantages: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
-  """Rows for full-attention models (Dream, LLaDA): one per group of ``shrink`` steps."""
+                              advantages: Optional[np.ndarray] = None,
+                              post_num: Optional[int] = None) -> Dict[str, np.ndarray]:
+  """Rows for full-attention models (Dream, LLaDA): one per group of ``shrink`` steps;
+  ``post_num`` as in :func:`build_block_rows`."""
   if shrink < 1:
     raise ValueError(f"shrink must be >= 1, got {shrink}")
   pids, pmask, toks, steps, lengths = _trajectory_arrays(traj)
@@ -142,7 +170,7 @@ def build_full_attention_rows(traj, *, mask_id: int, pad_id: int, shrink: int = 
   for b in range(nb):
     plen = int(pmask[b].sum())
     ppos = np.maximum(np.cumsum(pmask[b]) - 1, 0)
-    kept = np.arange(g) < lengths[b]
+    kept = _trained(toks[b], np.arange(g) < lengths[b], pad_id, post_num)
     gs = _groups(steps[b], shrink)
     if len(gs) > per:
       raise ValueError(f"response {b} has {len(gs)} step groups, more than max_steps/shrink={per}")

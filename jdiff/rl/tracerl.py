@@ -34,6 +34,12 @@ class TraceRLConfig:
   log_ratio_clip: Optional[float] = 10.0
   chunk_size: int = 8192  # vocabulary chunk of the float32 log-softmax
   max_steps: Optional[int] = None  # full attention: static bound on decoding steps
+  # Pads (pad == EOS: the stop token) supervised per response beyond which pads leave the loss;
+  # the reference's post_num, default 0 (docs/methods.md §TraceRL block rows, step 6).
+  post_num: int = 0
+  # Block rows' normaliser L1: "gen_length" (the sampler's canvas width, jdiff's earlier
+  # choice, kept as the default) or "longest" (the reference: the step's longest response).
+  l1: str = "gen_length"
 
   def __post_init__(self):
     if self.shrink < 1:
@@ -47,6 +53,13 @@ class TraceRLConfig:
     if self.kl_estimator not in KL_ESTIMATORS:
       raise ValueError(f"TraceRLConfig.kl_estimator={self.kl_estimator!r}; expected one of "
                        f"{KL_ESTIMATORS}")
+    # Only the stop token can be a pad inside a response's kept span (the trajectory holds no
+    # decoded pads after it), so counts above 1 would silently act as 1.
+    if self.post_num not in (0, 1) or isinstance(self.post_num, bool):
+      raise ValueError(f"config.method.post_num={self.post_num!r}: expected 0 (the stop token "
+                       "is not trained when pad == EOS) or 1 (it is)")
+    if self.l1 not in ("gen_length", "longest"):
+      raise ValueError(f"config.method.l1={self.l1!r}: expected 'gen_length' or 'longest'")
 
 
 def build_batch(traj, advantages, key, cfg: TraceRLConfig, model_config) -> dict:
@@ -55,11 +68,12 @@ def build_batch(traj, advantages, key, cfg: TraceRLConfig, model_config) -> dict
   c = model_config
   if c.block_causal:
     rows = build_block_rows(traj, block_size=c.block_size, mask_id=c.mask_token_id,
-                            pad_id=c.pad_token_id, shrink=cfg.shrink, advantages=advantages)
+                            pad_id=c.pad_token_id, shrink=cfg.shrink, advantages=advantages,
+                            post_num=cfg.post_num, l1=cfg.l1)
   else:
     rows = build_full_attention_rows(traj, mask_id=c.mask_token_id, pad_id=c.pad_token_id,
                                      shrink=cfg.shrink, max_steps=cfg.max_steps,
-                                     advantages=advantages)
+                                     advantages=advantages, post_num=cfg.post_num)
     rows["row_norm"] = np.maximum(rows["loss_mask"].sum(-1), 1).astype(np.float32)
   return rows
 

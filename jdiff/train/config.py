@@ -84,6 +84,9 @@ class ModelSection:
   lora: Any = None  # LoRA / QLoRA adapter settings (jdiff.models.lora.LoraConfig)
 
 
+REWARD_TEXTS = ("to_eos", "whole")  # config.task.reward_text
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskSection:
   """``config.task``."""
@@ -96,6 +99,12 @@ class TaskSection:
   train_path: str = ""
   eval_path: str = ""
   field_map: Any = None
+  # TraceRL's length penalty: the rollout reward also gets each response's length and the
+  # sampler's gen_length (the math reward scores a response reaching gen_length - 5 as wrong).
+  length_penalty: bool = False
+  # The text a rollout is scored on: "to_eos" (up to the first stop token) or "whole" (the
+  # whole canvas decoded with special tokens skipped, as d1 / CJ-GRPO do).
+  reward_text: str = "to_eos"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,7 +312,29 @@ def _task(tc) -> TaskSection:
       raise _err("task.reward", f"unknown reward {r!r}; available: {available_rewards()}")
   for k in ("num_train", "num_eval"):
     _positive(tc, k, "task", allow_zero=True)
+  _reward_switches(section, [r for r in names if r] or TASKS[tc.name].reward)
   return section
+
+
+def _reward_switches(section: TaskSection, spec) -> None:
+  """``task.reward_text`` is a known mode; ``task.length_penalty`` needs a reward that reads
+  ``max_tokens`` (else the switch would silently do nothing)."""
+  import inspect
+  from jdiff.rewards import get_reward
+  if section.reward_text not in REWARD_TEXTS:
+    raise _err("task.reward_text", f"{section.reward_text!r}; expected one of {REWARD_TEXTS}")
+  if not isinstance(section.length_penalty, bool):
+    raise _err("task.length_penalty", f"must be a bool, got {section.length_penalty!r}")
+  if not section.length_penalty:
+    return
+  spec = [spec] if isinstance(spec, str) or callable(spec) else list(spec)
+  fns = [get_reward(r) if isinstance(r, str) else r for r in spec]
+  def reads(fn):
+    params = inspect.signature(fn).parameters.values()
+    return any(p.name == "max_tokens" or p.kind is p.VAR_KEYWORD for p in params)
+  if not any(reads(fn) for fn in fns):
+    raise _err("task.length_penalty", f"no reward in {spec} takes max_tokens / "
+               "response_length (the math reward does)")
 
 
 def _sampler(sc, where: str, model_cfg, family: str):
@@ -390,6 +421,9 @@ def _common(config, kind: str, model_cfg, family: str) -> dict:
 def _method(config):
   from jdiff.rl.method import methods
   name = config.method.get("name")
+  if "std_normalize" in config.method:
+    raise _err("method.std_normalize", "not a method setting (it did nothing there); the "
+               "advantage's std division is config.rl.std_normalize")
   try:
     method = methods.get(name)
   except KeyError as e:

@@ -17,7 +17,7 @@ from jdiff.data.loading import left_pad
 from jdiff.rl.dtrpo import PreferencePairs
 from jdiff.train import distributed as dist
 from jdiff.train import setup
-from jdiff.train.rollout import decode, local_rewards, rollout
+from jdiff.train.rollout import decode, local_rewards, reward_options, rollout
 
 
 PAIRS_FILE = "pairs.jsonl"
@@ -42,9 +42,10 @@ def sample_pairs(model, mesh, tokenizer, task, rows, ids, sampler_name, sampler_
     traj, mine = rollout(model, mesh, sampler_name, sampler_cfg, prompt_ids,
                          model.config.pad_token_id, config.data.max_prompt_len,
                          jax.random.fold_in(key, start))
-    tokens, lengths, steps = (np.asarray(x) for x in dist.to_host((traj.tokens, traj.lengths,
-                                                                   traj.step_map)))
-    r = local_rewards(reward_spec, tokenizer, task, tokens, lengths, mine, group_rows)
+    traj = dist.to_host(traj.replace(states=None))  # states: never used here, possibly large
+    tokens, lengths, steps = (np.asarray(x) for x in (traj.tokens, traj.lengths, traj.step_map))
+    r = local_rewards(reward_spec, tokenizer, task, tokens, lengths, mine, group_rows,
+                      **reward_options(config.task, sampler_cfg, traj))
     r = np.asarray(dist.gather_rows(r, mine, len(prompt_ids)), np.float64)
     for k in range(n_real):
       rg = r[k * g:(k + 1) * g]

@@ -42,7 +42,7 @@ from jdiff.sharding.rules import sampling_rules
 from jdiff.train import distributed as dist
 from jdiff.train.config import RLConfig
 from jdiff.train.optim import make_optimizer
-from jdiff.train.rollout import evaluate, local_rewards, rollout
+from jdiff.train.rollout import evaluate, local_rewards, reward_options, rollout
 from jdiff.train.run_setup import Run, close_run, open_run, warm_start
 from jdiff.train.runtime import Runtime, policy_runtime, value_runtime
 
@@ -115,7 +115,8 @@ def _collect(ctx: StepContext, policy: Runtime, step: int, skey):
                        jax.random.fold_in(skey, 0))
   traj = dist.to_host(traj)  # the method's batch builder reads whole trajectories
   rewards = local_rewards(ctx.config.task.get("reward") or r.task.reward, r.tokenizer, r.task,
-                          traj.tokens, traj.lengths, mine, rows)
+                          traj.tokens, traj.lengths, mine, rows,
+                          **reward_options(ctx.config.task, sampler_cfg, traj))
   return traj, dist.gather_rows(rewards, mine, len(prompt_ids))
 
 

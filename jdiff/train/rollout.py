@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Any, Dict, List, Optional
 
 import jax
 import numpy as np
@@ -42,11 +42,43 @@ def rollout(model, mesh, sampler_name, sampler_cfg, prompt_ids, pad_id, prompt_l
   return traj, rows
 
 
-def local_rewards(spec, tokenizer, task, tokens, lengths, rows, task_rows):
+def reward_options(task_section, sampler_cfg, traj, rollouts: bool = True) -> Dict[str, Any]:
+  """``local_rewards``' keyword options from ``config.task`` for a (host) trajectory.
+
+  ``task.reward_text="whole"`` scores the whole canvas (``raw_tokens``, incl. what was decoded
+  after the stop; special tokens skipped), as d1 / CJ-GRPO and the full-attention TraceRL
+  rollouts do; "to_eos" the text up to the first stop. ``task.length_penalty`` (rollouts only,
+  not eval) passes the response lengths and the sampler's ``gen_length`` to the reward
+  (TraceRL: a response reaching ``max_tokens - 5`` scores as incorrect, docs/methods.md).
+  """
+  out: Dict[str, Any] = {}
+  if task_section.get("reward_text", "to_eos") == "whole":
+    raw = traj.raw_tokens if traj.raw_tokens is not None else traj.tokens
+    out["canvas"] = np.asarray(raw)
+  if rollouts and task_section.get("length_penalty", False):
+    out["max_tokens"] = int(sampler_cfg.gen_length)
+  return out
+
+
+def local_rewards(spec, tokenizer, task, tokens, lengths, rows, task_rows, *,
+                  canvas: Optional[np.ndarray] = None, max_tokens: Optional[int] = None):
   """Summed rewards of the local ``rows`` only: the text is decoded and scored where it lives
-  (reward functions may be slow, e.g. running code)."""
-  texts = decode(tokenizer, tokens[rows], lengths[rows])
-  return compute_rewards(spec, texts, **_columns(task, [task_rows[i] for i in rows])).sum(-1)
+  (reward functions may be slow, e.g. running code).
+
+  ``canvas`` (``[B, G]``): score each row's whole canvas instead of ``tokens[:length]``.
+  ``max_tokens``: the rewards also get the ``response_length`` (``lengths``) and
+  ``max_tokens`` columns (the math reward's length penalty)."""
+  rows = list(rows)
+  if canvas is not None:
+    canvas = np.asarray(canvas)
+    texts = decode(tokenizer, canvas[rows], [canvas.shape[1]] * len(rows))
+  else:
+    texts = decode(tokenizer, tokens[rows], lengths[rows])
+  columns = _columns(task, [task_rows[i] for i in rows])
+  if max_tokens is not None:
+    columns.update(response_length=[int(n) for n in np.asarray(lengths)[rows]],
+                   max_tokens=int(max_tokens))
+  return compute_rewards(spec, texts, **columns).sum(-1)
 
 
 def evaluate(model, mesh, tokenizer, task, prompts, sampler_name, sampler_cfg, cfg,
@@ -64,9 +96,11 @@ def evaluate(model, mesh, tokenizer, task, prompts, sampler_name, sampler_cfg, c
     traj, mine = rollout(model, mesh, sampler_name, sampler_cfg, [prompts.ids[i] for i in idx],
                          model.config.pad_token_id, cfg.data.max_prompt_len,
                          jax.random.fold_in(key, start))
-    tokens, lengths = dist.to_host((traj.tokens, traj.lengths))
-    r = local_rewards(task.reward, tokenizer, task, tokens, lengths, mine,
-                      [prompts.rows[i] for i in idx])
+    traj = dist.to_host(traj.replace(states=None))  # states: never scored, possibly large
+    r = local_rewards(task.reward, tokenizer, task,
+                      np.asarray(traj.tokens), np.asarray(traj.lengths), mine,
+                      [prompts.rows[i] for i in idx],
+                      **reward_options(cfg.task, sampler_cfg, traj, rollouts=False))
     r = dist.gather_rows(r, mine, bs)
     n_real = min(bs, len(prompts.rows) - start)
     rewards.extend(r[:n_real].tolist())

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
+from jdiff.models.lora import has_lora, trainable_filter
 from jdiff.rl.method import score_all
 from jdiff.sharding import shard_state, use_rules
 from jdiff.sharding.rules import TRAIN_RULES
@@ -44,9 +45,11 @@ class Runtime:
 
   @classmethod
   def build(cls, model, optimizer, loss_fn, score_fn, *, mesh: Mesh, grad_accum: int,
-            sample_rules=None, with_ref: bool = False) -> "Runtime":
-    """``loss_fn(model, batch)`` and ``score_fn(model, batch)`` over the model ``model``."""
-    graphdef, state = init_train_state(model, optimizer, mesh=mesh, rules=TRAIN_RULES)
+            sample_rules=None, with_ref: bool = False, trainable: Any = nnx.Param) -> "Runtime":
+    """``loss_fn(model, batch)`` and ``score_fn(model, batch)`` over the model ``model``;
+    ``trainable`` (an nnx filter) picks the params that train (see ``init_train_state``)."""
+    graphdef, state = init_train_state(model, optimizer, mesh=mesh, rules=TRAIN_RULES,
+                                       trainable=trainable)
     update = make_update_step(graphdef, optimizer, loss_fn, mesh=mesh, rules=TRAIN_RULES,
                               grad_accum=grad_accum)
     score = jax.jit(lambda params, rest, batch: score_fn(nnx.merge(graphdef, params, rest),
@@ -54,7 +57,7 @@ class Runtime:
     # A re-created optimizer state laid out as the update step's in_shardings expect.
     fresh = jax.jit(optimizer.init, out_shardings=tree_shardings(
         jax.eval_shape(optimizer.init, state.params), mesh, TRAIN_RULES))
-    ref = jax.tree.map(jnp.copy, state.params) if with_ref else None
+    ref = reference_params(model, state.params) if with_ref else None
     return cls(graphdef=graphdef, state=state, update=update, score=score, mesh=mesh,
                fresh_opt_state=fresh, ref_params=ref, sample_rules=sample_rules)
 
@@ -106,13 +109,28 @@ class Runtime:
     return self.replace(state=items[name], ref_params=items.get("reference", self.ref_params))
 
 
+def reference_params(model, params):
+  """The frozen reference policy's ``params`` (scored with the policy's ``rest``).
+
+  Full fine-tuning: a copy of the starting params. A LoRA model (only its adapters are
+  ``params``): the adapter disabled, i.e. :func:`jdiff.models.lora.lora_reference`'s model.
+  Zero adapters add exactly 0 to every target's output, so with the shared base weights in
+  ``rest`` they score as the base model; only adapter-sized zeros are held, no base copy.
+  """
+  if has_lora(model):
+    return jax.tree.map(jnp.zeros_like, params)
+  return jax.tree.map(jnp.copy, params)
+
+
 def policy_runtime(model, optimizer, method, method_cfg, *, mesh: Mesh, grad_accum: int,
                    sample_rules, with_ref: Optional[bool] = None) -> Runtime:
-  """The policy's runtime for ``method`` (its loss and log-prob functions)."""
+  """The policy's runtime for ``method`` (its loss and log-prob functions). A LoRA model
+  trains (and weight-decays) its adapters only; its reference is the adapter disabled."""
   with_ref = method.needs_ref(method_cfg) if with_ref is None else with_ref
   return Runtime.build(model, optimizer, functools.partial(method.loss_fn, cfg=method_cfg),
                        lambda m, b: method.logprob_fn(m, b, method_cfg), mesh=mesh,
-                       grad_accum=grad_accum, sample_rules=sample_rules, with_ref=with_ref)
+                       grad_accum=grad_accum, sample_rules=sample_rules, with_ref=with_ref,
+                       trainable=trainable_filter(model))
 
 
 def value_runtime(policy_model, optimizer, vcfg, model_config, *, mesh: Mesh,

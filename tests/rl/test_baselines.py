@@ -93,7 +93,7 @@ def test_coupled_grpo_raises_rewarded_token_logprob(models):
   model = models("tiny_dream")
   traj, group = toy_trajectory(1)
   cfg = cg.CoupledGRPOConfig(num_iterations=3, chunk_size=64)
-  adv = np.asarray(cg.compute_advantages(jnp.asarray(target_reward(traj)), group, cfg))
+  adv = np.asarray(cg.compute_advantages(jnp.asarray(target_reward(traj)), group))
   batch = cg.build_batch(traj, adv, jax.random.key(0), cfg, model.config)
 
   def prepare(score):

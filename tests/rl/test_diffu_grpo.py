@@ -163,7 +163,7 @@ def test_block_model_uses_native_block_causal_mask(models):
 def test_diffu_grpo_raises_rewarded_token_logprob(llada):
   traj, group = toy_trajectory(0)
   cfg = dg.DiffuGRPOConfig(num_iterations=4, chunk_size=64)
-  adv = np.asarray(dg.compute_advantages(jnp.asarray(target_reward(traj)), group, cfg))
+  adv = np.asarray(dg.compute_advantages(jnp.asarray(target_reward(traj)), group))
   batch = dg.build_batch(traj, adv, jax.random.key(0), cfg, llada.config)
 
   def prepare(score):

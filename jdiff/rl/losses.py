@@ -216,5 +216,5 @@ def batch_weights(batch) -> Optional[dict]:
   return None
 
 
-__all__ = ["KL_ESTIMATORS", "NORMALIZATIONS", "WEIGHT_KEYS", "clipped_policy_loss", "clipped_value_loss",
-           "k1_kl", "k3_kl", "batch_weights", "step_weights"]
+__all__ = ["KL_ESTIMATORS", "NORMALIZATIONS", "WEIGHT_KEYS", "batch_weights",
+           "clipped_policy_loss", "clipped_value_loss", "k1_kl", "k3_kl", "step_weights"]

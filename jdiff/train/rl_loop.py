@@ -17,6 +17,13 @@ logs, ``config.json`` and ``results.json``; every process takes part in Orbax sa
 The optional SFT warm start runs unsharded and identically in each process (it is sized for
 the embedded default; warm-start real models with scripts/sft.py).
 
+Updates (:mod:`jdiff.train.minibatch`): groups the accuracy filter drops build no rows (neither
+the policy nor the value model sees them; ``kept_groups`` / ``dropped_groups`` are logged, while
+``reward_mean`` / ``accuracy`` stay over every response); the kept rows are walked in rollout
+order, one optimizer step per ``rl.rows_per_update`` rows (0 = all), ``rl.inner_epochs`` times,
+each step's loss normalised over the step's own rows whatever ``rl.grad_accum``.
+``metrics.jsonl`` reports the policy metrics' mean over the step's ``optimizer_steps``.
+
 Structure: :func:`run` opens the run, builds an :class:`RLRuntime` (the policy's and optional
 value model's :class:`~jdiff.train.runtime.Runtime`) and a :class:`StepContext` (everything a
 step reads and nothing it changes), then calls :func:`rl_step` once per step; each step returns

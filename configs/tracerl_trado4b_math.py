@@ -16,10 +16,8 @@ checkpoint. Data: local jsonl / json / parquet / csv, one problem per row with
   - ``answer``: the gold final answer (compared with the last \\boxed{} by the `math` reward).
 Other column names: ``--config.task.field_map='{"prompt": "question", "answer": "gt"}'``.
 
-Deviations from the reference (the loop's, not this config's): one optimizer step per RL step
-over the whole rollout batch (``rl.grad_accum`` only bounds memory), where the reference takes
-an optimizer step every 64 rows (GA 4 x 16 GPUs); eval draws 1 sample per problem (the
-reference: 3) and runs the dynamic setting only.
+Deviations from the reference (the loop's, not this config's): eval draws 1 sample per problem
+(the reference: 3) and runs the dynamic setting only.
 """
 
 import ml_collections
@@ -71,9 +69,11 @@ def get_config():
       optim=dict(lr=5e-6, schedule="constant", max_grad_norm=1.0, weight_decay=0.0)))
   # 128 prompts x 32 responses, 80 steps, eval every 10 (§9); math group filter 0.2-0.8 and
   # group z-score advantages (§4); Adam re-created every RL step like the reference (§5.6).
-  # grad_accum 512 (a choice, memory only): 4096 responses x 4 rows -> 32 rows per micro-batch.
+  # One optimizer step per 64 rows in rollout order, as the reference (batch_size 1 x 16 GPUs x
+  # GA 4, docs/methods.md); grad_accum 2 (a choice, memory only): 32 rows per micro-batch.
   c.rl = ml_collections.ConfigDict(dict(
-      steps=80, prompts_per_step=128, group_size=32, inner_epochs=1, grad_accum=512,
+      steps=80, prompts_per_step=128, group_size=32, inner_epochs=1, rows_per_update=64,
+      grad_accum=2,
       std_normalize=True, filter_groups=True, filter_low=0.2, filter_high=0.8,
       reset_optimizer=True, eval_every=10))
   # AdamW β 0.9/0.999, eps 1e-8, wd 0, clip 1.0, constant lr 1e-6, no warmup (§5.6, §9).

@@ -17,4 +17,5 @@ def get_config():
   c = tracerl_trado4b_math.get_config()
   c.model.preset = "sdar_8b"
   c.value.enabled = False  # the 8B recipe trains without the value model (§9)
+  c.rl.rows_per_update = 64  # the reference's batch_size 1 x 8 GPUs x GA 8 rows per step
   return c

@@ -45,7 +45,7 @@ import numpy as np
 from jdiff.models import masks
 from jdiff.rl.advantages import group_zscore
 from jdiff.models.logprobs import model_token_logprobs
-from jdiff.rl.losses import clipped_policy_loss
+from jdiff.rl.losses import batch_weights, clipped_policy_loss
 from jdiff.rl.method import ITER, Method, iteration_logprobs, register_method, select_iteration  # noqa: F401
 
 FIXED_SEED = 42  # d1: every inner iteration uses seed 42 when random_masking is off
@@ -162,11 +162,12 @@ def grpo_loss(logp, batch, cfg):
   return clipped_policy_loss(
       logp, batch["old_logp"], batch["advantages"], batch["loss_mask"], eps_low=cfg.eps,
       kl_coef=cfg.beta, ref_logp=batch.get("ref_logp"), normalization="token_mean",
-      log_ratio_clip=None)
+      log_ratio_clip=None, weights=batch_weights(batch))
 
 
 def loss_fn(model, batch, cfg: DiffuGRPOConfig):
   return grpo_loss(logprob_fn(model, batch, cfg), batch, cfg)
 
 
-METHOD = register_method(Method("diffu_grpo", DiffuGRPOConfig, build_batch, logprob_fn, loss_fn))
+METHOD = register_method(Method("diffu_grpo", DiffuGRPOConfig, build_batch, logprob_fn, loss_fn,
+                                step_weighted=True))

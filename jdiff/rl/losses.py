@@ -15,6 +15,13 @@ Normalisations (``normalization``):
   full attention: the KL is summed over P, not normalised).
 "Mean over rows" counts only rows with a non-empty mask (TraceRL drops rows whose P is empty),
 so padding rows added for static shapes do not dilute the loss.
+
+Exact weighting across micro-batches (docs/design.md): when the batch carries the optimizer
+step's weights (:func:`step_weights`: ``row_weight`` = 1 / non-empty rows of the whole step,
+``token_weight`` = 1 / trained tokens of the whole step, computed on the host before the step
+is split), the reductions are weighted *sums* (Σ_r w_r · per_row_r, or Σ_r w_r · row_sum_r for
+``token_mean``), so the update step adds micro-batch losses and ``grad_accum`` changes memory
+only, not the weighting.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 F32 = jnp.float32
@@ -53,12 +61,25 @@ def k1_kl(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
 KL_ESTIMATORS = ("k3", "k1")
 
 
-def _row_reduce(per_token, mask, normalization, row_norm, what):
-  """Reduces a ``[B, T]`` masked per-token quantity to a scalar (see module docstring)."""
+def step_weights(loss_mask) -> dict:
+  """Host-side weights of one optimizer step's rows (module docstring): ``row_weight`` [B]
+  (1 / non-empty rows, 0 on empty rows) and ``token_weight`` [B] (1 / trained tokens)."""
+  mask = np.asarray(loss_mask, np.float32).reshape(np.shape(loss_mask)[0], -1)
+  valid = mask.sum(axis=1) > 0
+  row = valid.astype(np.float32) / max(float(valid.sum()), 1.0)
+  token = np.full(mask.shape[0], 1.0 / max(float(mask.sum()), 1.0), np.float32)
+  return {"row_weight": row, "token_weight": token}
+
+
+def _row_reduce(per_token, mask, normalization, row_norm, what, weights=None):
+  """Reduces a ``[B, T]`` masked per-token quantity to a scalar (see module docstring);
+  ``weights`` (``step_weights``' dict) makes it the weighted sum over the step's rows."""
   rows_valid = jnp.sum(mask, axis=1) > 0
   n_rows = jnp.maximum(jnp.sum(rows_valid.astype(F32)), 1.0)
   row_sum = jnp.sum(per_token * mask, axis=1)
   if normalization == "token_mean":
+    if weights is not None:
+      return jnp.sum(row_sum * jnp.asarray(weights["token_weight"], F32))
     return jnp.sum(row_sum) / jnp.maximum(jnp.sum(mask), 1.0)
   if normalization == "per_row_sum_over_length":
     if row_norm is None:
@@ -72,6 +93,9 @@ def _row_reduce(per_token, mask, normalization, row_norm, what):
   else:
     raise ValueError(f"{what}: unknown normalization {normalization!r}; expected one of "
                      f"{NORMALIZATIONS}")
+  if weights is not None:
+    w = jnp.asarray(weights["row_weight"], F32)
+    return jnp.sum(jnp.where(rows_valid, per_row * w, 0.0))
   return jnp.sum(jnp.where(rows_valid, per_row, 0.0)) / n_rows
 
 
@@ -86,7 +110,7 @@ def clipped_policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Ar
                         normalization: str = "token_mean",
                         row_norm: Optional[jax.Array] = None,
                         log_ratio_clip: Optional[float] = 10.0,
-                        kl_estimator: str = "k3"):
+                        kl_estimator: str = "k3", weights: Optional[dict] = None):
   """PPO-clip surrogate plus β·KL (k3 or k1), reduced by ``normalization``.
 
   Returns ``(loss, metrics)``.
@@ -103,6 +127,8 @@ def clipped_policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Ar
     log_ratio_clip: clip ``d`` (and the k3 exponent) to ±this before ``exp`` (TraceRL: 10);
       None = no clipping (d1).
     kl_estimator: "k3" (:func:`k3_kl`, the default) or "k1" (:func:`k1_kl`, unclipped).
+    weights: the optimizer step's :func:`step_weights` (``row_weight``, ``token_weight``) for
+      this batch's rows; the loss is then this batch's share of the step's loss.
   """
   if kl_estimator not in KL_ESTIMATORS:
     raise ValueError(f"clipped_policy_loss: kl_estimator={kl_estimator!r}; expected one of "
@@ -121,9 +147,9 @@ def clipped_policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Ar
   ref = old_logp if ref_logp is None else jax.lax.stop_gradient(jnp.asarray(ref_logp, F32))
   kl = k3_kl(logp, ref, log_ratio_clip) if kl_estimator == "k3" else k1_kl(logp, ref)
 
-  policy = _row_reduce(-surr, mask, normalization, row_norm, "clipped_policy_loss")
+  policy = _row_reduce(-surr, mask, normalization, row_norm, "clipped_policy_loss", weights)
   kl_norm = "per_row_sum" if normalization == "per_row_mean" else normalization
-  kl_term = _row_reduce(kl, mask, kl_norm, row_norm, "clipped_policy_loss")
+  kl_term = _row_reduce(kl, mask, kl_norm, row_norm, "clipped_policy_loss", weights)
   loss = policy + kl_coef * kl_term
 
   low = (ratio < 1.0 - eps_low) & (adv < 0)
@@ -148,12 +174,14 @@ def clipped_policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Ar
 def clipped_value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array,
                        mask: jax.Array, eps: float = 0.2,
                        row_norm: Optional[jax.Array] = None,
-                       normalization: str = "per_row_sum_over_length"):
+                       normalization: str = "per_row_sum_over_length",
+                       weights: Optional[dict] = None):
   """TraceRL's PPO-style value loss (§7). Returns ``(loss, metrics)``.
 
   ``V_clip = V_old + clip(V − V_old, −ε, ε)``,
   ``ℓ_j = ½ max((V − R_j)², (V_clip − R_j)²)``;
-  per row ``Σ_{j∈P} ℓ_j / L1`` (``row_norm``), then the mean over rows (default).
+  per row ``Σ_{j∈P} ℓ_j / L1`` (``row_norm``), then the mean over rows (default), or the
+  weighted sum with the optimizer step's ``weights`` (:func:`step_weights`).
   """
   v = jnp.asarray(values, F32)
   v_old = jax.lax.stop_gradient(jnp.asarray(old_values, F32))
@@ -162,7 +190,7 @@ def clipped_value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Ar
   v_clip = v_old + jnp.clip(v - v_old, -eps, eps)
   unclipped, clipped = jnp.square(v - ret), jnp.square(v_clip - ret)
   per_token = 0.5 * jnp.maximum(unclipped, clipped)
-  loss = _row_reduce(per_token, mask, normalization, row_norm, "clipped_value_loss")
+  loss = _row_reduce(per_token, mask, normalization, row_norm, "clipped_value_loss", weights)
   resid_var = _masked_mean(jnp.square(ret - v), mask)
   ret_mean = _masked_mean(ret, mask)
   ret_var = _masked_mean(jnp.square(ret - ret_mean), mask)
@@ -176,5 +204,17 @@ def clipped_value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Ar
   return loss, metrics
 
 
-__all__ = ["KL_ESTIMATORS", "NORMALIZATIONS", "clipped_policy_loss", "clipped_value_loss",
-           "k1_kl", "k3_kl"]
+
+
+WEIGHT_KEYS = ("row_weight", "token_weight")
+
+
+def batch_weights(batch) -> Optional[dict]:
+  """The step weights a batch carries (both :data:`WEIGHT_KEYS`), else None."""
+  if all(k in batch for k in WEIGHT_KEYS):
+    return {k: batch[k] for k in WEIGHT_KEYS}
+  return None
+
+
+__all__ = ["KL_ESTIMATORS", "NORMALIZATIONS", "WEIGHT_KEYS", "batch_weights",
+           "clipped_policy_loss", "clipped_value_loss", "k1_kl", "k3_kl", "step_weights"]

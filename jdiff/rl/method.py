@@ -58,6 +58,9 @@ class Method:
   # Update rows per rollout response (rl.grad_accum must divide responses x this).
   rows_per_response: Callable[[Any, Any], int] = _one_row
   value_model: bool = False  # trains with the value model (config.value.enabled)
+  # loss_fn reads the optimizer step's weights (jdiff.rl.losses.step_weights) when the batch
+  # carries them; the loop then adds them, minibatches the rows and sums micro-batch losses.
+  step_weighted: bool = False
 
 
 # Methods with μ inner iterations over different inputs (d1's prompt-mask draws) store each

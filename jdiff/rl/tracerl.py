@@ -18,7 +18,7 @@ import numpy as np
 
 from jdiff.models import masks
 from jdiff.models.logprobs import model_token_logprobs
-from jdiff.rl.losses import KL_ESTIMATORS, clipped_policy_loss
+from jdiff.rl.losses import KL_ESTIMATORS, batch_weights, clipped_policy_loss
 from jdiff.rl.method import Method, register_method
 from jdiff.rl.trace_rows import build_block_rows, build_full_attention_rows
 
@@ -102,9 +102,9 @@ def loss_fn(model, batch, cfg: TraceRLConfig):
       logp, batch["old_logp"], batch["advantages"], batch["loss_mask"], eps_low=cfg.eps,
       kl_coef=cfg.beta, ref_logp=ref, normalization=normalization,
       row_norm=batch.get("row_norm"), log_ratio_clip=cfg.log_ratio_clip,
-      kl_estimator=cfg.kl_estimator)
+      kl_estimator=cfg.kl_estimator, weights=batch_weights(batch))
   return loss, metrics
 
 
 METHOD = register_method(Method("tracerl", TraceRLConfig, build_batch, logprob_fn, loss_fn,
-                                value_model=True))
+                                value_model=True, step_weighted=True))

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdiff.rl.advantages import outcome_token_rewards, trace_gae
-from jdiff.rl.losses import clipped_value_loss
+from jdiff.rl.losses import batch_weights, clipped_value_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,4 +89,4 @@ def value_loss_fn(value_model, batch, cfg: ValueConfig, attention_mask):
   """Clipped value loss on the rows' P positions (needs ``old_values`` and ``returns``)."""
   values = value_fn(value_model, batch, attention_mask)
   return clipped_value_loss(values, batch["old_values"], batch["returns"], batch["loss_mask"],
-                            eps=cfg.eps, row_norm=batch["row_norm"])
+                            eps=cfg.eps, row_norm=batch["row_norm"], weights=batch_weights(batch))

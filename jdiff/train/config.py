@@ -165,10 +165,13 @@ class RLConfig:
   steps: int = 20
   prompts_per_step: int = 8
   group_size: int = 8  # responses per prompt (the advantage groups)
-  inner_epochs: int = 1  # updates per rollout batch (a method's num_iterations wins)
+  inner_epochs: int = 1  # epochs over the rollout batch (a method's num_iterations wins)
+  # Rows per optimizer step, walked in rollout order (TraceRL's reference: batch_size x devices
+  # x grad_accum); 0 = the whole rollout batch in one step.
+  rows_per_update: int = 0
   grad_accum: int = 1
   std_normalize: bool = True
-  filter_groups: bool = False  # zero the advantages of groups outside [filter_low, filter_high]
+  filter_groups: bool = False  # drop groups whose accuracy is outside [filter_low, filter_high]
   filter_low: float = 0.2
   filter_high: float = 0.8
   reset_optimizer: bool = False  # a fresh optimizer state every step (the reference's AdamW)
@@ -448,6 +451,12 @@ def _online(config, method, method_cfg, sampler_cfg) -> dict:
     _positive(rc, k, "rl")
   ga = _positive(rc, "grad_accum", "rl") or 1
   _positive(rc, "inner_epochs", "rl")
+  rpu = _positive(rc, "rows_per_update", "rl", allow_zero=True) or 0
+  if rpu % ga:
+    raise _err("rl.rows_per_update", f"{rpu} is not a multiple of config.rl.grad_accum={ga}")
+  if rpu and not method.step_weighted:
+    raise _err("rl.rows_per_update", f"{rpu}: method {method.name!r} normalises its loss over "
+               "the whole rollout batch; minibatching needs 0")
   _positive(rc, "eval_every", "rl", allow_zero=True)
   responses = rc.prompts_per_step * rc.group_size
   if rc.group_size < 2:

@@ -17,6 +17,13 @@ logs, ``config.json`` and ``results.json``; every process takes part in Orbax sa
 The optional SFT warm start runs unsharded and identically in each process (it is sized for
 the embedded default; warm-start real models with scripts/sft.py).
 
+Updates (:mod:`jdiff.train.minibatch`): groups the accuracy filter drops build no rows (neither
+the policy nor the value model sees them; ``kept_groups`` / ``dropped_groups`` are logged, while
+``reward_mean`` / ``accuracy`` stay over every response); the kept rows are walked in rollout
+order, one optimizer step per ``rl.rows_per_update`` rows (0 = all), ``rl.inner_epochs`` times,
+each step's loss normalised over the step's own rows whatever ``rl.grad_accum``.
+``metrics.jsonl`` reports the policy metrics' mean over the step's ``optimizer_steps``.
+
 Structure: :func:`run` opens the run, builds an :class:`RLRuntime` (the policy's and optional
 value model's :class:`~jdiff.train.runtime.Runtime`) and a :class:`StepContext` (everything a
 step reads and nothing it changes), then calls :func:`rl_step` once per step; each step returns
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
@@ -40,6 +48,7 @@ from jdiff.rl.method import Method, num_iterations, select_iteration
 from jdiff.rl.registry import advantage_estimators
 from jdiff.sharding.rules import sampling_rules
 from jdiff.train import distributed as dist
+from jdiff.train import minibatch
 from jdiff.train.config import RLConfig
 from jdiff.train.optim import make_optimizer
 from jdiff.train.rollout import evaluate, local_rewards, reward_options, rollout
@@ -120,14 +129,32 @@ def _collect(ctx: StepContext, policy: Runtime, step: int, skey):
   return traj, dist.gather_rows(rewards, mine, len(prompt_ids))
 
 
-def _train_batch(ctx: StepContext, rt: RLRuntime, traj, rewards, skey):
-  """The method's batch with advantages, old (and reference) log-probs; with the value model
-  also its values and the returns: (batch, values or None, returns or None)."""
+def _advantages(ctx: StepContext, rewards, step: int):
+  """Per-response advantages and the accuracy filter's keep mask (None without the filter).
+  Warns when the kept groups carry no learning signal (every advantage 0)."""
   rc = ctx.rc
   adv = np.asarray(ctx.advantage(jnp.asarray(rewards, jnp.float32), int(rc.group_size),
                                  std_normalize=bool(rc.std_normalize)))
-  if rc.filter_groups:
-    adv = adv * adv_lib.group_filter(rewards, int(rc.group_size), rc.filter_low, rc.filter_high)
+  keep = None
+  if rc.filter_groups:  # group_filter warns when it keeps nothing
+    keep = adv_lib.group_filter(rewards, int(rc.group_size), rc.filter_low, rc.filter_high)
+  kept = adv if keep is None else adv[keep]
+  if kept.size and not np.any(kept != 0):
+    warnings.warn(f"step {step + 1}: no learning signal: every advantage of the "
+                  f"{kept.size} kept responses is 0 (equal rewards within each group)",
+                  stacklevel=2)
+  return adv, keep
+
+
+def _train_batch(ctx: StepContext, rt: RLRuntime, traj, rewards, skey, step: int = 0):
+  """The method's batch of the kept groups with advantages, old (and reference) log-probs;
+  with the value model also its values and the returns: (batch, values, returns, keep).
+  Filtered groups build no rows; batch is None when the filter dropped every group."""
+  adv, keep = _advantages(ctx, rewards, step)
+  if keep is not None:
+    if not keep.any():
+      return None, None, None, keep
+    traj, adv = minibatch.subset_trajectory(traj, keep), adv[keep]
   batch = ctx.method.build_batch(traj, adv, jax.random.fold_in(skey, 1), ctx.method_cfg,
                                  ctx.run.model.config)
   v_rows, returns = None, None
@@ -135,35 +162,59 @@ def _train_batch(ctx: StepContext, rt: RLRuntime, traj, rewards, skey):
     v_rows = dist.to_host(rt.value.on_mesh(rt.value.score, rt.value.state.params,
                                            rt.value.state.rest, rt.value.put(batch)))
     returns, tok_adv, _ = value_lib.returns_and_advantages(
-        batch, v_rows, adv, len(rewards), traj.tokens.shape[1], ctx.vcfg)
+        batch, v_rows, adv, len(adv), traj.tokens.shape[1], ctx.vcfg)
     value_lib.scatter_to_rows(batch, tok_adv, "advantages")
   batch["old_logp"] = rt.policy.scores(batch)
   if rt.policy.ref_params is not None:
     batch["ref_logp"] = rt.policy.scores(batch, params=rt.policy.ref_params)
-  return batch, v_rows, returns
+  return batch, v_rows, returns, keep
 
 
-def _policy_updates(ctx: StepContext, policy: Runtime, batch):
-  """μ inner updates per rollout batch: the method's num_iterations (d1, CJ-GRPO), else
-  rl.inner_epochs; iteration m trains on the m-th stacked input when there are several."""
+def _step_size(ctx: StepContext, batch, keep, weighted: bool) -> int:
+  """Rows per optimizer step; a weighted method's whole-batch step keeps the shape of a step
+  that kept every group (padding is exact there), others pad only up to grad_accum."""
+  rows = minibatch.num_rows(batch)
+  full = rows
+  if weighted and keep is not None:
+    full = -(-rows * len(keep) // int(np.sum(keep)))
+  return minibatch.step_size(rows, int(ctx.rc.rows_per_update), int(ctx.rc.grad_accum), full)
+
+
+def _policy_updates(ctx: StepContext, policy: Runtime, batch, keep=None):
+  """Epochs over the rollout batch, one optimizer step per ``rl.rows_per_update`` rows in
+  rollout order. d1 / CJ-GRPO run their μ = num_iterations epochs, iteration m on the m-th
+  stacked input; others ``rl.inner_epochs``."""
   if ctx.rc.reset_optimizer:
     policy = policy.reset_optimizer()
   metrics = []
+  if batch is None:
+    return policy, metrics
+  weighted = ctx.method.step_weighted
+  size = _step_size(ctx, batch, keep, weighted)
   mu = num_iterations(batch)
   n = int(getattr(ctx.method_cfg, "num_iterations", 0) or ctx.rc.inner_epochs)
   for it in range(n):
-    policy, m = policy.step(select_iteration(batch, it % mu) if mu > 1 else batch)
-    metrics.append(m)
+    for part in minibatch.minibatches(batch, size):
+      part = select_iteration(part, it % mu) if mu > 1 else part
+      policy, m = policy.step(minibatch.with_weights(part, weighted))
+      metrics.append(m)
   return policy, metrics
 
 
-def _value_update(ctx: StepContext, value: Optional[Runtime], batch, v_rows, returns, step):
-  if value is None or step % ctx.vcfg.train_value_every:
+def _value_update(ctx: StepContext, value: Optional[Runtime], batch, v_rows, returns, step,
+                  keep=None):
+  """One pass over the kept rows, minibatched as the policy; the reference counts epochs from
+  1 and trains the value model when ``epoch % train_value_every == 0``."""
+  if value is None or batch is None or (step + 1) % ctx.vcfg.train_value_every:
     return value, {}
   vbatch = dict(batch, old_values=v_rows)
   value_lib.scatter_to_rows(vbatch, returns, "returns")
-  value, vm = value.step(vbatch)
-  return value, {"value_loss": float(vm["loss"]), "value_skipped": float(vm["skipped"])}
+  losses, skipped = [], 0.0
+  for part in minibatch.minibatches(vbatch, _step_size(ctx, vbatch, keep, True)):
+    value, vm = value.step(minibatch.with_weights(part, True))
+    losses.append(float(vm["loss"]))
+    skipped += float(vm["skipped"])
+  return value, {"value_loss": float(np.mean(losses)), "value_skipped": skipped}
 
 
 def _row(ctx: StepContext, traj, rewards, metrics, rollout_s, train_s) -> Dict[str, float]:
@@ -171,8 +222,9 @@ def _row(ctx: StepContext, traj, rewards, metrics, rollout_s, train_s) -> Dict[s
   row = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
          "accuracy": float(ctx.run.task.correct(rewards).mean()),
          "response_length": float(lengths.mean()), "rollout_s": rollout_s,
-         "train_s": train_s, "tokens_per_s": float(lengths.sum()) / max(rollout_s, 1e-9)}
-  for k in metrics[-1]:  # policy metrics: the mean over the step's updates
+         "train_s": train_s, "tokens_per_s": float(lengths.sum()) / max(rollout_s, 1e-9),
+         "optimizer_steps": float(len(metrics))}
+  for k in (metrics[-1] if metrics else ()):  # policy metrics: the mean over the step's updates
     row[k] = float(np.mean([m[k] for m in metrics]))
   return row
 
@@ -185,9 +237,9 @@ def rl_step(ctx: StepContext, rt: RLRuntime, step: int) -> Tuple[RLRuntime, Dict
   traj, rewards = _collect(ctx, rt.policy, step, skey)
   rollout_s = time.time() - t0
   t1 = time.time()
-  batch, v_rows, returns = _train_batch(ctx, rt, traj, rewards, skey)
-  policy, metrics = _policy_updates(ctx, rt.policy, batch)
-  value, value_metrics = _value_update(ctx, rt.value, batch, v_rows, returns, step)
+  batch, v_rows, returns, keep = _train_batch(ctx, rt, traj, rewards, skey, step)
+  policy, metrics = _policy_updates(ctx, rt.policy, batch, keep)
+  value, value_metrics = _value_update(ctx, rt.value, batch, v_rows, returns, step, keep)
   train_s = time.time() - t1
   skipped = int(sum(float(m.get("skipped", 0.0)) for m in metrics))
   if skipped:  # the update step kept params and optimizer state; say so, don't stop
@@ -195,6 +247,7 @@ def rl_step(ctx: StepContext, rt: RLRuntime, step: int) -> Tuple[RLRuntime, Dict
          "update(s); skipped, parameters and optimizer state kept")
   row = _row(ctx, traj, rewards, metrics, rollout_s, train_s)
   row.update(value_metrics)
+  row.update(minibatch.drop_report(keep, int(ctx.rc.group_size)))
   if ctx.rc.eval_every and (step + 1) % int(ctx.rc.eval_every) == 0:
     ev = _evaluate(ctx, policy)
     row.update({"eval_accuracy": ev["accuracy"], "eval_reward": ev["reward"]})

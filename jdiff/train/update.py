@@ -8,7 +8,10 @@
   :func:`jdiff.sharding.state_shardings` on ``jax.eval_shape`` of the state; batch leaves are
   sharded on their leading dim by the ``"batch"`` rule (``('data', 'fsdp')``);
 - gradient accumulation: the batch's leading dim is split into ``grad_accum`` micro-batches
-  and a ``lax.scan`` averages their losses, metrics and gradients;
+  and a ``lax.scan`` averages their losses, metrics and gradients; a batch that carries the
+  optimizer step's weights (``row_weight``, see :func:`jdiff.rl.losses.step_weights`) has
+  losses that are weighted sums over the whole step, so its micro-batch losses, gradients and
+  ``*loss`` / ``num_tokens`` metrics are added instead (grad_accum then changes memory only);
 - a non-finite loss or gradient norm skips the update (params and optimizer state are kept,
   ``metrics['skipped'] = 1``); ``state.step`` counts update *calls*, skipped or not, while the
   optimizer's own count (which drives the LR schedule) only advances on applied updates.
@@ -32,6 +35,12 @@ from jdiff.sharding import logical_spec, state_shardings, use_rules
 from jdiff.sharding.rules import active_rules
 
 F32 = jnp.float32
+# A batch holding this key is step-weighted (module docstring): micro-batch losses are summed.
+STEP_WEIGHT_KEY = "row_weight"
+
+
+def _summed_metric(name: str) -> bool:
+  return name.endswith("loss") or name == "num_tokens"
 LossFn = Callable[[nnx.Module, Any], Tuple[jax.Array, Mapping[str, jax.Array]]]
 
 
@@ -162,7 +171,10 @@ class UpdateStep:
         return jax.tree.map(jnp.add, acc, out), None
 
       (loss, metrics, grads), _ = jax.lax.scan(body, zeros, micro)
-      loss, metrics, grads = jax.tree.map(lambda x: x / n, (loss, metrics, grads))
+      if isinstance(batch, Mapping) and STEP_WEIGHT_KEY in batch:
+        metrics = {k: v if _summed_metric(k) else v / n for k, v in metrics.items()}
+      else:
+        loss, metrics, grads = jax.tree.map(lambda x: x / n, (loss, metrics, grads))
       grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
 
     grad_norm = optax.global_norm(grads)

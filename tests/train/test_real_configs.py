@@ -70,6 +70,9 @@ def _set(c, path, value):
 BROKEN = [
     ("tracerl", "rl.grad_accum", 3, "config.rl.grad_accum"),
     ("tracerl", "rl.group_size", 1, "config.rl.group_size"),
+    ("tracerl", "rl.rows_per_update", -1, "config.rl.rows_per_update"),
+    ("tracerl_trado4b_math", "rl.rows_per_update", 63, "config.rl.rows_per_update"),
+    ("cj_grpo", "rl.rows_per_update", 8, "config.rl.rows_per_update"),
     ("tracerl", "sampler.steps_per_block", 8, "config.sampler"),
     ("tracerl", "sampler.typo", 1, "config.sampler"),
     ("tracerl", "eval.sampler.strategy", "nope", "config.eval.sampler"),

@@ -94,6 +94,45 @@ def test_grad_accumulation_matches_full_batch(setup):
   _assert_same_change(state, ref_state, start)
 
 
+def weighted_nll(model, batch):
+  """``masked_nll`` as the optimizer step defines it: Σ_r row_weight_r · per-row mean NLL,
+  with row_weight = 1 / (non-empty rows of the whole step), so micro-batch losses add up."""
+  logp = model_token_logprobs(model, batch["inputs"], None, None, batch["targets"], chunk_size=48)
+  mask = batch["loss_mask"]
+  per_row = -jnp.sum(logp * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
+  loss = jnp.sum(per_row * batch["row_weight"])
+  return loss, {"nll_loss": loss, "masked_tokens": jnp.sum(mask)}
+
+
+def test_step_weighted_accumulation_sums_micro_batches(setup):
+  """Rows 4-7 empty: with grad_accum 4 (strided: micro-batch i = rows i, i+4) every micro-batch
+  holds one non-empty row. The step-weighted sum equals the full batch's mean over non-empty
+  rows; the per-micro-batch mean (no row_weight) would weight the rows alike only by chance."""
+  batch = dict(setup["batch"])
+  mask = batch["loss_mask"].copy()
+  mask[4:] = 0.0
+  mask[0, 1:] = 0.0  # unequal rows
+  batch["loss_mask"] = mask
+  valid = (mask.sum(1) > 0).astype(np.float32)
+  weighted = dict(batch, row_weight=valid / valid.sum())
+  start = _params_np(_fresh(setup, opt="sgd"))
+  ref_state, ref_m = make_update_step(setup["graphdef"], setup["sgd"], weighted_nll)(
+      _fresh(setup, opt="sgd"), weighted)
+  # An independent reference: the plain mean over the 4 non-empty rows, one micro-batch.
+  full = dict(batch, loss_mask=mask[:4], inputs=batch["inputs"][:4],
+              targets=batch["targets"][:4], scale=batch["scale"][:4])
+  plain_state, plain_m = setup["sgd_step"](_fresh(setup, opt="sgd"), full)
+  np.testing.assert_allclose(float(ref_m["loss"]), float(plain_m["loss"]), rtol=1e-5)
+  _assert_same_change(ref_state, plain_state, start)
+  for n in (2, 4):
+    accum = make_update_step(setup["graphdef"], setup["sgd"], weighted_nll, grad_accum=n)
+    state, m = accum(_fresh(setup, opt="sgd"), weighted)
+    np.testing.assert_allclose(float(m["loss"]), float(ref_m["loss"]), rtol=1e-5)
+    np.testing.assert_allclose(float(m["nll_loss"]), float(ref_m["loss"]), rtol=1e-5)
+    np.testing.assert_allclose(float(m["grad_norm"]), float(ref_m["grad_norm"]), rtol=1e-5)
+    _assert_same_change(state, ref_state, start)
+
+
 def test_nonfinite_loss_skips_update(setup):
   state = _fresh(setup)
   before = _params_np(state)

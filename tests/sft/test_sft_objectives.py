@@ -88,7 +88,7 @@ def small_rows(cfg, **kw):
 
 
 def test_registry_and_rows():
-  assert sft.names() == ["sft_block", "sft_llada", "sft_semi_ar"]
+  assert sft.names() == ["sft_block", "sft_llada", "sft_semi_ar", "trace_sft"]
   assert sft.get("sft_block") == (block_sft.build_batch, block_sft.loss_fn)
   with pytest.raises(KeyError):
     sft.get("nope")

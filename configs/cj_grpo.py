@@ -1,6 +1,6 @@
 """CJ-GRPO with EOSER + ASS decoding on the embedded default (LLaDA-style model):
 every adjacent transition of the rollout is trained; ASS gives log2(L) steps
-(research/d1_cjgrpo_dtrpo.md §3).
+(docs/methods.md §CJ-GRPO, EOSER and ASS).
 
   python scripts/train.py --config configs/cj_grpo.py
 """

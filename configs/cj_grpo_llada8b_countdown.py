@@ -1,5 +1,5 @@
 """CJ-GRPO with EOSER + ASS decoding on Countdown with LLaDA-8B-Instruct
-(research/d1_cjgrpo_dtrpo.md §3: cj-grpo/slurm_scripts/train.yaml and the code's asserts).
+(docs/methods.md §CJ-GRPO, EOSER and ASS: cj-grpo/slurm_scripts/train.yaml and the code's asserts).
 A real-model config: it needs a local checkpoint and data and refuses to fall back to the
 embedded toy model.
 

@@ -1,4 +1,4 @@
-"""d1's diffu-GRPO on GSM8K with LLaDA-8B-Instruct (research/d1_cjgrpo_dtrpo.md §2.2-§2.4).
+"""d1's diffu-GRPO on GSM8K with LLaDA-8B-Instruct (docs/methods.md §diffu-GRPO (d1)).
 A real-model config: it needs a local checkpoint and data and refuses to fall back to the
 embedded toy model. The d1 pipeline is two stages:
 

@@ -1,4 +1,4 @@
-"""d1 stage 1: LLaDA masked SFT on s1K (research/d1_cjgrpo_dtrpo.md §2.1), for scripts/sft.py.
+"""d1 stage 1: LLaDA masked SFT on s1K (docs/methods.md §SFT objectives), for scripts/sft.py.
 Its output model is the starting checkpoint of configs/d1_llada8b_gsm8k.py ("d1-LLaDA").
 
   python scripts/sft.py --config configs/d1_sft_llada8b_s1k.py \

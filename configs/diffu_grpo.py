@@ -1,6 +1,6 @@
 """d1's diffu-GRPO on the embedded default: a small LLaDA-style model (bidirectional) built
 from scratch with the character tokenizer, warm-started by LLaDA's masked SFT (1/t ELBO),
-then diffu-GRPO with LLaDA semi-AR rollouts (research/d1_cjgrpo_dtrpo.md §1–§2).
+then diffu-GRPO with LLaDA semi-AR rollouts (docs/methods.md §diffu-GRPO (d1)).
 
   python scripts/train.py --config configs/diffu_grpo.py
 """

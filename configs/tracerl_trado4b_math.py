@@ -1,5 +1,5 @@
 """TraceRL + diffusion value model on MATH: the TraDo-4B-Instruct recipe
-(research/tracerl.md §9, `multinode_rl_sdar_with_value`; issues #23, #35: RL only, starting
+(docs/methods.md §TraceRL block rows (recipes), `multinode_rl_sdar_with_value`; issues #23, #35: RL only, starting
 from SDAR-4B-Chat). A real-model config: it needs a local checkpoint and data, and refuses to
 fall back to the embedded toy model.
 

@@ -1,4 +1,4 @@
-"""TraceRL (no value model) on MATH: the TraDo-8B-Instruct recipe (research/tracerl.md §9,
+"""TraceRL (no value model) on MATH: the TraDo-8B-Instruct recipe (docs/methods.md §TraceRL block rows (recipes),
 `multinode_rl_sdar`; issue #23: RL only, starting from SDAR-8B-Chat). Same data format,
 sampler and eval as configs/tracerl_trado4b_math.py (read its docstring); differences: the 8B
 backbone, no value model, GA 8 in the reference.

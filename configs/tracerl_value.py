@@ -1,4 +1,4 @@
-"""TraceRL with the diffusion value model (research/tracerl.md §7) on the embedded default:
+"""TraceRL with the diffusion value model (docs/methods.md §Diffusion value model) on the embedded default:
 per-token advantages from trace-step GAE (gamma = lambda = 1), clipped value loss, the value
 model trained every step with its own optimizer (lr 5e-6 in the TraDo-4B recipe; larger here
 for the small model).

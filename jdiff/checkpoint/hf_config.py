@@ -1,4 +1,4 @@
-"""Reading and writing each family's own ``config.json`` (research/landscape.md §B1–B4).
+"""Reading and writing each family's own ``config.json`` (docs/formats.md §Families, §Checkpoints).
 
 LLaDA uses OLMo-style names (``d_model``, ``n_heads``, ...); Dream and SDAR use Qwen2/Qwen3
 names. A stock Llama / Qwen2 / Qwen3 checkpoint can be loaded as a dLLM only when the

@@ -1,7 +1,7 @@
 """Model configuration for the three dLLM families, with presets for the real sizes.
 
 One backbone serves all families; the family only decides biases, qk-norm, the native
-attention pattern and whether logits are shifted (research/landscape.md §B1).
+attention pattern and whether logits are shifted (docs/formats.md §Families).
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ _PRESETS = {
     "dream_7b": lambda: _dream(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
                                num_layers=28, num_heads=28, num_kv_heads=4, head_dim=128,
                                max_position_embeddings=131072, **_BF16),
-    # SDAR-1.7B's tie flag is unconfirmed (research/landscape.md B1); from_pretrained reads
+    # SDAR-1.7B's tie flag is unconfirmed (docs/formats.md B1); from_pretrained reads
     # the real value from config.json.
     "sdar_1p7b": lambda: _sdar(vocab_size=151936, hidden_size=2048, intermediate_size=6144,
                                num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128, **_BF16),

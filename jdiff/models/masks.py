@@ -1,6 +1,6 @@
 """Boolean attention masks ``[B, Q, K]``: True where a query may attend to a key.
 
-Every pattern the three families need lives here (research/landscape.md §A3, §B2–B4):
+Every pattern the three families need lives here (docs/formats.md §Attention layouts, §Families–B4):
 bidirectional with key padding, block-causal over a canvas with blocks at absolute
 positions, the block-diffusion training layout ``x_t ⊕ x_0``, and attention over a KV
 cache plus an active block. Query rows that would see nothing (padding queries) get a

@@ -1,6 +1,6 @@
 """Code-execution reward ("code"), TraceRL-style function tasks.
 
-Source: ``shared/research/tracerl.md`` §4 (``reward/rl_execute.py``,
+Source: ``shared/docs/methods.md`` §4 (``reward/rl_execute.py``,
 ``rl_code_reward.py``): extract the last fenced ```` ```python ```` block, run
 it, then run each ``assert`` of the task's test list; TraceRL's RL reward is
 the number of passed tests (then z-scored per group).

@@ -1,6 +1,6 @@
 """d1's Countdown reward (diffu-GRPO ``reward_func.py``, TinyZero-style scoring).
 
-Source: ``shared/research/d1_cjgrpo_dtrpo.md`` §2.3.  Given ``numbers`` and a
+Source: ``shared/docs/methods.md`` §2.3.  Given ``numbers`` and a
 ``target``:
 
 1. Take the last ``<answer>(.*?)</answer>`` (DOTALL), stripped.  If there is

@@ -1,6 +1,6 @@
 """d1's five GSM8K rewards (diffu-GRPO ``reward_func.py``; summed max 4.0).
 
-Source: ``shared/research/d1_cjgrpo_dtrpo.md`` §2.3.  d1 adopted these from
+Source: ``shared/docs/methods.md`` §2.3.  d1 adopted these from
 Will Brown's GRPO demo; the behaviour below reproduces the d1 commit used for
 the paper (``03f4e69``), quirks included, because rewards are part of the
 recipe being reproduced:

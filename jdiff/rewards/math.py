@@ -1,7 +1,7 @@
 """Math answer extraction, normalisation, equivalence and the ``math`` reward.
 
 Rules come from TraceRL (``reward/rl_reward.py``, ``reward/math_utils.py``;
-see ``shared/research/tracerl.md`` §4):
+see ``shared/docs/methods.md`` §4):
 
 * the prediction is the content of the *last* ``\\boxed{...}`` with balanced
   braces;

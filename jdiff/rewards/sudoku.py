@@ -1,6 +1,6 @@
 """d1's 4x4 Sudoku reward (diffu-GRPO ``reward_func.py``).
 
-Source: ``shared/research/d1_cjgrpo_dtrpo.md`` §2.3.  Columns ``puzzle`` and
+Source: ``shared/docs/methods.md`` §2.3.  Columns ``puzzle`` and
 ``solution`` are 16-character row-major strings with ``'0'`` = empty cell.
 
 * The answer grid is the digits inside the last ``<answer>...</answer>``

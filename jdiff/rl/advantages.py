@@ -1,6 +1,6 @@
 """Advantage estimators shared by every method.
 
-Specs: research/tracerl.md §4, §7; d1_cjgrpo_dtrpo.md §2.2, §3.3.
+Specs: docs/methods.md §Rewards and advantages, §Diffusion value model; d1_cjgrpo_dtrpo.md §2.2, §3.3.
 
 Registered in :data:`jdiff.rl.registry.advantage_estimators` (``config.rl.advantage`` picks
 the RL loop's group estimator):
@@ -142,7 +142,7 @@ def _trace_gae_row(step_ids, rewards, values, valid, gamma, lam):
 @advantage_estimators.register("trace_gae")
 def trace_gae(step_ids, token_rewards, values, trainable, gamma: float = 1.0,
               lam: float = 1.0):
-  """TraceRL's trace-step GAE with the diffusion value model (research/tracerl.md §7).
+  """TraceRL's trace-step GAE with the diffusion value model (docs/methods.md §Diffusion value model).
 
   Args:
     step_ids: ``[B, G]`` int, 1-based global decoding step of each completion token (after

@@ -1,6 +1,6 @@
 """CJ-GRPO: GRPO on every denoising transition the rollout actually took.
 
-Spec: research/d1_cjgrpo_dtrpo.md §3.3 (algorithm), §3.4 (hyperparameters), §8 (porting).
+Spec: docs/methods.md §CJ-GRPO, EOSER and ASS (algorithm), §3.4 (hyperparameters), §8 (porting).
 The sampler records the completion canvas after every step (``record_states=True``;
 ``Trajectory.states[k, b]`` = row b after its (k+1)-th step, the final canvas afterwards).
 Step s (0-based) goes from ``x_{s-1}`` = ``states[s-1]`` (the all-mask completion for s = 0)

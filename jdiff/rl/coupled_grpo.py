@@ -1,4 +1,4 @@
-"""DiffuCoder's coupled-GRPO (research/landscape.md §A1 "apple/ml-diffucoder (coupled-GRPO)").
+"""DiffuCoder's coupled-GRPO (docs/design.md "apple/ml-diffucoder (coupled-GRPO)").
 
 Spec text: "for each sample it runs three forward passes: the whole completion masked, a
 random mask with t drawn uniformly from [0.2, 0.8], and the complementary mask. These are

@@ -1,4 +1,4 @@
-"""d1's diffu-GRPO (research/d1_cjgrpo_dtrpo.md §2.2, §8): the one-step log-prob estimator.
+"""d1's diffu-GRPO (docs/methods.md §diffu-GRPO (d1)): the one-step log-prob estimator.
 
 For a completion o of prompt q the input is ``[q′ | M^G]``: every completion position holds
 the mask token and each real prompt token is replaced by the mask with probability

@@ -1,6 +1,6 @@
 """Clipped policy loss (PPO/GRPO surrogate + k3 or k1 KL) and clipped value loss.
 
-Specs: research/tracerl.md §5.6 (block path), §6 (full attention), §7 (value loss);
+Specs: docs/methods.md §TraceRL block rows (block path), §6 (full attention), §7 (value loss);
 d1_cjgrpo_dtrpo.md §2.2 step 6 (diffu-GRPO), §3.3 step 4 (CJ-GRPO). All math in float32.
 
 Per token j (``mask`` selects the trained tokens, e.g. TraceRL's P):

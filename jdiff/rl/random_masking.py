@@ -1,4 +1,4 @@
-"""dLLM-RL's "random_masking" (and "coupled") baselines (research/tracerl.md §5.6 last
+"""dLLM-RL's "random_masking" (and "coupled") baselines (docs/methods.md §TraceRL block rows last
 paragraphs, §6, §9): instead of the decoding trace, a random mask per response.
 
 Block models (SDAR/TraDo, §5.6): one row per response. Each response token is masked

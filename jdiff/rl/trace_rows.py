@@ -1,6 +1,6 @@
 """TraceRL's training rows: a decoding trajectory -> the states the sampler saw.
 
-Block models (research/tracerl.md §5.2–5.4, with the absolute-block decision of DESIGN.md):
+Block models (docs/methods.md §TraceRL block rows, with the absolute-block decision of docs/design.md):
 each row is ``[prompt (P) | clean response (G) | noisy window (B + G)]``. The noisy window
 repeats the last B prompt slots and the response; only the prompt-tail tokens that share a
 block with the first response tokens are valid there (they are in-block context at

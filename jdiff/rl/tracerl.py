@@ -1,4 +1,4 @@
-"""TraceRL (research/tracerl.md §5–§7): train on the model's own decoding trace.
+"""TraceRL (docs/methods.md §TraceRL block rows, §TraceRL full attention, §Diffusion value model): train on the model's own decoding trace.
 
 Block models (SDAR/TraDo): rows from :func:`trace_rows.build_block_rows` (shrink ``s``
 within each block, all blocks in parallel, ≤ ceil(B/s) rows per response), the x_t ⊕ x_0

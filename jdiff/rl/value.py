@@ -1,4 +1,4 @@
-"""TraceRL's diffusion value model (research/tracerl.md §7).
+"""TraceRL's diffusion value model (docs/methods.md §Diffusion value model).
 
 The value model scores the same rows as the policy: ``V_j`` is its output at the noisy-copy
 position of token j, i.e. the value of the state just before j was revealed. Per response,

@@ -1,5 +1,5 @@
-"""Block-diffusion sampler for SDAR / TraDo with a KV cache (research/tracerl.md §3.1,
-research/landscape.md §B4).
+"""Block-diffusion sampler for SDAR / TraDo with a KV cache (docs/design.md §The trajectory contract,
+docs/formats.md §Families).
 
 Layout. Every row lives on a *position-space canvas* ``[B, T]``: slot ``p`` holds the token at
 absolute position ``p`` of that row (prompt at ``[0, P_b)``, completion at ``[P_b, P_b + G)``,

@@ -1,6 +1,6 @@
 """Dream's ``diffusion_generate`` as one jit-compiled loop that records the trajectory.
 
-What it follows (research/landscape.md §B3, tracerl.md §3.2, d1_cjgrpo_dtrpo.md §5-6):
+What it follows (docs/formats.md §Families, tracerl.md §3.2, d1_cjgrpo_dtrpo.md §5-6):
 
 - Canvas ``[prompt | G masks]`` over a left-padded prompt batch. Padding is handled as Dream's
   ``generate`` does: attention is bidirectional over non-pad keys (a pad query sees only

@@ -1,6 +1,6 @@
 """Fast-dLLM acceleration for LLaDA and other full-attention (bidirectional) dLLMs.
 
-Spec: ``research/d1_cjgrpo_dtrpo.md`` §6 (NVlabs Fast-dLLM, arXiv 2505.22618). Two
+Spec: ``docs/methods.md`` §6 (NVlabs Fast-dLLM, arXiv 2505.22618). Two
 training-free tricks, both **approximations** of the exact sampler in :mod:`llada`:
 
 - **Block-wise KV cache.** Bidirectional K/V of every token change whenever any token is

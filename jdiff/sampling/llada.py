@@ -1,7 +1,7 @@
 """LLaDA's semi-autoregressive low-confidence sampler, with EOSER, ASS, CFG and Fast-dLLM options.
 
-Spec: ``research/d1_cjgrpo_dtrpo.md`` §1 (LLaDA ``generate``), §3.1 (EOSER), §3.2 (ASS), §6
-(Fast-dLLM, :mod:`jdiff.sampling.fast_dllm`); ``research/landscape.md`` §B2.
+Spec: ``docs/methods.md`` §1 (LLaDA ``generate``), §3.1 (EOSER), §3.2 (ASS), §6
+(Fast-dLLM, :mod:`jdiff.sampling.fast_dllm`); ``docs/formats.md`` §B2.
 
 Canvas ``[prompt (left-padded, P) | G masks]``. For each step of the plan
 (:mod:`jdiff.sampling.schedules`): logits over the whole canvas (key-padding bidirectional

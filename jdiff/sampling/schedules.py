@@ -2,7 +2,7 @@
 
 Everything here is host-side numpy and static: a sampler turns a schedule into constant
 arrays indexed by the loop counter, so the schedule never causes a recompile per step.
-References are to ``research/d1_cjgrpo_dtrpo.md``.
+References are to ``docs/methods.md``.
 
 A *step plan* lists, for every global step ``s`` of a rollout, the completion-relative
 block ``[block_start[s], block_end[s])`` whose masked positions are eligible and the number

@@ -1,12 +1,12 @@
 """Block-diffusion SFT for SDAR/TraDo (``sft_block``): the vectorised x_t ⊕ x_0 objective.
 
-Spec: research/landscape.md §A3 (BD3-LM vectorised training; SDAR ``prepare_for_bd_training``)
-and research/tracerl.md §8 (SDAR's own training; TraceRL ``sft_sdar.py`` ``method: semi-ar``).
+Spec: docs/formats.md §Attention layouts (BD3-LM vectorised training; SDAR ``prepare_for_bd_training``)
+and docs/methods.md §SFT objectives (SDAR's own training; TraceRL ``sft_sdar.py`` ``method: semi-ar``).
 
 Batch (``build_batch``):
 - the model input is ``x_t ⊕ x_0`` (length 2n) with the positions repeated, so both copies
   share RoPE positions;
-- blocks are ``position // B``, anchored at absolute positions (DESIGN.md "Decisions"): the
+- blocks are ``position // B``, anchored at absolute positions (docs/design.md §Decisions where the references are open or buggy): the
   prompt's last partial block and the response's first tokens share a block. The x_t half covers
   the prompt too, but prompt tokens are never masked — in that shared block they are visible
   in-block context, as the sampler sees them;

@@ -5,9 +5,9 @@
 - ``tokens`` int: ``prompt | response | right padding`` (optionally left-padded prompts);
 - ``prompt_mask`` bool: prompt tokens — clean, attended, never masked, never scored;
 - ``loss_mask`` bool: the response tokens an objective noises and scores, the terminating EOS
-  included (and the EOS padding too in the LLaDA/d1 layout, research/d1_cjgrpo_dtrpo.md §2.1);
+  included (and the EOS padding too in the LLaDA/d1 layout, docs/methods.md §SFT objectives);
 - ``positions`` int (optional): RoPE positions, by default real tokens counted from 0 (so left
-  padding does not shift them and SDAR blocks stay anchored at absolute positions, DESIGN.md
+  padding does not shift them and SDAR blocks stay anchored at absolute positions, docs/design.md
   "Decisions").
 
 Tokens in neither mask are padding: they are not attended (key padding), noised or scored.

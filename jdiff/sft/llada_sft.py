@@ -1,6 +1,6 @@
 """LLaDA / d1 masked-diffusion SFT (``sft_llada``).
 
-Spec: research/d1_cjgrpo_dtrpo.md §2.1 (d1 ``SFT/sft_trainer.py``) and §5 (LLaDA objective).
+Spec: docs/methods.md §SFT objectives (d1 ``SFT/sft_trainer.py``) and §5 (LLaDA objective).
 
 Batch (``build_batch``): per row ``t ~ U(0, 1)``, ``p = (1 − ε)·t + ε`` with ε = 1e-3; every
 response position (``loss_mask``: the answer, its EOS and — in the d1 layout built by

@@ -1,6 +1,6 @@
 """Semi-autoregressive SFT for full-attention models (``sft_semi_ar``: Dream, LLaDA).
 
-Spec: research/tracerl.md §8 "Full-attention SFT" (dLLM-RL ``train/sft_dream.py``,
+Spec: docs/methods.md §SFT objectives "Full-attention SFT" (dLLM-RL ``train/sft_dream.py``,
 ``method: semi-ar``; Fig. 2 left).
 
 Batch (``build_batch``): each response is cut into blocks of ``block_size`` tokens counted

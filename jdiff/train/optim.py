@@ -1,6 +1,6 @@
 """Optimizers from a plain config: ``clip_by_global_norm`` then AdamW with an LR schedule.
 
-Defaults follow TraceRL (research/tracerl.md §5.6: AdamW β 0.9/0.999, eps 1e-8, wd 0,
+Defaults follow TraceRL (docs/methods.md §TraceRL block rows: AdamW β 0.9/0.999, eps 1e-8, wd 0,
 grad-norm clip 1.0, effectively constant LR, no warmup). d1 uses β2 0.99, wd 0.1,
 constant_with_warmup, max_grad_norm 0.2 (d1_cjgrpo_dtrpo.md §2.2).
 """

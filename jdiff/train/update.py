@@ -1,6 +1,6 @@
 """The one update step every method shares: jit, sharded by the rules table, state donated.
 
-``update(state, batch) -> (state, metrics)`` (research/jax_style.md §8–§10):
+``update(state, batch) -> (state, metrics)`` (docs/design.md):
 - the model's ``graphdef`` is closed over; ``nnx.merge(graphdef, params, rest)`` happens
   inside the jitted function, so ``loss_fn(model, batch) -> (loss, metrics)`` is written
   against a normal module;

@@ -1,4 +1,4 @@
-"""Mask builders vs plain-Python loops written from the rules (research/landscape.md §A3)."""
+"""Mask builders vs plain-Python loops written from the rules (docs/formats.md §Attention layouts)."""
 
 import itertools
 

@@ -1,7 +1,7 @@
 """jdiff logits vs transformers' Llama (LLaDA), Qwen2 (Dream) and Qwen3 (SDAR), float32.
 
 The torch models are the stock transformers classes that share each family's layout; the
-attention pattern is passed to them as an explicit additive 4D mask (research/landscape.md
+attention pattern is passed to them as an explicit additive 4D mask (docs/formats.md
 §B5). All comparisons use one input shape ``[3, 16]`` so each model compiles once.
 """
 

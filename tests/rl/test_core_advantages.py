@@ -60,7 +60,7 @@ def test_group_filter_keeps_02_to_08_and_warns_when_empty():
 
 
 def _brute_force_gae(step_ids, rewards, values, trainable, gamma, lam):
-  """Plain-Python transcription of research/tracerl.md §7, one response at a time."""
+  """Plain-Python transcription of docs/methods.md §Diffusion value model, one response at a time."""
   bsz, g = step_ids.shape
   ret, adv = np.zeros((bsz, g)), np.zeros((bsz, g))
   for b in range(bsz):

@@ -1,4 +1,4 @@
-"""diffu-GRPO (d1, research/d1_cjgrpo_dtrpo.md §2.2): prompt-masked one-step log-probs, μ
+"""diffu-GRPO (d1, docs/methods.md §diffu-GRPO (d1)): prompt-masked one-step log-probs, μ
 shared mask draws, the token-mean clipped loss with k3 to a frozen reference."""
 
 import jax

@@ -1,4 +1,4 @@
-"""Step-size and EOSER γ schedules at the worked examples of research/d1_cjgrpo_dtrpo.md §1, §3."""
+"""Step-size and EOSER γ schedules at the worked examples of docs/methods.md §CJ-GRPO, EOSER and ASS."""
 
 import numpy as np
 import pytest

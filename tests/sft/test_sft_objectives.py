@@ -1,6 +1,6 @@
 """SFT objectives: masking rules, hand-computed losses, Dream alignment, and loss descent.
 
-Specs: research/tracerl.md §8, research/landscape.md §A3, research/d1_cjgrpo_dtrpo.md §2.1/§5.
+Specs: docs/methods.md §SFT objectives, docs/formats.md §Attention layouts, docs/methods.md §SFT objectives, docs/formats.md §Families.
 Most checks use a cheap fake model (embedding lookup + linear head) so the loss arithmetic is
 tested without compiling a transformer; the descent tests train the tiny presets.
 """

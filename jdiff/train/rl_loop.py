@@ -112,7 +112,7 @@ def _collect(ctx: StepContext, policy: Runtime, step: int, skey):
   sampler_name, sampler_cfg = r.sampler
   traj, mine = rollout(policy.sampling_model(), r.mesh, sampler_name, sampler_cfg, prompt_ids,
                        r.model.config.pad_token_id, ctx.config.data.max_prompt_len,
-                       jax.random.fold_in(skey, 0))
+                       jax.random.fold_in(skey, 0), rollout_batch=int(rc.rollout_batch))
   traj = dist.to_host(traj)  # the method's batch builder reads whole trajectories
   rewards = local_rewards(ctx.config.task.get("reward") or r.task.reward, r.tokenizer, r.task,
                           traj.tokens, traj.lengths, mine, rows)

@@ -80,6 +80,11 @@ class ModelSection:
   param_dtype: str = ""
   dtype: str = ""
   remat: str = ""
+  # Training forwards over MaskSpec rows: "dense" or "chunked" (flash-style tiles, so no
+  # [rows, heads, N, N] score tensor); chunk sizes 0 = the preset's. A memory choice.
+  attention_impl: str = ""
+  attention_chunk_q: int = 0
+  attention_chunk_k: int = 0
   require_checkpoint: bool = False  # the real-model configs: no silent fallback to a preset
   lora: Any = None  # LoRA / QLoRA adapter settings (jdiff.models.lora.LoraConfig)
 

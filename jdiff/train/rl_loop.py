@@ -131,8 +131,7 @@ def _train_batch(ctx: StepContext, rt: RLRuntime, traj, rewards, skey):
                                  ctx.run.model.config)
   v_rows, returns = None, None
   if rt.value is not None:
-    v_rows = dist.to_host(rt.value.on_mesh(rt.value.score, rt.value.state.params,
-                                           rt.value.state.rest, rt.value.put(batch)))
+    v_rows = rt.value.scores(batch)  # in rl.grad_accum row chunks, on the host
     returns, tok_adv, _ = value_lib.returns_and_advantages(
         batch, v_rows, adv, len(rewards), traj.tokens.shape[1], ctx.vcfg)
     value_lib.scatter_to_rows(batch, tok_adv, "advantages")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Any, Callable, List, Optional, Tuple
 
 import jax
@@ -335,15 +336,19 @@ def programs(config, mesh) -> List[Program]:
   return progs
 
 
-def compile_all(progs: List[Program]) -> List[aot.ProgramReport]:
+def compile_all(progs: List[Program], log: Optional[Callable[[str], None]] = None
+                ) -> List[aot.ProgramReport]:
   """Compiles each program; analytic FLOPs / bytes replace XLA's where a program loops."""
   out = []
   for p in progs:
+    t0 = time.time()
     rep = aot.compile_program(p.name, p.fn, p.args, p.in_shardings, p.out_shardings,
                               donate_argnums=p.donate, rules=p.rules or TRAIN_RULES, flops=p.flops)
     if p.bytes_moved is not None:
       rep = dataclasses.replace(rep, bytes_accessed=float(p.bytes_moved))
     out.append(rep)
+    if log is not None:
+      log(f"compiled {p.name} in {time.time() - t0:.0f} s")
   return out
 
 

@@ -49,7 +49,7 @@ def report(config, topology: str, mesh_text=None, out=print) -> bool:
   shape = mesh_shape(mesh_text, config.get("mesh", {}).get("shape", (1, -1, 1)), len(devices))
   mesh = aot.topology_mesh(topology, shape)
   progs = aot_recipe.programs(config, mesh)
-  reports = aot_recipe.compile_all(progs)
+  reports = aot_recipe.compile_all(progs, log=lambda m: print(m, file=sys.stderr, flush=True))
   out(f"topology {topology} ({len(devices)} devices), mesh (data, fsdp, tensor) = {shape}")
   out(aot.format_table(reports))
   runs = ", ".join(f"{p.name} x{p.runs_per_step:g}" for p in progs)

@@ -137,8 +137,9 @@ def rl_step_rows(rc_cfg, mc, responses: int):
 def _update_program(name, step: UpdateStep, state, batch, runs, flops) -> Program:
   state_sh = aot.shardings_of(state)
   batch_sh = aot.shardings_of(batch)
-  return Program(name, step._update, (state, batch), (state_sh, batch_sh),  # pylint: disable=protected-access
-                 runs, out_shardings=(state_sh, NamedSharding(_mesh(state_sh), P())),
+  update = step._update  # pylint: disable=protected-access
+  out = (state_sh, NamedSharding(_mesh(state_sh), P()))
+  return Program(name, update, (state, batch), (state_sh, batch_sh), runs, out_shardings=out,
                  donate=(0,), flops=flops)
 
 

@@ -42,27 +42,32 @@ def mesh_shape(text, config_shape, devices: int):
   return tuple(shape)
 
 
-def report(config, topology: str, mesh_text=None, out=print) -> bool:
-  """Compiles ``config``'s programs for ``topology``, prints the table; True when all fit."""
+def _progress(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
+
+
+def report(config, topology: str, mesh_text=None, out=print):
+  """Compiles ``config``'s programs for ``topology`` and prints the table: (all fit, the
+  programs, their reports)."""
   from jdiff import aot, aot_recipe
   devices = aot.topology_devices(topology)
   shape = mesh_shape(mesh_text, config.get("mesh", {}).get("shape", (1, -1, 1)), len(devices))
   mesh = aot.topology_mesh(topology, shape)
   progs = aot_recipe.programs(config, mesh)
-  reports = aot_recipe.compile_all(progs, log=lambda m: print(m, file=sys.stderr, flush=True))
+  reports = aot_recipe.compile_all(progs, log=_progress)
   out(f"topology {topology} ({len(devices)} devices), mesh (data, fsdp, tensor) = {shape}")
   out(aot.format_table(reports))
   runs = ", ".join(f"{p.name} x{p.runs_per_step:g}" for p in progs)
   out(f"projected step (roofline): {aot_recipe.step_time(progs, reports):.2f} s  [{runs}]")
   text = aot.verdict(reports)
   out(text)
-  return text == "fits: yes"
+  return text == "fits: yes", progs, reports
 
 
 def main(argv):
   del argv
   try:
-    ok = report(_CONFIG.value, _TOPOLOGY.value, _MESH.value)
+    ok, _, _ = report(_CONFIG.value, _TOPOLOGY.value, _MESH.value)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

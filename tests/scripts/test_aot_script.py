@@ -38,9 +38,11 @@ def _config(**rl):
 
 def _run(config, topology):
   lines = []
-  ok = _script().report(config, topology, out=lambda s: lines.extend(s.splitlines()))
+  ok, progs, reports = _script().report(config, topology,
+                                        out=lambda s: lines.extend(s.splitlines()))
   rows = {m.group(1): [float(x) for x in m.groups()[1:]] for m in map(ROW.match, lines) if m}
-  return ok, lines, rows
+  assert set(rows) == {r.name for r in reports} and len(progs) == len(reports)
+  return ok, lines, {r.name: r for r in reports}
 
 
 def test_default_recipe_fits_v5e_2x2():
@@ -48,9 +50,10 @@ def test_default_recipe_fits_v5e_2x2():
   assert ok and lines[-1] == "fits: yes"
   assert set(rows) == {"rollout_sampler", "policy_logprobs", "policy_update", "eval_sampler",
                        "warm_start_sft_update"}
-  for name, (args, out, temp, total, hbm, gflop, gb, ms) in rows.items():
-    assert args > 0 or total > 0, name
-    assert hbm == 16.0 and gflop > 0 and gb > 0 and ms > 0, name
+  for name, r in rows.items():
+    assert r.argument_bytes > 0 and r.total_bytes > 0 and r.temp_bytes >= 0, name
+    assert r.hbm_bytes == 16 * 1024**3 and r.flops > 0 and r.bytes_accessed > 0, name
+    assert r.roofline_s > 0 and r.fits, name
   assert lines[0].startswith("topology v5e:2x2 (4 devices), mesh (data, fsdp, tensor) = (4, 1, 1)")
   step = float(re.search(r"projected step \(roofline\): ([\d.]+) s", "\n".join(lines)).group(1))
   assert step > 0
@@ -63,7 +66,7 @@ def test_multi_host_v5e_4x4_with_rollout_micro_batches():
   ok, lines, rows = _run(config, "v5e:4x4")
   assert ok and lines[-1] == "fits: yes" and "(16 devices)" in lines[0]
   assert set(rows) == {"rollout_sampler", "policy_logprobs", "policy_update", "eval_sampler"}
-  assert all(v[6] > 0 and v[5] > 0 for v in rows.values())
+  assert all(r.flops > 0 and r.bytes_accessed > 0 and r.devices == 16 for r in rows.values())
   assert "rollout_sampler x4" in "\n".join(lines)
 
 

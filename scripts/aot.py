@@ -58,7 +58,7 @@ def report(config, topology: str, mesh_text=None, out=print):
   out(f"topology {topology} ({len(devices)} devices), mesh (data, fsdp, tensor) = {shape}")
   out(aot.format_table(reports))
   runs = ", ".join(f"{p.name} x{p.runs_per_step:g}" for p in progs)
-  out(f"projected step (roofline): {aot_recipe.step_time(progs, reports):.2f} s  [{runs}]")
+  out(f"projected step (roofline): {aot_recipe.step_time(progs, reports):.4g} s  [{runs}]")
   text = aot.verdict(reports)
   out(text)
   return text == "fits: yes", progs, reports

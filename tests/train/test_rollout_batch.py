@@ -63,3 +63,23 @@ def test_rollout_batch_must_divide_the_step():
   assert RLConfig(prompts_per_step=4, group_size=4, rollout_batch=8).rollout_batch == 8
   with pytest.raises(ValueError, match=r"config.rl.rollout_batch=6 must be 0 or divide the 16"):
     RLConfig(prompts_per_step=4, group_size=4, rollout_batch=6)
+
+
+def test_scores_in_row_chunks_equal_one_call():
+  """Runtime.scores scores rl.grad_accum consecutive row chunks and concatenates them."""
+  from jdiff.train.runtime import score_chunks
+  batch = {"x": np.arange(24, dtype=np.float32).reshape(6, 4), "w": np.arange(6) % 2,
+           "scale": np.float32(3.0)}
+  calls = []
+
+  def score(b):
+    calls.append(len(b["x"]))
+    return b["x"] * b["scale"] + b["w"][:, None]
+
+  want = score(batch)
+  calls.clear()
+  np.testing.assert_array_equal(score_chunks(score, batch, 3), want)
+  assert calls == [2, 2, 2]
+  calls.clear()
+  np.testing.assert_array_equal(score_chunks(score, batch, 4), want)  # 4 does not divide 6
+  assert calls == [6]

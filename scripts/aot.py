@@ -22,6 +22,7 @@ from ml_collections import config_flags  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file",
                                           lock_config=False)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "a TPU topology, e.g. v5p:2x2x1, v5e:4x4")
+_ONLY = flags.DEFINE_list("only", None, "compile only these programs (names as printed)")
 _MESH = flags.DEFINE_string("mesh", None, "data,fsdp,tensor (default: config.mesh.shape, one -1 "
                             "filling the topology's devices)")
 
@@ -46,7 +47,7 @@ def _progress(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
 
 
-def report(config, topology: str, mesh_text=None, out=print):
+def report(config, topology: str, mesh_text=None, out=print, only=None):
   """Compiles ``config``'s programs for ``topology`` and prints the table: (all fit, the
   programs, their reports)."""
   from jdiff import aot, aot_recipe
@@ -54,6 +55,12 @@ def report(config, topology: str, mesh_text=None, out=print):
   shape = mesh_shape(mesh_text, config.get("mesh", {}).get("shape", (1, -1, 1)), len(devices))
   mesh = aot.topology_mesh(topology, shape)
   progs = aot_recipe.programs(config, mesh)
+  if only:
+    unknown = sorted(set(only) - {p.name for p in progs})
+    if unknown:
+      raise ValueError(f"--only {unknown}: no such program; this config's: "
+                       f"{[p.name for p in progs]}")
+    progs = [p for p in progs if p.name in only]
   reports = aot_recipe.compile_all(progs, log=_progress)
   out(f"topology {topology} ({len(devices)} devices), mesh (data, fsdp, tensor) = {shape}")
   out(aot.format_table(reports))
@@ -67,7 +74,7 @@ def report(config, topology: str, mesh_text=None, out=print):
 def main(argv):
   del argv
   try:
-    ok, _, _ = report(_CONFIG.value, _TOPOLOGY.value, _MESH.value)
+    ok, _, _ = report(_CONFIG.value, _TOPOLOGY.value, _MESH.value, only=_ONLY.value)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

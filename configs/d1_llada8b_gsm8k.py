@@ -80,7 +80,8 @@ def get_config():
   c.rl = ml_collections.ConfigDict(dict(
       steps=642, prompts_per_step=16, group_size=6, inner_epochs=1, grad_accum=2,
       std_normalize=False, filter_groups=False, filter_low=0.2, filter_high=0.8,
-      reset_optimizer=False, eval_every=8))
+      reset_optimizer=False, eval_every=8,
+      rollout_batch=0))  # 96 rows of P + G = 456 tokens: one sampler call fits (scripts/aot.py)
   c.value.enabled = False
   # AdamW β (0.9, 0.99), wd 0.1, lr 3e-6 constant_with_warmup (warmup_ratio 1e-4 of 7,700
   # updates rounds to 1 step), max_grad_norm 0.2 (§2.2).

@@ -59,7 +59,8 @@ def get_config():
   c.rl = ml_collections.ConfigDict(dict(
       steps=20, prompts_per_step=8, group_size=8, inner_epochs=2, grad_accum=1,
       std_normalize=True, filter_groups=False, filter_low=0.2, filter_high=0.8,
-      reset_optimizer=False, eval_every=5))
+      reset_optimizer=False, eval_every=5,
+      rollout_batch=0))  # rows per sampler call; 0 = the whole step's rows at once
   # Adam at 1e-4 moves this policy within a few steps; 1e-3 collapses it to 0 accuracy.
   c.optim = ml_collections.ConfigDict(dict(lr=1e-4, schedule="constant", max_grad_norm=1.0,
                                            weight_decay=0.0))

@@ -34,7 +34,10 @@ def get_config():
   # `checkpoint`, which must be set (require_checkpoint).
   c.model = ml_collections.ConfigDict(dict(
       checkpoint="", tokenizer="", family="sdar", preset="sdar_4b", param_dtype="bfloat16",
-      dtype="bfloat16", remat="full", require_checkpoint=True))
+      dtype="bfloat16", remat="full", require_checkpoint=True,
+      # Training rows are P + G + B + G = 4788 tokens: dense attention's [rows, heads, N, N]
+      # scores would be 1.4 GB a row and head set; chunked (flash-style) tiles never hold them.
+      attention_impl="chunked"))
   c.task = ml_collections.ConfigDict(dict(
       name="math", reward="", num_train=0, num_eval=0, seed=0, generator_kwargs={},
       train_path="data/MATH_train.jsonl", eval_path="data/MATH500.jsonl", field_map={},
@@ -75,7 +78,11 @@ def get_config():
       steps=80, prompts_per_step=128, group_size=32, inner_epochs=1, rows_per_update=64,
       grad_accum=2,
       std_normalize=True, filter_groups=True, filter_low=0.2, filter_high=0.8,
-      reset_optimizer=True, eval_every=10))
+      reset_optimizer=True, eval_every=10,
+      # Scheduling, not the recipe: 4096 rows' block-sampler KV caches (~0.4 GB a row at
+      # P + G = 2784) cannot be held at once; 256 rows per sampler call (64 per v5p chip)
+      # hold ~26 GB of cache a chip. The trajectory does not depend on it (per-row keys).
+      rollout_batch=256))
   # AdamW β 0.9/0.999, eps 1e-8, wd 0, clip 1.0, constant lr 1e-6, no warmup (§5.6, §9).
   c.optim = ml_collections.ConfigDict(dict(lr=1e-6, schedule="constant", b1=0.9, b2=0.999,
                                            eps=1e-8, max_grad_norm=1.0, weight_decay=0.0))

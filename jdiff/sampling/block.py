@@ -388,18 +388,20 @@ def _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, knobs: _Knobs,
                          (prompt_ids, prompt_mask), row_offset)
 
 
-def _dispatch(graphdef, state, prompt_ids, prompt_mask, key,
-              config: BlockSamplerConfig) -> Trajectory:
-  """The compiled sampler on a validated config: one call, or one per host-thread group."""
+def _dispatch(graphdef, state, prompt_ids, prompt_mask, key, config: BlockSamplerConfig,
+              row_offset: int = 0) -> Trajectory:
+  """The compiled sampler on a validated config: one call, or one per host-thread group.
+  ``row_offset``: the global index of the batch's first row (a rollout micro-batch's)."""
   static, knobs = _split(config)
   n_rows = np.shape(prompt_ids)[0]
   threads = check_row_threads(config.row_threads, n_rows, "BlockSamplerConfig.row_threads")
   if threads == 1:
     return _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, knobs, static,
-                         row_shard_axes(n_rows, state))
+                         row_shard_axes(n_rows, state), np.int32(row_offset))
 
-  def call(rows, row_offset):
-    return _generate_jit(graphdef, state, *rows, key, knobs, static, (), row_offset)
+  def call(rows, offset):
+    return _generate_jit(graphdef, state, *rows, key, knobs, static, (),
+                         np.int32(row_offset) + offset)
 
   return in_host_threads(call, threads, _out_specs(static), (prompt_ids, prompt_mask))
 
@@ -426,13 +428,15 @@ def _place_batch(x: np.ndarray):
 
 
 def sample(model, prompt_ids, prompt_mask, key, config: BlockSamplerConfig, *,
-           bucket: int = 16) -> Trajectory:
+           bucket: int = 16, row_offset: int = 0) -> Trajectory:
   """Samples completions for a batch of prompts with block diffusion.
 
   ``prompt_ids``: a left-padded ``[B, P]`` array with its bool ``prompt_mask``, or (with
   ``prompt_mask=None``) a list of token-id lists, left-padded here to a multiple of
   ``bucket`` so prompts of one bucket share a compilation. Under ``jax.set_mesh`` the batch
   is sharded over ('data', 'fsdp'); shard the model with ``SAMPLING_RULES`` first.
+  ``row_offset``: the global index of the first row when the batch is a slice of a larger
+  one (row b draws with row ``row_offset + b``'s keys; traced, so no recompile).
   """
   config = config.validate(model.config)  # before anything is traced or compiled
   if prompt_mask is None:
@@ -449,4 +453,5 @@ def sample(model, prompt_ids, prompt_mask, key, config: BlockSamplerConfig, *,
       raise ValueError(f"prompt_ids {ids.shape} and prompt_mask {pmask.shape} must both be "
                        "[B, P]")
   graphdef, state = nnx.split(model)
-  return _dispatch(graphdef, state, _place_batch(ids), _place_batch(pmask), key, config)
+  return _dispatch(graphdef, state, _place_batch(ids), _place_batch(pmask), key, config,
+                   row_offset)

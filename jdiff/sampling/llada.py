@@ -200,14 +200,18 @@ class _Carry:
   states: Optional[jax.Array] = None
 
 
-def sample(model, prompt_ids, prompt_mask, key, config: LLaDASamplerConfig) -> LLaDATrajectory:
-  """Samples ``config.gen_length`` tokens after each left-padded prompt ``[B, P]``."""
+def sample(model, prompt_ids, prompt_mask, key, config: LLaDASamplerConfig, *,
+           row_offset: int = 0) -> LLaDATrajectory:
+  """Samples ``config.gen_length`` tokens after each left-padded prompt ``[B, P]``.
+  ``row_offset``: the global index of the first row when the batch is a slice of a larger
+  one (row b draws with row ``row_offset + b``'s keys; traced, so no recompile)."""
   graphdef, state = nnx.split(model)
-  return sample_state(graphdef, state, prompt_ids, prompt_mask, key, config)
+  return sample_state(graphdef, state, prompt_ids, prompt_mask, key, config,
+                      row_offset=row_offset)
 
 
-def sample_state(graphdef, state, prompt_ids, prompt_mask, key,
-                 config: LLaDASamplerConfig) -> LLaDATrajectory:
+def sample_state(graphdef, state, prompt_ids, prompt_mask, key, config: LLaDASamplerConfig,
+                 *, row_offset: int = 0) -> LLaDATrajectory:
   """:func:`sample` on a split model (what an RL loop holds between updates)."""
   config.validate(nnx.merge(graphdef, state).config)
   prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
@@ -225,14 +229,14 @@ def sample_state(graphdef, state, prompt_ids, prompt_mask, key,
     if threads == 1:
       row_axes = row_shard_axes(n_rows, state)
       check_rows_per_loop(config.rows_per_loop, n_rows, shard_count(row_axes), owner)
-      return _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, config=config,
-                         row_axes=row_axes)
+      return _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, np.int32(row_offset),
+                         config=config, row_axes=row_axes)
     check_rows_per_loop(config.rows_per_loop, n_rows, threads, owner, "host threads")
     # Every thread count shares the compiled program of its group's shape.
     one = dataclasses.replace(config, row_threads=1)
 
-    def call(rows, row_offset):
-      return _sample_jit(graphdef, state, *rows, key, row_offset, config=one)
+    def call(rows, offset):
+      return _sample_jit(graphdef, state, *rows, key, np.int32(row_offset) + offset, config=one)
 
     return in_host_threads(call, threads, _out_specs(one), (prompt_ids, prompt_mask))
 

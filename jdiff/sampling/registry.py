@@ -65,5 +65,10 @@ def make_config(name: str, settings: Mapping[str, Any]):
   return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in settings.items()})
 
 
-def sample(name: str, model, prompt_ids: np.ndarray, prompt_mask: np.ndarray, key, config):
+def sample(name: str, model, prompt_ids: np.ndarray, prompt_mask: np.ndarray, key, config,
+           row_offset: int = 0):
+  """``row_offset``: the global index of the batch's first row (a micro-batch of a larger
+  batch draws what those rows draw in one call)."""
+  if row_offset:
+    return get(name).run(model, prompt_ids, prompt_mask, key, config, row_offset=row_offset)
   return get(name).run(model, prompt_ids, prompt_mask, key, config)

@@ -80,6 +80,11 @@ class ModelSection:
   param_dtype: str = ""
   dtype: str = ""
   remat: str = ""
+  # Training forwards over MaskSpec rows: "dense" or "chunked" (flash-style tiles, so no
+  # [rows, heads, N, N] score tensor); chunk sizes 0 = the preset's. A memory choice.
+  attention_impl: str = ""
+  attention_chunk_q: int = 0
+  attention_chunk_k: int = 0
   require_checkpoint: bool = False  # the real-model configs: no silent fallback to a preset
   lora: Any = None  # LoRA / QLoRA adapter settings (jdiff.models.lora.LoraConfig)
 
@@ -177,6 +182,15 @@ class RLConfig:
   reset_optimizer: bool = False  # a fresh optimizer state every step (the reference's AdamW)
   eval_every: int = 0  # RL steps between evals (0 = only before and after)
   advantage: str = "group_zscore"  # a name in jdiff.rl.registry.advantage_estimators
+  # Rows (responses) per rollout sampler call, so one call's KV cache fits (0 = all at once);
+  # the trajectory does not depend on it (each row draws with its global index's keys).
+  rollout_batch: int = 0
+
+  def __post_init__(self):
+    rows, rb = int(self.prompts_per_step) * int(self.group_size), int(self.rollout_batch)
+    if rb < 0 or (0 < rb < rows and rows % rb):
+      raise ValueError(f"config.rl.rollout_batch={rb} must be 0 or divide the "
+                       f"{rows} rows of a step (prompts_per_step x group_size)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -121,7 +121,7 @@ def _collect(ctx: StepContext, policy: Runtime, step: int, skey):
   sampler_name, sampler_cfg = r.sampler
   traj, mine = rollout(policy.sampling_model(), r.mesh, sampler_name, sampler_cfg, prompt_ids,
                        r.model.config.pad_token_id, ctx.config.data.max_prompt_len,
-                       jax.random.fold_in(skey, 0))
+                       jax.random.fold_in(skey, 0), rollout_batch=int(rc.rollout_batch))
   traj = dist.to_host(traj)  # the method's batch builder reads whole trajectories
   rewards = local_rewards(ctx.config.task.get("reward") or r.task.reward, r.tokenizer, r.task,
                           traj.tokens, traj.lengths, mine, rows,
@@ -159,8 +159,7 @@ def _train_batch(ctx: StepContext, rt: RLRuntime, traj, rewards, skey, step: int
                                  ctx.run.model.config)
   v_rows, returns = None, None
   if rt.value is not None:
-    v_rows = dist.to_host(rt.value.on_mesh(rt.value.score, rt.value.state.params,
-                                           rt.value.state.rest, rt.value.put(batch)))
+    v_rows = rt.value.scores(batch)  # in rl.grad_accum row chunks, on the host
     returns, tok_adv, _ = value_lib.returns_and_advantages(
         batch, v_rows, adv, len(adv), traj.tokens.shape[1], ctx.vcfg)
     value_lib.scatter_to_rows(batch, tok_adv, "advantages")

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, List, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jdiff.data.loading import left_pad
@@ -25,12 +27,39 @@ def _columns(task, rows):
   return {c: [r[c] for r in rows] for c in task.columns}
 
 
-def rollout(model, mesh, sampler_name, sampler_cfg, prompt_ids, pad_id, prompt_len, key):
+def rollout(model, mesh, sampler_name, sampler_cfg, prompt_ids, pad_id, prompt_len, key,
+            rollout_batch: int = 0):
   """Samples ``prompt_ids`` (the whole global batch, as every process knows it) on ``mesh``.
 
   Each process pads and places only the rows its devices hold. Returns the trajectory as
-  global arrays and those local rows' global indices.
+  global arrays and those local rows' global indices. ``rollout_batch`` (> 0): rows per
+  sampler call, so that one call's KV cache fits; every row keeps its global index's keys,
+  so the trajectory is the one-call trajectory (``rl.rollout_batch``).
   """
+  n, rb = len(prompt_ids), int(rollout_batch)
+  if rb <= 0 or rb >= n:
+    return _rollout_rows(model, mesh, sampler_name, sampler_cfg, prompt_ids, pad_id,
+                         prompt_len, key, 0)
+  if n % rb:
+    raise ValueError(f"rl.rollout_batch={rb} must divide the rollout's {n} rows")
+  parts = [_rollout_rows(model, mesh, sampler_name, sampler_cfg, prompt_ids[s:s + rb], pad_id,
+                         prompt_len, key, s) for s in range(0, n, rb)]
+  return _concat_trajectories([t for t, _ in parts]), np.concatenate(
+      [rows + s for (_, rows), s in zip(parts, range(0, n, rb))])
+
+
+def _concat_trajectories(trajs):
+  """Row-wise concatenation (``states`` holds its rows on axis 1)."""
+  fields = {}
+  for name in (f.name for f in dataclasses.fields(trajs[0])):
+    leaves = [getattr(t, name) for t in trajs]
+    fields[name] = None if leaves[0] is None else jnp.concatenate(
+        leaves, axis=1 if name == "states" else 0)
+  return type(trajs[0])(**fields)
+
+
+def _rollout_rows(model, mesh, sampler_name, sampler_cfg, prompt_ids, pad_id, prompt_len, key,
+                  row_offset):
   shape = (len(prompt_ids), int(prompt_len))
   sharding = dist.row_sharding(mesh, shape, SAMPLING_RULES)
   rows = dist.local_rows(sharding, shape)
@@ -38,7 +67,7 @@ def rollout(model, mesh, sampler_name, sampler_cfg, prompt_ids, pad_id, prompt_l
   ids = dist.rows_to_global(ids, rows, shape, sharding)
   mask = dist.rows_to_global(mask, rows, shape, sharding)
   with jax.set_mesh(mesh):
-    traj = samplers.sample(sampler_name, model, ids, mask, key, sampler_cfg)
+    traj = samplers.sample(sampler_name, model, ids, mask, key, sampler_cfg, row_offset)
   return traj, rows
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -42,6 +43,9 @@ class Runtime:
   fresh_opt_state: Callable[[Any], Any]
   ref_params: Any = None  # a frozen copy of the starting params, when the method needs one
   sample_rules: Any = None  # the sampling layout's rules (the policy only)
+  # Scoring runs in this many consecutive row chunks (the update's grad_accum), so a scoring
+  # forward holds one micro-batch's activations, not the whole step's.
+  score_chunks: int = 1
 
   @classmethod
   def build(cls, model, optimizer, loss_fn, score_fn, *, mesh: Mesh, grad_accum: int,
@@ -59,7 +63,8 @@ class Runtime:
         jax.eval_shape(optimizer.init, state.params), mesh, TRAIN_RULES))
     ref = reference_params(model, state.params) if with_ref else None
     return cls(graphdef=graphdef, state=state, update=update, score=score, mesh=mesh,
-               fresh_opt_state=fresh, ref_params=ref, sample_rules=sample_rules)
+               fresh_opt_state=fresh, ref_params=ref, sample_rules=sample_rules,
+               score_chunks=int(grad_accum))
 
   def replace(self, **changes) -> "Runtime":
     return dataclasses.replace(self, **changes)
@@ -79,7 +84,7 @@ class Runtime:
     current ones), on the host."""
     params = self.state.params if params is None else params
     fn = lambda b: self.on_mesh(self.score, params, self.state.rest, self.put(b))  # noqa: E731
-    return dist.to_host(score_all(fn, batch))
+    return score_chunks(lambda b: dist.to_host(score_all(fn, b)), batch, self.score_chunks)
 
   def step(self, batch):
     """One update on ``batch``: (new runtime, host metrics)."""
@@ -120,6 +125,19 @@ def reference_params(model, params):
   if has_lora(model):
     return jax.tree.map(jnp.zeros_like, params)
   return jax.tree.map(jnp.copy, params)
+
+
+def score_chunks(score, batch: dict, chunks: int):
+  """``score(batch)`` over ``chunks`` consecutive row chunks, concatenated (host arrays).
+  One chunk when the rows do not divide (every leaf with a leading dim holds the rows)."""
+  rows = {np.shape(v)[0] for v in batch.values() if np.ndim(v)}
+  n = rows.pop() if len(rows) == 1 else 0
+  if chunks <= 1 or not n or n % chunks:
+    return score(batch)
+  size = n // chunks
+  parts = [score({k: (v[i:i + size] if np.ndim(v) else v) for k, v in batch.items()})
+           for i in range(0, n, size)]
+  return np.concatenate([np.asarray(p) for p in parts], axis=0)
 
 
 def policy_runtime(model, optimizer, method, method_cfg, *, mesh: Mesh, grad_accum: int,

@@ -26,6 +26,11 @@ from jdiff.sampling import registry as samplers
 from jdiff.tasks import Task, get_task
 
 
+# config.model keys that override the preset's / checkpoint's ModelConfig fields when set.
+MODEL_OVERRIDES = ("param_dtype", "dtype", "remat", "attention_impl", "attention_chunk_q",
+                   "attention_chunk_k")
+
+
 def load_policy(mc, seed: int = 0):
   """(model, tokenizer) from ``config.model``, with ``config.model.lora``'s adapters if set.
 
@@ -40,7 +45,7 @@ def load_policy(mc, seed: int = 0):
     path = os.path.expanduser(mc.checkpoint)
     if not os.path.isdir(path):
       raise FileNotFoundError(f"config.model.checkpoint={mc.checkpoint!r} is not a directory")
-    overrides = {k: mc.get(k) for k in ("param_dtype", "dtype", "remat") if mc.get(k)}
+    overrides = {k: mc.get(k) for k in MODEL_OVERRIDES if mc.get(k)}
     model = jdiff.from_pretrained(path, family=mc.get("family") or None, **overrides)
     return _with_lora(model, mc, seed), jdiff.load_tokenizer(mc.get("tokenizer") or path)
   tokenizer = build_char_tokenizer()
@@ -48,7 +53,7 @@ def load_policy(mc, seed: int = 0):
   vocab = -(-len(tokenizer) // 64) * 64  # round up: a friendlier matmul width
   overrides = dict(vocab_size=vocab, mask_token_id=ids["mask"], eos_token_id=ids["eos"],
                    pad_token_id=ids["pad"], bos_token_id=None)
-  for k in ("param_dtype", "dtype", "remat"):
+  for k in MODEL_OVERRIDES:
     if mc.get(k):
       overrides[k] = mc.get(k)
   model = jdiff.DiffusionLM(preset(mc.preset, **overrides), rngs=nnx.Rngs(seed))

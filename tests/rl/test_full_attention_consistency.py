@@ -43,7 +43,8 @@ def _check_rows_reproduce_sampler(model, traj, max_steps):
   traj = jax.device_get(traj)
   nb, g = np.shape(traj.tokens)
   adv = np.linspace(-1.0, 1.0, nb).astype(np.float32)
-  cfg = tracerl.TraceRLConfig(shrink=1, max_steps=max_steps)
+  # post_num=1: the stop token is supervised too, so every kept token is covered once.
+  cfg = tracerl.TraceRLConfig(shrink=1, max_steps=max_steps, post_num=1)
   batch = tracerl.build_batch(traj, adv, None, cfg, model.config)
   assert batch["input_ids"].shape[0] == nb * max_steps
   logp = np.asarray(jax.jit(lambda b: tracerl.logprob_fn(model, b, cfg))(batch))

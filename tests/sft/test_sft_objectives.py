@@ -89,7 +89,7 @@ def small_rows(cfg, **kw):
 
 def test_registry_and_rows():
   assert sft.names() == ["sft_block", "sft_llada", "sft_semi_ar", "trace_sft"]
-  assert sft.get("sft_block") == (block_sft.build_batch, block_sft.loss_fn)
+  assert sft.get("sft_block")[:2] == (block_sft.build_batch, block_sft.loss_fn)
   with pytest.raises(KeyError):
     sft.get("nope")
   r = small_rows(SDAR)

@@ -40,7 +40,7 @@ def test_one_step_trains_only_the_adapters_against_the_base(tmp_path):
   skey = jax.random.fold_in(r.key, 0)
   traj, _ = rl_loop._collect(ctx, rt.policy, 0, skey)
   rewards = np.arange(len(traj.lengths), dtype=np.float64)  # distinct: non-zero advantages
-  batch, _, _ = rl_loop._train_batch(ctx, rt, traj, rewards, skey)
+  batch, _, _, _ = rl_loop._train_batch(ctx, rt, traj, rewards, skey)
   policy, _ = rl_loop._policy_updates(ctx, rt.policy, batch)
 
   for k, v in _flat(policy.state.rest).items():  # every base weight, bit for bit

@@ -48,7 +48,7 @@ def test_ppo_minibatches_move_the_ratio(model):
   """Several optimizer steps per rollout: after the first, π_θ ≠ π_old, so the ratio, the
   clip fraction and the KL move within the step (they are exactly 1 / 0 / 0 on the first)."""
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  cfg = tracerl.TraceRLConfig(beta=0.01)
+  cfg = tracerl.TraceRLConfig(beta=0.01, post_num=1)  # every row supervises a token
   rt = policy_runtime(model, optax.adam(0.05), tracerl.METHOD, cfg, mesh=mesh, grad_accum=1,
                       sample_rules=None)
   traj, group = toy_trajectory(0, n_prompts=2, group=2, g=8)

@@ -31,9 +31,16 @@ from jdiff.models import masks  # noqa: E402
 
 SIZES = {
     "tiny": dict(),
-    "small": dict(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=6,
-                  num_attention_heads=8, num_key_value_heads=4, head_dim=64,
-                  max_position_embeddings=4096),
+    "small": dict(
+        vocab_size=8192,
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+        max_position_embeddings=4096,
+    ),
 }
 
 
@@ -53,7 +60,7 @@ def matmul_peak(n=2048, repeats=5):
   t_jax = _time(lambda: f(a).block_until_ready(), repeats)
   ta = torch.randn(n, n)
   t_torch = _time(lambda: ta @ ta, repeats)
-  flops = 2 * n ** 3
+  flops = 2 * n**3
   return flops / t_jax / 1e9, flops / t_torch / 1e9
 
 
@@ -69,22 +76,30 @@ def bench_size(name, batch, seq, repeats, family="sdar"):
   mask = np.asarray(masks.native(cfg.block_size if cfg.block_causal else None, jnp.asarray(pos)))
   t_jdiff = _time(lambda: jdiff.forward(model, ids).block_until_ready(), repeats)
   tids = torch.as_tensor(ids, dtype=torch.long)
-  additive = torch.zeros((batch, 1, seq, seq)).masked_fill(~torch.as_tensor(mask)[:, None],
-                                                           torch.finfo(torch.float32).min)
+  additive = torch.zeros((batch, 1, seq, seq)).masked_fill(
+      ~torch.as_tensor(mask)[:, None], torch.finfo(torch.float32).min
+  )
   tpos = torch.as_tensor(pos, dtype=torch.long)
 
   def run_torch():
     with torch.no_grad():
       tm(input_ids=tids, attention_mask=additive, position_ids=tpos)
+
   t_torch = _time(run_torch, repeats)
   got = np.asarray(jdiff.forward(model, ids))
   with torch.no_grad():
     ref = tm(input_ids=tids, attention_mask=additive, position_ids=tpos).logits.numpy()
   flops = cfg.flops_per_token(seq) * batch * seq
-  return dict(size=name, params=cfg.num_params(), tokens=batch * seq,
-              jdiff_tok_s=batch * seq / t_jdiff, torch_tok_s=batch * seq / t_torch,
-              jdiff_gflops=flops / t_jdiff / 1e9, torch_gflops=flops / t_torch / 1e9,
-              max_abs_diff=float(np.abs(got - ref).max()))
+  return dict(
+      size=name,
+      params=cfg.num_params(),
+      tokens=batch * seq,
+      jdiff_tok_s=batch * seq / t_jdiff,
+      torch_tok_s=batch * seq / t_torch,
+      jdiff_gflops=flops / t_jdiff / 1e9,
+      torch_gflops=flops / t_torch / 1e9,
+      max_abs_diff=float(np.abs(got - ref).max()),
+  )
 
 
 def main():
@@ -97,16 +112,20 @@ def main():
   print(f"devices: {jax.devices()}  torch threads: {torch.get_num_threads()}")
   print(f"float32 matmul peak (2048^3): jax {peak_jax:.1f} GFLOP/s, torch {peak_torch:.1f} GFLOP/s")
   print(f"batch {args.batch} x seq {args.seq}, sdar (Qwen3) layout, block-causal mask, float32")
-  hdr = (f"{'size':6} {'params':>8} {'jdiff tok/s':>12} {'torch tok/s':>12} {'ratio':>6} "
-         f"{'jdiff GF/s':>10} {'torch GF/s':>10} {'% peak':>7} {'max|dlogit|':>11}")
+  hdr = (
+      f"{'size':6} {'params':>8} {'jdiff tok/s':>12} {'torch tok/s':>12} {'ratio':>6} "
+      f"{'jdiff GF/s':>10} {'torch GF/s':>10} {'% peak':>7} {'max|dlogit|':>11}"
+  )
   print(hdr)
   print("-" * len(hdr))
   for name in SIZES:
     r = bench_size(name, args.batch, args.seq, args.repeats)
-    print(f"{r['size']:6} {r['params'] / 1e6:7.2f}M {r['jdiff_tok_s']:12.0f} {r['torch_tok_s']:12.0f} "
-          f"{r['jdiff_tok_s'] / r['torch_tok_s']:6.2f} {r['jdiff_gflops']:10.1f} "
-          f"{r['torch_gflops']:10.1f} {100 * r['jdiff_gflops'] / peak_jax:6.1f}% "
-          f"{r['max_abs_diff']:11.2e}")
+    print(
+        f"{r['size']:6} {r['params'] / 1e6:7.2f}M {r['jdiff_tok_s']:12.0f} {r['torch_tok_s']:12.0f} "
+        f"{r['jdiff_tok_s'] / r['torch_tok_s']:6.2f} {r['jdiff_gflops']:10.1f} "
+        f"{r['torch_gflops']:10.1f} {100 * r['jdiff_gflops'] / peak_jax:6.1f}% "
+        f"{r['max_abs_diff']:11.2e}"
+    )
 
 
 if __name__ == "__main__":

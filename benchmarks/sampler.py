@@ -176,12 +176,14 @@ def _precompile(model, ids, pmask, key, cfg, full_call):
   try:
     if isinstance(cfg, block.BlockSamplerConfig):
       static, knobs = block._split(cfg.validate(model.config))
-      lowered = block._generate_jit.lower(graphdef, state, np.asarray(ids, np.int32),
-                                          np.asarray(pmask, bool), key, knobs, static)
+      lowered = block._generate_jit.lower(
+          graphdef, state, np.asarray(ids, np.int32), np.asarray(pmask, bool), key, knobs, static
+      )
     elif isinstance(cfg, llada.LLaDASamplerConfig):
       with use_rules(SAMPLING_RULES):
-        lowered = llada._sample_jit.lower(graphdef, state, jnp.asarray(ids, jnp.int32),
-                                          jnp.asarray(pmask, bool), key, config=cfg)
+        lowered = llada._sample_jit.lower(
+            graphdef, state, jnp.asarray(ids, jnp.int32), jnp.asarray(pmask, bool), key, config=cfg
+        )
     else:
       full_call()
       return
@@ -246,8 +248,7 @@ def prompts(cfg, batch, length, seed=0):
   return ids
 
 
-def llada_flops(cfg, batch, canvas, steps, window=LLADA_BLOCK, last_layer_window=False,
-                keys=None):
+def llada_flops(cfg, batch, canvas, steps, window=LLADA_BLOCK, last_layer_window=False, keys=None):
   """Forward FLOPs of ``steps`` exact LLaDA steps: backbone on the ``canvas`` tokens (each
   attending to ``keys`` tokens, default the canvas), head on the block; with
   ``last_layer_window`` the last layer's queries, output projection and MLP (and their
@@ -281,7 +282,7 @@ def fast_flops(cfg, mode, step_map, prompt_len):
       step = llada_flops(cfg, 1, g - start, 1, last_layer_window=True, keys=n)
     else:
       step = llada_flops(cfg, 1, LLADA_BLOCK, 1, keys=n)
-    for row in step_map[:, start:start + LLADA_BLOCK]:
+    for row in step_map[:, start : start + LLADA_BLOCK]:
       total += refresh + (len(np.unique(row)) - 1) * step
   return total
 
@@ -297,31 +298,64 @@ def _steps(g, args):
 
 # --------------------------------------------------------------------------- rows
 def bench_block(model, tm, ids, g, args):
-  cfg = block.BlockSamplerConfig(gen_length=g, block_length=BLOCK_SIZE,
-                                 steps_per_block=BLOCK_STEPS, strategy=BLOCK_STRATEGY,
-                                 threshold=BLOCK_THRESHOLD, temperature=0.0, stop_ids=())
-  fns = {"jdiff": jdiff_call(block.sample, model, ids, cfg),
-         "torch": torch_call(lambda: ref.sdar_block_generate(
-             tm, ids, g, BLOCK_SIZE, BLOCK_STEPS, model.config.mask_token_id, BLOCK_STRATEGY,
-             BLOCK_THRESHOLD), tm, ids)}
+  cfg = block.BlockSamplerConfig(
+      gen_length=g,
+      block_length=BLOCK_SIZE,
+      steps_per_block=BLOCK_STEPS,
+      strategy=BLOCK_STRATEGY,
+      threshold=BLOCK_THRESHOLD,
+      temperature=0.0,
+      stop_ids=(),
+  )
+  fns = {
+      "jdiff": jdiff_call(block.sample, model, ids, cfg),
+      "torch": torch_call(
+          lambda: ref.sdar_block_generate(
+              tm,
+              ids,
+              g,
+              BLOCK_SIZE,
+              BLOCK_STEPS,
+              model.config.mask_token_id,
+              BLOCK_STRATEGY,
+              BLOCK_THRESHOLD,
+          ),
+          tm,
+          ids,
+      ),
+  }
   if args.row_threads > 1:
-    fns["threads"] = jdiff_call(block.sample, model, ids,
-                                dataclasses.replace(cfg, row_threads=args.row_threads))
+    fns["threads"] = jdiff_call(
+        block.sample, model, ids, dataclasses.replace(cfg, row_threads=args.row_threads)
+    )
   if args.cpu_devices > 1:
     fns["mesh"] = jdiff_mesh_call(block.sample, model, ids, cfg, args.cpu_devices)
   res, peak = _measure(fns, args)
   t_t, (toks, calls) = res["torch"]
   flops = sum(ids.shape[0] * q * model.config.flops_per_token(kv) for q, kv in calls)
   out = []
-  for key, name in (("jdiff", "block+kv"), ("threads", f"block+kv {args.row_threads}thr"),
-                    ("mesh", f"block+kv {args.cpu_devices}dev")):
+  for key, name in (
+      ("jdiff", "block+kv"),
+      ("threads", f"block+kv {args.row_threads}thr"),
+      ("mesh", f"block+kv {args.cpu_devices}dev"),
+  ):
     if key in res:
       t_j, traj = res[key]
-      out.append(dict(name=name, ref="torch", t_jdiff=t_j, t_ref=t_t,
-                      tok_step=g / float(np.mean(_np(traj.num_steps))),
-                      diff=int(np.sum(_np(traj.tokens) != toks)), target=10.0, peak=peak,
-                      gflops=flops / t_j / 1e9, ref_gflops=flops / t_t / 1e9,
-                      at_peak=_at_peak(peak, t_t, flops)))
+      out.append(
+          dict(
+              name=name,
+              ref="torch",
+              t_jdiff=t_j,
+              t_ref=t_t,
+              tok_step=g / float(np.mean(_np(traj.num_steps))),
+              diff=int(np.sum(_np(traj.tokens) != toks)),
+              target=10.0,
+              peak=peak,
+              gflops=flops / t_j / 1e9,
+              ref_gflops=flops / t_t / 1e9,
+              at_peak=_at_peak(peak, t_t, flops),
+          )
+      )
   return out
 
 
@@ -340,8 +374,14 @@ def calibrate_scale(model, ids, g, tokens_per_step, rounds=14):
   commits ``tokens_per_step`` tokens per step on average over the batch: a geometric
   bisection (tokens per step grow with the scale, as confidences sharpen). Returns
   (scale, tokens per step reached)."""
-  cfg = llada.LLaDASamplerConfig(gen_length=g, block_length=LLADA_BLOCK, steps=g,
-                                 temperature=0.0, cache="dual", threshold=FAST_THRESHOLD)
+  cfg = llada.LLaDASamplerConfig(
+      gen_length=g,
+      block_length=LLADA_BLOCK,
+      steps=g,
+      temperature=0.0,
+      cache="dual",
+      threshold=FAST_THRESHOLD,
+  )
   pmask = np.ones(ids.shape, bool)
 
   def rate(scale):
@@ -350,8 +390,10 @@ def calibrate_scale(model, ids, g, tokens_per_step, rounds=14):
 
   lo, hi = 1.0, 4096.0
   if rate(hi) < tokens_per_step:
-    raise ValueError(f"--confident-tokens-per-step {tokens_per_step}: even an LM head scaled "
-                     f"x{hi:g} commits fewer tokens per step")
+    raise ValueError(
+        f"--confident-tokens-per-step {tokens_per_step}: even an LM head scaled "
+        f"x{hi:g} commits fewer tokens per step"
+    )
   best = (hi, rate(hi))
   for _ in range(rounds):
     mid = (lo * hi) ** 0.5
@@ -391,12 +433,16 @@ def bench_llada(model, tm, ids, g, args, size, rows):
   mask_id = model.config.mask_token_id
   ndev = args.cpu_devices
   batch = ids.shape[0]
-  exact_cfg = llada.LLaDASamplerConfig(gen_length=g, block_length=LLADA_BLOCK, steps=steps,
-                                       temperature=0.0)
+  exact_cfg = llada.LLaDASamplerConfig(
+      gen_length=g, block_length=LLADA_BLOCK, steps=steps, temperature=0.0
+  )
   nthr = args.row_threads
   # (row name suffix, devices, host threads, devices group: fast rows' baselines come from it)
-  placements = ([("", 1, 1, "1dev")] + ([(f" {nthr}thr", 1, nthr, "1dev")] if nthr > 1 else [])
-                + ([(f" {ndev}dev", ndev, 1, "mesh")] if ndev > 1 else []))
+  placements = (
+      [("", 1, 1, "1dev")]
+      + ([(f" {nthr}thr", 1, nthr, "1dev")] if nthr > 1 else [])
+      + ([(f" {ndev}dev", ndev, 1, "mesh")] if ndev > 1 else [])
+  )
   fns = {}
 
   def add_variants(name, weights, cfg, rpl_text):
@@ -407,27 +453,40 @@ def bench_llada(model, tm, ids, g, args, size, rows):
       for rpl in _rows_per_loop_list(rpl_text, batch // (n * threads)):
         key = f"{name}{suffix}{_rpl_label(rpl)}"
         variant = dataclasses.replace(cfg, rows_per_loop=rpl, row_threads=threads)
-        fns[key] = (jdiff_call(llada.sample, weights, ids, variant) if n == 1 else
-                    jdiff_mesh_call(llada.sample, weights, ids, variant, n))
+        fns[key] = (
+            jdiff_call(llada.sample, weights, ids, variant)
+            if n == 1
+            else jdiff_mesh_call(llada.sample, weights, ids, variant, n)
+        )
         keys.setdefault(group, []).append(key)
     return keys
 
   exact_keys = add_variants("exact", model, exact_cfg, args.exact_rows_per_loop)
   if "llada" in rows:
-    fns["torch"] = torch_call(lambda: ref.llada_generate(tm, ids, g, LLADA_BLOCK, steps,
-                                                         mask_id), tm, ids)
+    fns["torch"] = torch_call(
+        lambda: ref.llada_generate(tm, ids, g, LLADA_BLOCK, steps, mask_id), tm, ids
+    )
   modes = ("prefix", "dual") if "fast" in rows else ()
   sharp, scale = None, args.confident_scale
   if modes and (scale or args.confident_tokens_per_step):
     if not scale:
       scale, reached = calibrate_scale(model, ids, g, args.confident_tokens_per_step)
-      print(f"  (llada {size} gen {g}: conf copy = LM head x{scale:.1f}, {reached:.2f} "
-            f"tokens/step with dual+thr; target {args.confident_tokens_per_step})", flush=True)
+      print(
+          f"  (llada {size} gen {g}: conf copy = LM head x{scale:.1f}, {reached:.2f} "
+          f"tokens/step with dual+thr; target {args.confident_tokens_per_step})",
+          flush=True,
+      )
     sharp = confident_copy(model, scale)
   fast_keys = []
   for mode in modes:
-    fast = llada.LLaDASamplerConfig(gen_length=g, block_length=LLADA_BLOCK, steps=steps,
-                                    temperature=0.0, cache=mode, threshold=FAST_THRESHOLD)
+    fast = llada.LLaDASamplerConfig(
+        gen_length=g,
+        block_length=LLADA_BLOCK,
+        steps=steps,
+        temperature=0.0,
+        cache=mode,
+        threshold=FAST_THRESHOLD,
+    )
     for weights, conf in ((model, ""), (sharp, " conf")):
       if weights is None:
         continue
@@ -443,44 +502,76 @@ def bench_llada(model, tm, ids, g, args, size, rows):
     ref_flops = llada_flops(model.config, batch, ids.shape[1] + g, steps)
     for key in (k for ks in exact_keys.values() for k in ks):
       t_j, tr = res[key]
-      out.append(dict(name="llada " + key, ref="torch", t_jdiff=t_j, t_ref=t_t,
-                      tok_step=g / steps, diff=int(np.sum(_np(tr.raw_tokens) != toks)),
-                      target=3.0 if size == "tiny" else 1.0, peak=peak,
-                      gflops=exact_flops / t_j / 1e9, ref_gflops=ref_flops / t_t / 1e9,
-                      at_peak=_at_peak(peak, t_t, exact_flops)))
+      out.append(
+          dict(
+              name="llada " + key,
+              ref="torch",
+              t_jdiff=t_j,
+              t_ref=t_t,
+              tok_step=g / steps,
+              diff=int(np.sum(_np(tr.raw_tokens) != toks)),
+              target=3.0 if size == "tiny" else 1.0,
+              peak=peak,
+              gflops=exact_flops / t_j / 1e9,
+              ref_gflops=ref_flops / t_t / 1e9,
+              at_peak=_at_peak(peak, t_t, exact_flops),
+          )
+      )
   # Each fast row against the fastest exact variant on the same devices.
   for key, group in fast_keys:
     t_f, tr = res[key]
     base_key = min(exact_keys[group], key=lambda k: res[k][0])
     mode = key.split(" ")[0]
     flops = fast_flops(model.config, mode, _np(tr.step_map), ids.shape[1])
-    out.append(dict(name="llada " + key.replace(mode, mode + "+thr", 1), ref=base_key,
-                    t_jdiff=t_f, t_ref=res[base_key][0],
-                    tok_step=g / float(np.mean(_np(tr.num_steps))),
-                    diff=int(np.sum(_np(tr.raw_tokens) != exact)),
-                    target=5.0 if g == 256 else None, peak=peak, gflops=flops / t_f / 1e9,
-                    ref_gflops=exact_flops / res[base_key][0] / 1e9,
-                    work=exact_flops / flops))
+    out.append(
+        dict(
+            name="llada " + key.replace(mode, mode + "+thr", 1),
+            ref=base_key,
+            t_jdiff=t_f,
+            t_ref=res[base_key][0],
+            tok_step=g / float(np.mean(_np(tr.num_steps))),
+            diff=int(np.sum(_np(tr.raw_tokens) != exact)),
+            target=5.0 if g == 256 else None,
+            peak=peak,
+            gflops=flops / t_f / 1e9,
+            ref_gflops=exact_flops / res[base_key][0] / 1e9,
+            work=exact_flops / flops,
+        )
+    )
   return out
 
 
 def bench_dream(model, tm, ids, g, args):
   steps = _steps(g, args)
   cfg = dream.DreamSamplerConfig(gen_length=g, steps=steps, temperature=0.0, alg="maskgit_plus")
-  fns = {"jdiff": jdiff_call(dream.sample, model, ids, cfg),
-         "torch": torch_call(lambda: ref.dream_generate(tm, ids, g, steps,
-                                                        model.config.mask_token_id), tm, ids)}
+  fns = {
+      "jdiff": jdiff_call(dream.sample, model, ids, cfg),
+      "torch": torch_call(
+          lambda: ref.dream_generate(tm, ids, g, steps, model.config.mask_token_id), tm, ids
+      ),
+  }
   res, _ = _measure(fns, args)
   (t_j, traj), (t_t, (toks, _)) = res["jdiff"], res["torch"]
-  return [dict(name="dream exact", ref="torch", t_jdiff=t_j, t_ref=t_t, tok_step=g / steps,
-               diff=int(np.sum(_np(traj.raw_tokens) != toks)), target=None)]
+  return [
+      dict(
+          name="dream exact",
+          ref="torch",
+          t_jdiff=t_j,
+          t_ref=t_t,
+          tok_step=g / steps,
+          diff=int(np.sum(_np(traj.raw_tokens) != toks)),
+          target=None,
+      )
+  ]
 
 
 # --------------------------------------------------------------------------- main
-HDR = (f"{'row':33} {'vs':18} {'size':5} {'params':>7} {'gen':>4} {'tok/stp':>7} "
-       f"{'jdiff tok/s':>11} {'ref tok/s':>10} {'ratio':>7} {'target':>10} "
-       f"{'jdiff GF/s':>10} {'% peak':>7} {'ref GF/s':>8} {'@peak':>7} {'work':>7} "
-       f"{'diff tok':>9}")
+HDR = (
+    f"{'row':33} {'vs':18} {'size':5} {'params':>7} {'gen':>4} {'tok/stp':>7} "
+    f"{'jdiff tok/s':>11} {'ref tok/s':>10} {'ratio':>7} {'target':>10} "
+    f"{'jdiff GF/s':>10} {'% peak':>7} {'ref GF/s':>8} {'@peak':>7} {'work':>7} "
+    f"{'diff tok':>9}"
+)
 
 
 def fmt(r, size, params, g, batch):
@@ -493,61 +584,109 @@ def fmt(r, size, params, g, batch):
   pk = f"{100 * r['gflops'] / r['peak']:6.1f}%" if "gflops" in r else f"{'-':>7}"
   rgf = f"{r['ref_gflops']:8.1f}" if "ref_gflops" in r else f"{'-':>8}"
   bounds = " ".join(f"{r[k]:6.2f}x" if k in r else f"{'-':>7}" for k in ("at_peak", "work"))
-  return (f"{r['name']:33} {r['ref']:18} {size:5} {params / 1e6:6.2f}M {g:4d} "
-          f"{r['tok_step']:7.2f} {toks / r['t_jdiff']:11.1f} {toks / r['t_ref']:10.1f} "
-          f"{ratio:6.2f}x {target:>10} {gf} {pk} {rgf} {bounds} {r['diff']:4d}/{toks:<4d}")
+  return (
+      f"{r['name']:33} {r['ref']:18} {size:5} {params / 1e6:6.2f}M {g:4d} "
+      f"{r['tok_step']:7.2f} {toks / r['t_jdiff']:11.1f} {toks / r['t_ref']:10.1f} "
+      f"{ratio:6.2f}x {target:>10} {gf} {pk} {rgf} {bounds} {r['diff']:4d}/{toks:<4d}"
+  )
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--sizes", default="tiny,small", help="comma list of forward.SIZES names")
   p.add_argument("--gen", default="128,256", help="comma list of generation lengths")
-  p.add_argument("--llada-gen", default=None,
-                 help="generation lengths of the LLaDA/Dream rows (default: --gen); an exact "
-                      "LLaDA run at the small size costs minutes on a loaded CPU")
+  p.add_argument(
+      "--llada-gen",
+      default=None,
+      help="generation lengths of the LLaDA/Dream rows (default: --gen); an exact "
+      "LLaDA run at the small size costs minutes on a loaded CPU",
+  )
   p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--prompt-len", type=int, default=30,
-                 help="prompt length of every row (30: not a multiple of 4, so SDAR's first "
-                      "block holds a prompt tail)")
+  p.add_argument(
+      "--prompt-len",
+      type=int,
+      default=30,
+      help="prompt length of every row (30: not a multiple of 4, so SDAR's first "
+      "block holds a prompt tail)",
+  )
   p.add_argument("--repeats", type=int, default=3, help="timed rounds per row (max)")
-  p.add_argument("--budget", type=float, default=30.0,
-                 help="no further round once a row's timed runs took this many seconds")
-  p.add_argument("--llada-steps", choices=("gen", "half"), default="gen",
-                 help="exact LLaDA/Dream steps: gen_length (1 token/step) or gen_length/2")
-  p.add_argument("--rows", default="block,llada,fast",
-                 help="comma list of block, llada, fast, dream")
+  p.add_argument(
+      "--budget",
+      type=float,
+      default=30.0,
+      help="no further round once a row's timed runs took this many seconds",
+  )
+  p.add_argument(
+      "--llada-steps",
+      choices=("gen", "half"),
+      default="gen",
+      help="exact LLaDA/Dream steps: gen_length (1 token/step) or gen_length/2",
+  )
+  p.add_argument(
+      "--rows", default="block,llada,fast", help="comma list of block, llada, fast, dream"
+  )
   p.add_argument("--dream", action="store_true", help="also run the Dream row")
-  p.add_argument("--exact-rows-per-loop", default="all,2,4",
-                 help="comma list of LLaDASamplerConfig.rows_per_loop values for the exact "
-                      "LLaDA rows ('all': one loop over the batch or shard); the fast rows' "
-                      "baseline is the fastest of them")
-  p.add_argument("--fast-rows-per-loop", default="all,1",
-                 help="the same for the prefix/dual+thr rows: with threshold decoding a loop "
-                      "runs until its slowest row is done, so 1 row per loop wastes no work "
-                      "on idle rows (on a compute-bound CPU) but runs batch-1 steps")
-  p.add_argument("--torch-threads", type=int, default=0,
-                 help="torch.set_num_threads for the reference (0: torch's default). On an "
-                      "oversubscribed machine 1 thread is much faster and steadier")
-  p.add_argument("--confident-tokens-per-step", type=float, default=3.25,
-                 help="tokens per step the fast rows' confident copy is calibrated to (its "
-                      "LM-head scale found by bisection; default: Fast-dLLM's LLaDA-8B GSM8K "
-                      "figure at threshold 0.9). 0 with no --confident-scale: no conf rows")
-  p.add_argument("--confident-scale", type=float, default=0.0,
-                 help="a fixed LM-head scale for the confident copy instead of calibrating")
-  p.add_argument("--cores", type=int, default=0,
-                 help="pin the process to its first N CPU cores before JAX starts (0: all). "
-                      "XLA's CPU runtime sizes its thread pool from them; at the tiny size, "
-                      "whose ops are microseconds long, 1 core avoids the pool's hand-offs. "
-                      "Both sides then run on the same cores")
-  p.add_argument("--cpu-devices", type=int, default=1,
-                 help="also run the block sampler on a data mesh of this many XLA CPU devices "
-                      "(the process's cores split among them; each device loops over its "
-                      "rows, see jdiff/sampling/row_shards.py): the 'block+kv Ndev' row, "
-                      "and 'llada ... Ndev' rows for the LLaDA samplers")
-  p.add_argument("--row-threads", type=int, default=2,
-                 help="also run the block and LLaDA samplers on one device with this many "
-                      "host threads (row_threads, each a group of rows in its own loop): the "
-                      "'... Nthr' rows; 1: none")
+  p.add_argument(
+      "--exact-rows-per-loop",
+      default="all,2,4",
+      help="comma list of LLaDASamplerConfig.rows_per_loop values for the exact "
+      "LLaDA rows ('all': one loop over the batch or shard); the fast rows' "
+      "baseline is the fastest of them",
+  )
+  p.add_argument(
+      "--fast-rows-per-loop",
+      default="all,1",
+      help="the same for the prefix/dual+thr rows: with threshold decoding a loop "
+      "runs until its slowest row is done, so 1 row per loop wastes no work "
+      "on idle rows (on a compute-bound CPU) but runs batch-1 steps",
+  )
+  p.add_argument(
+      "--torch-threads",
+      type=int,
+      default=0,
+      help="torch.set_num_threads for the reference (0: torch's default). On an "
+      "oversubscribed machine 1 thread is much faster and steadier",
+  )
+  p.add_argument(
+      "--confident-tokens-per-step",
+      type=float,
+      default=3.25,
+      help="tokens per step the fast rows' confident copy is calibrated to (its "
+      "LM-head scale found by bisection; default: Fast-dLLM's LLaDA-8B GSM8K "
+      "figure at threshold 0.9). 0 with no --confident-scale: no conf rows",
+  )
+  p.add_argument(
+      "--confident-scale",
+      type=float,
+      default=0.0,
+      help="a fixed LM-head scale for the confident copy instead of calibrating",
+  )
+  p.add_argument(
+      "--cores",
+      type=int,
+      default=0,
+      help="pin the process to its first N CPU cores before JAX starts (0: all). "
+      "XLA's CPU runtime sizes its thread pool from them; at the tiny size, "
+      "whose ops are microseconds long, 1 core avoids the pool's hand-offs. "
+      "Both sides then run on the same cores",
+  )
+  p.add_argument(
+      "--cpu-devices",
+      type=int,
+      default=1,
+      help="also run the block sampler on a data mesh of this many XLA CPU devices "
+      "(the process's cores split among them; each device loops over its "
+      "rows, see jdiff/sampling/row_shards.py): the 'block+kv Ndev' row, "
+      "and 'llada ... Ndev' rows for the LLaDA samplers",
+  )
+  p.add_argument(
+      "--row-threads",
+      type=int,
+      default=2,
+      help="also run the block and LLaDA samplers on one device with this many "
+      "host threads (row_threads, each a group of rows in its own loop): the "
+      "'... Nthr' rows; 1: none",
+  )
   p.add_argument("--quick", action="store_true", help="smoke run: tiny only, gen 32, 2 rounds")
   args = p.parse_args()
   if args.cores:
@@ -555,7 +694,7 @@ def main():
     allowed = sorted(os.sched_getaffinity(0))
     if args.cores > len(allowed):
       p.error(f"--cores {args.cores}: only {len(allowed)} cores are available")
-    os.sched_setaffinity(0, allowed[:args.cores])
+    os.sched_setaffinity(0, allowed[: args.cores])
   if args.row_threads > 1 and args.batch % args.row_threads:
     p.error(f"--row-threads {args.row_threads} must divide --batch {args.batch}")
   if args.cpu_devices > 1:  # before the CPU backend starts: it fixes its device count then
@@ -574,21 +713,31 @@ def main():
 
   peak_jax, peak_torch = matmul_peak()
   args.peak = peak_jax
-  print(f"devices: {jax.devices()}  cores: {len(os.sched_getaffinity(0))}  "
-        f"torch threads: {torch.get_num_threads()}")
-  print(f"float32 matmul peak (2048^3): jax {peak_jax:.1f} GFLOP/s, torch {peak_torch:.1f} "
-        f"GFLOP/s (at start; % peak uses the peak re-measured around each row)")
-  print(f"batch {args.batch}, prompt {args.prompt_len} tokens (same length, no padding), greedy, "
-        f"no stop token; tok/s = batch x gen / fastest wall time of the rounds, compile "
-        f"excluded; ratio = ref time / jdiff time; @peak = the ratio at jdiff running at the "
-        f"matmul peak; work = exact FLOPs / fast FLOPs; diff tok = tokens != ref")
-  print(f"block+kv: SDAR B={BLOCK_SIZE}, {BLOCK_STEPS} denoising steps, {BLOCK_STRATEGY} "
-        f"{BLOCK_THRESHOLD}; ref = HF generate.py loop with a transformers DynamicCache "
-        f"(prompt prefill, per step a block forward against the cache + crop, store pass)")
-  print(f"llada: block {LLADA_BLOCK}, steps = "
-        f"{'gen_length (1 token/step)' if args.llada_steps == 'gen' else 'gen_length/2'}; "
-        f"ref = full bidirectional canvas forward per step; prefix/dual+thr = Fast-dLLM "
-        f"cache + threshold {FAST_THRESHOLD}, compared with the jdiff exact sampler")
+  print(
+      f"devices: {jax.devices()}  cores: {len(os.sched_getaffinity(0))}  "
+      f"torch threads: {torch.get_num_threads()}"
+  )
+  print(
+      f"float32 matmul peak (2048^3): jax {peak_jax:.1f} GFLOP/s, torch {peak_torch:.1f} "
+      f"GFLOP/s (at start; % peak uses the peak re-measured around each row)"
+  )
+  print(
+      f"batch {args.batch}, prompt {args.prompt_len} tokens (same length, no padding), greedy, "
+      f"no stop token; tok/s = batch x gen / fastest wall time of the rounds, compile "
+      f"excluded; ratio = ref time / jdiff time; @peak = the ratio at jdiff running at the "
+      f"matmul peak; work = exact FLOPs / fast FLOPs; diff tok = tokens != ref"
+  )
+  print(
+      f"block+kv: SDAR B={BLOCK_SIZE}, {BLOCK_STEPS} denoising steps, {BLOCK_STRATEGY} "
+      f"{BLOCK_THRESHOLD}; ref = HF generate.py loop with a transformers DynamicCache "
+      f"(prompt prefill, per step a block forward against the cache + crop, store pass)"
+  )
+  print(
+      f"llada: block {LLADA_BLOCK}, steps = "
+      f"{'gen_length (1 token/step)' if args.llada_steps == 'gen' else 'gen_length/2'}; "
+      f"ref = full bidirectional canvas forward per step; prefix/dual+thr = Fast-dLLM "
+      f"cache + threshold {FAST_THRESHOLD}, compared with the jdiff exact sampler"
+  )
   print(HDR)
   print("-" * len(HDR))
   t_start = time.perf_counter()

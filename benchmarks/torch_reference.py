@@ -75,9 +75,16 @@ def _additive(visible: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- SDAR block
 @torch.no_grad()
-def sdar_block_generate(model, prompt_ids, gen_length: int, block_length: int,
-                        steps_per_block: int, mask_id: int,
-                        strategy: str = "low_confidence_dynamic", threshold: float = 0.9):
+def sdar_block_generate(
+    model,
+    prompt_ids,
+    gen_length: int,
+    block_length: int,
+    steps_per_block: int,
+    mask_id: int,
+    strategy: str = "low_confidence_dynamic",
+    threshold: float = 0.9,
+):
   """Block diffusion with a DynamicCache (SDAR ``generate.py``), greedy. Returns
   ``(tokens [B, G] int64 numpy, [(query tokens, key length)] of every model forward)``.
 
@@ -99,8 +106,13 @@ def sdar_block_generate(model, prompt_ids, gen_length: int, block_length: int,
   if p0:
     pos = torch.arange(p0)
     vis = (pos[:, None] // bl >= pos[None, :] // bl).expand(b, p0, p0)
-    model.model(input_ids=x[:, :p0], position_ids=pos.expand(b, p0), attention_mask=_additive(vis),
-                past_key_values=cache, use_cache=True)
+    model.model(
+        input_ids=x[:, :p0],
+        position_ids=pos.expand(b, p0),
+        attention_mask=_additive(vis),
+        past_key_values=cache,
+        use_cache=True,
+    )
     calls.append((p0, p0))
 
   for start in range(p0, total, bl):
@@ -112,12 +124,17 @@ def sdar_block_generate(model, prompt_ids, gen_length: int, block_length: int,
     mask = _additive(keys.expand(b, bl, start + bl))
     pos_ids = win_pos.expand(b, bl)
     for step in range(steps_per_block):
-      win = x[:, start:start + bl]
+      win = x[:, start : start + bl]
       eligible = (win == mask_id) & decodable
       if not bool(eligible.any()):
         break
-      logits = model(input_ids=win, position_ids=pos_ids, attention_mask=mask,
-                     past_key_values=cache, use_cache=True).logits
+      logits = model(
+          input_ids=win,
+          position_ids=pos_ids,
+          attention_mask=mask,
+          past_key_values=cache,
+          use_cache=True,
+      ).logits
       cache.crop(-bl)  # store_kv=False: drop the window's K/V again
       calls.append((bl, start + bl))
       x0, conf = greedy_candidates(logits, mask_id)
@@ -129,18 +146,22 @@ def sdar_block_generate(model, prompt_ids, gen_length: int, block_length: int,
         pick = torch.where(enough[:, None], above, pick)
       elif strategy != "low_confidence_static":
         raise ValueError(f"unsupported strategy {strategy!r}")
-      x[:, start:start + bl] = torch.where(pick, x0, win)
+      x[:, start : start + bl] = torch.where(pick, x0, win)
     # store_kv=True: the clean block's K/V go into the cache (hidden states are not needed).
-    model.model(input_ids=x[:, start:start + bl], position_ids=pos_ids, attention_mask=mask,
-                past_key_values=cache, use_cache=True)
+    model.model(
+        input_ids=x[:, start : start + bl],
+        position_ids=pos_ids,
+        attention_mask=mask,
+        past_key_values=cache,
+        use_cache=True,
+    )
     calls.append((bl, start + bl))
   return x[:, p:total].numpy(), calls
 
 
 # --------------------------------------------------------------------------- LLaDA
 @torch.no_grad()
-def llada_generate(model, prompt_ids, gen_length: int, block_length: int, steps: int,
-                   mask_id: int):
+def llada_generate(model, prompt_ids, gen_length: int, block_length: int, steps: int, mask_id: int):
   """LLaDA ``generate`` (semi-AR, low-confidence remasking, temperature 0, no CFG). Returns
   ``(tokens [B, G] int64 numpy, number of model forwards)``."""
   ids = torch.as_tensor(np.asarray(prompt_ids), dtype=torch.long)
@@ -169,8 +190,7 @@ def llada_generate(model, prompt_ids, gen_length: int, block_length: int, steps:
 
 # --------------------------------------------------------------------------- Dream
 @torch.no_grad()
-def dream_generate(model, prompt_ids, gen_length: int, steps: int, mask_id: int,
-                   eps: float = 1e-3):
+def dream_generate(model, prompt_ids, gen_length: int, steps: int, mask_id: int, eps: float = 1e-3):
   """Dream ``diffusion_generate`` with ``alg='maskgit_plus'``, temperature 0, no blocks.
   Returns ``(tokens [B, G] int64 numpy, number of model forwards)``."""
   ids = torch.as_tensor(np.asarray(prompt_ids), dtype=torch.long)
@@ -183,7 +203,7 @@ def dream_generate(model, prompt_ids, gen_length: int, steps: int, mask_id: int,
   forwards = 0
   for i in range(steps):
     h = model.model(input_ids=x, position_ids=pos, attention_mask=mask).last_hidden_state
-    logits = model.lm_head(h[:, p - 1:n - 1])  # shifted: completion j reads output j-1
+    logits = model.lm_head(h[:, p - 1 : n - 1])  # shifted: completion j reads output j-1
     forwards += 1
     x0, conf = greedy_candidates(logits, mask_id)
     win = x[:, p:]

@@ -64,8 +64,9 @@ def make_model(size: str, family: str):
 def block_trajectory(model, prompts, gen: int, key):
   """SDAR block-sampler rollout: 1 token per step (steps_per_block = block size), no stop,
   so every response decodes all ``gen`` tokens."""
-  cfg = BlockSamplerConfig(gen_length=gen, steps_per_block=model.config.block_size,
-                           temperature=1.0, stop_ids=())
+  cfg = BlockSamplerConfig(
+      gen_length=gen, steps_per_block=model.config.block_size, temperature=1.0, stop_ids=()
+  )
   return jax.device_get(block.sample(model, prompts, None, key, cfg, bucket=BUCKET))
 
 
@@ -73,8 +74,14 @@ def llada_trajectory(model, prompts, gen: int, schedule: str, key):
   """LLaDA rollout with recorded states: uniform (gen/2 steps, 2 tokens per step) or ASS
   (floor(log2 gen) steps of 1, 2, 4, ... tokens); blocks of gen/2 for both."""
   steps = gen // 2 if schedule == "uniform" else int(math.floor(math.log2(gen)))
-  cfg = llada.LLaDASamplerConfig(gen_length=gen, block_length=gen // 2, steps=steps,
-                                 schedule=schedule, temperature=1.0, record_states=True)
+  cfg = llada.LLaDASamplerConfig(
+      gen_length=gen,
+      block_length=gen // 2,
+      steps=steps,
+      schedule=schedule,
+      temperature=1.0,
+      record_states=True,
+  )
   ids, mask, _ = left_pad(prompts, model.config.pad_token_id, bucket=BUCKET)
   return jax.device_get(llada.sample(model, ids, mask, key, cfg))
 
@@ -107,8 +114,7 @@ def time_update(model, batch, loss_fn, repeats: int):
 
 def tracerl_batch(model, traj, shrink: int):
   cfg = tracerl.TraceRLConfig(shrink=shrink)
-  batch = tracerl.build_batch(traj, advantages(np.shape(traj.tokens)[0]), None, cfg,
-                              model.config)
+  batch = tracerl.build_batch(traj, advantages(np.shape(traj.tokens)[0]), None, cfg, model.config)
   batch["old_logp"] = np.asarray(jax.jit(lambda b: tracerl.logprob_fn(model, b, cfg))(batch))
   return batch, cfg
 
@@ -124,26 +130,47 @@ def bench_tracerl(size, prompts, gen, shrinks, repeats, peak):
     first, t = time_update(model, batch, functools.partial(tracerl.loss_fn, cfg=cfg), repeats)
     tokens = rows * width
     gflops = 6 * n_params * tokens / t / 1e9
-    out.append(dict(size=size, params=n_params, shrink=s, rows=rows, width=width,
-                    tokens=tokens, first=first, t=t, rows_s=rows / t, tok_s=tokens / t,
-                    gflops=gflops, peak_pct=100 * gflops / peak))
+    out.append(
+        dict(
+            size=size,
+            params=n_params,
+            shrink=s,
+            rows=rows,
+            width=width,
+            tokens=tokens,
+            first=first,
+            t=t,
+            rows_s=rows / t,
+            tok_s=tokens / t,
+            gflops=gflops,
+            peak_pct=100 * gflops / peak,
+        )
+    )
   return out, model, traj
 
 
 def print_table1(results, peak, gen, batch):
-  print(f"\nTable 1: TraceRL update step (SDAR, block sampler trajectories, {batch} responses "
-        f"x gen {gen}; forward+backward+AdamW, float32)")
-  print("GFLOP/s = 6 * N_params * tokens / time; tokens = rows x row length (padding "
-        f"included); % of the jax matmul peak ({peak:.1f} GFLOP/s)")
-  hdr = (f"{'size':6} {'params':>8} {'s':>2} {'rows':>5} {'row len':>7} {'tokens':>7} "
-         f"{'1st call s':>10} {'median s':>9} {'rows/s':>8} {'tokens/s':>9} {'GFLOP/s':>8} "
-         f"{'% peak':>7}")
+  print(
+      f"\nTable 1: TraceRL update step (SDAR, block sampler trajectories, {batch} responses "
+      f"x gen {gen}; forward+backward+AdamW, float32)"
+  )
+  print(
+      "GFLOP/s = 6 * N_params * tokens / time; tokens = rows x row length (padding "
+      f"included); % of the jax matmul peak ({peak:.1f} GFLOP/s)"
+  )
+  hdr = (
+      f"{'size':6} {'params':>8} {'s':>2} {'rows':>5} {'row len':>7} {'tokens':>7} "
+      f"{'1st call s':>10} {'median s':>9} {'rows/s':>8} {'tokens/s':>9} {'GFLOP/s':>8} "
+      f"{'% peak':>7}"
+  )
   print(hdr)
   print("-" * len(hdr))
   for r in results:
-    print(f"{r['size']:6} {r['params'] / 1e6:7.2f}M {r['shrink']:2d} {r['rows']:5d} "
-          f"{r['width']:7d} {r['tokens']:7d} {r['first']:10.2f} {r['t']:9.3f} "
-          f"{r['rows_s']:8.1f} {r['tok_s']:9.0f} {r['gflops']:8.1f} {r['peak_pct']:6.1f}%")
+    print(
+        f"{r['size']:6} {r['params'] / 1e6:7.2f}M {r['shrink']:2d} {r['rows']:5d} "
+        f"{r['width']:7d} {r['tokens']:7d} {r['first']:10.2f} {r['t']:9.3f} "
+        f"{r['rows_s']:8.1f} {r['tok_s']:9.0f} {r['gflops']:8.1f} {r['peak_pct']:6.1f}%"
+    )
 
 
 # --------------------------------------------------------------------------- table 2
@@ -154,10 +181,14 @@ def count_rows(batch, n_resp: int, supervised, iterations: int = 1):
   rows, width = np.shape(batch["input_ids"])
   sup = np.asarray(supervised).reshape(rows, -1)
   per_update = rows / n_resp
-  return dict(rows=iterations * per_update, width=width,
-              nonempty=iterations * float((sup.sum(1) > 0).sum()) / n_resp,
-              sup=iterations * float(sup.sum()) / n_resp,
-              fwd=iterations * per_update * width, fwd_update=per_update * width)
+  return dict(
+      rows=iterations * per_update,
+      width=width,
+      nonempty=iterations * float((sup.sum(1) > 0).sum()) / n_resp,
+      sup=iterations * float(sup.sum()) / n_resp,
+      fwd=iterations * per_update * width,
+      fwd_update=per_update * width,
+  )
 
 
 def rows_table(sdar, sdar_traj, llada_model, llada_trajs, gen, mu):
@@ -167,44 +198,59 @@ def rows_table(sdar, sdar_traj, llada_model, llada_trajs, gen, mu):
   for s in (1, 2, 4):
     cfg = tracerl.TraceRLConfig(shrink=s)
     b = tracerl.build_batch(sdar_traj, advantages(n), None, cfg, sdar.config)
-    lines.append(("TraceRL (SDAR, block)", f"s={s}", steps(sdar_traj),
-                  count_rows(b, n, b["loss_mask"])))
+    lines.append(
+        ("TraceRL (SDAR, block)", f"s={s}", steps(sdar_traj), count_rows(b, n, b["loss_mask"]))
+    )
   uni = llada_trajs["uniform"]
   for s in (1, 2, 4, 8):
     cfg = tracerl.TraceRLConfig(shrink=s)
     b = tracerl.build_batch(uni, advantages(n), None, cfg, llada_model.config)
-    lines.append(("TraceRL (LLaDA, full)", f"uniform, s={s}", steps(uni),
-                  count_rows(b, n, b["loss_mask"])))
+    lines.append(
+        ("TraceRL (LLaDA, full)", f"uniform, s={s}", steps(uni), count_rows(b, n, b["loss_mask"]))
+    )
   for name, traj in llada_trajs.items():
-    b = cj_grpo.build_batch(traj, advantages(n), None, cj_grpo.CJGRPOConfig(),
-                            llada_model.config)
+    b = cj_grpo.build_batch(traj, advantages(n), None, cj_grpo.CJGRPOConfig(), llada_model.config)
     lines.append(("CJ-GRPO (LLaDA)", name, steps(traj), count_rows(b, n, b["loss_mask"])))
   d1_cfg = diffu_grpo.DiffuGRPOConfig(num_iterations=mu)
   b = diffu_grpo.build_batch(uni, advantages(n), jax.random.key(0), d1_cfg, llada_model.config)
   assert b["iteration_input_ids"].shape[:2] == (n, mu)
   # One row per response per inner iteration (a fresh prompt-mask draw each), one per update.
-  lines.append(("d1 diffu-GRPO (LLaDA)", f"uniform, mu={mu}", steps(uni),
-                count_rows(b, n, b["loss_mask"], iterations=mu)))
+  lines.append(
+      (
+          "d1 diffu-GRPO (LLaDA)",
+          f"uniform, mu={mu}",
+          steps(uni),
+          count_rows(b, n, b["loss_mask"], iterations=mu),
+      )
+  )
   return lines
 
 
 def print_table2(lines, gen, n, prompt_len):
-  print(f"\nTable 2: training rows and forward tokens per response ({n} responses, gen {gen}, "
-        f"prompts left-padded to {prompt_len}; from the batches each method builds)")
-  hdr = (f"{'method':22} {'setting':17} {'steps':>5} {'rows/resp':>9} {'non-empty':>9} "
-         f"{'tok/row':>7} {'fwd tok/resp':>12} {'per update':>10} {'sup tok/resp':>12}")
+  print(
+      f"\nTable 2: training rows and forward tokens per response ({n} responses, gen {gen}, "
+      f"prompts left-padded to {prompt_len}; from the batches each method builds)"
+  )
+  hdr = (
+      f"{'method':22} {'setting':17} {'steps':>5} {'rows/resp':>9} {'non-empty':>9} "
+      f"{'tok/row':>7} {'fwd tok/resp':>12} {'per update':>10} {'sup tok/resp':>12}"
+  )
   print(hdr)
   print("-" * len(hdr))
   for method, setting, steps, c in lines:
-    print(f"{method:22} {setting:17} {steps:5.1f} {c['rows']:9.0f} {c['nonempty']:9.2f} "
-          f"{c['width']:7d} {c['fwd']:12.0f} {c['fwd_update']:10.0f} {c['sup']:12.1f}")
-  print("steps: decoding steps per response. rows/resp: rows built per response (TraceRL: "
-        "ceil(B/s) block model, ceil(steps/s) full attention;\nCJ-GRPO: one per recorded step; "
-        "d1: one per inner iteration). non-empty: rows with a supervised position. fwd tok/resp "
-        "= rows/resp x tok/row;\nper update: forward tokens per response of one update call "
-        "(TraceRL and CJ-GRPO repeat all their rows at each of their\ninner updates, d1 "
-        "uses one iteration's row per update). sup tok/resp: supervised positions per response "
-        "(over all rows).")
+    print(
+        f"{method:22} {setting:17} {steps:5.1f} {c['rows']:9.0f} {c['nonempty']:9.2f} "
+        f"{c['width']:7d} {c['fwd']:12.0f} {c['fwd_update']:10.0f} {c['sup']:12.1f}"
+    )
+  print(
+      "steps: decoding steps per response. rows/resp: rows built per response (TraceRL: "
+      "ceil(B/s) block model, ceil(steps/s) full attention;\nCJ-GRPO: one per recorded step; "
+      "d1: one per inner iteration). non-empty: rows with a supervised position. fwd tok/resp "
+      "= rows/resp x tok/row;\nper update: forward tokens per response of one update call "
+      "(TraceRL and CJ-GRPO repeat all their rows at each of their\ninner updates, d1 "
+      "uses one iteration's row per update). sup tok/resp: supervised positions per response "
+      "(over all rows)."
+  )
 
 
 def main():
@@ -231,8 +277,10 @@ def main():
   for size in sizes:
     if size != "tiny":  # the benchmark sizes are the presets of the same name
       pc = jdiff.preset(f"{size}_sdar")
-      assert (pc.hidden_size, pc.num_layers) == (SIZES[size]["hidden_size"],
-                                                 SIZES[size]["num_hidden_layers"])
+      assert (pc.hidden_size, pc.num_layers) == (
+          SIZES[size]["hidden_size"],
+          SIZES[size]["num_hidden_layers"],
+      )
     out, model, traj = bench_tracerl(size, prompts, args.gen, shrinks, args.repeats, peak)
     results += out
     if size == "tiny":
@@ -241,9 +289,10 @@ def main():
 
   sdar, sdar_traj = tiny
   llada_model = make_model("tiny", "llada")
-  llada_trajs = {sched: llada_trajectory(llada_model, prompts, args.gen, sched,
-                                         jax.random.key(1))
-                 for sched in ("uniform", "ass")}
+  llada_trajs = {
+      sched: llada_trajectory(llada_model, prompts, args.gen, sched, jax.random.key(1))
+      for sched in ("uniform", "ass")
+  }
   lines = rows_table(sdar, sdar_traj, llada_model, llada_trajs, args.gen, args.mu)
   print_table2(lines, args.gen, args.batch, prompt_len)
 

@@ -30,31 +30,71 @@ d1_llada8b_gsm8k = load_sibling(__file__, "d1_llada8b_gsm8k")
 
 def get_config():
   c = d1_llada8b_gsm8k.get_config()  # d1's optimizer, batch, β, ε, max_prompt_len 200
-  c.task = ml_collections.ConfigDict(dict(
-      name="countdown", reward="countdown", num_train=0, num_eval=0, seed=0,
-      generator_kwargs={}, train_path="data/countdown_train.jsonl",
-      eval_path="data/countdown_cd3_test.jsonl", field_map={},
-      # CJ-GRPO (d1's reward code) scores the whole completion, special tokens skipped.
-      length_penalty=False, reward_text="whole"))
+  c.task = ml_collections.ConfigDict(
+      dict(
+          name="countdown",
+          reward="countdown",
+          num_train=0,
+          num_eval=0,
+          seed=0,
+          generator_kwargs={},
+          train_path="data/countdown_train.jsonl",
+          eval_path="data/countdown_cd3_test.jsonl",
+          field_map={},
+          # CJ-GRPO (d1's reward code) scores the whole completion, special tokens skipped.
+          length_penalty=False,
+          reward_text="whole",
+      )
+  )
   # Training decoding: EOSER + ASS, τ 1.0, L 128 (run scripts) -> steps = log2(128) = 7 with
   # γ_min 0.01, γ_max 1.0. The run scripts' block_num (64) violates the asserts; one block
   # (full diffusion, like the eval) is the choice here.
-  c.sampler = ml_collections.ConfigDict(dict(
-      name="llada", gen_length=128, block_length=128, steps=7, temperature=1.0,
-      remasking="low_confidence", schedule="ass", eoser=True, eos_min_gamma=0.01,
-      eos_max_gamma=1.0, record_states=True))
+  c.sampler = ml_collections.ConfigDict(
+      dict(
+          name="llada",
+          gen_length=128,
+          block_length=128,
+          steps=7,
+          temperature=1.0,
+          remasking="low_confidence",
+          schedule="ass",
+          eoser=True,
+          eos_min_gamma=0.01,
+          eos_max_gamma=1.0,
+          record_states=True,
+      )
+  )
   # Eval (eval/run_eval.sh): L 256, one block, 8 steps, EOSER + ASS, greedy.
-  c.eval = ml_collections.ConfigDict(dict(
-      batch_size=8,
-      sampler=dict(name="llada", gen_length=256, block_length=256, steps=8, temperature=0.0,
-                   remasking="low_confidence", schedule="ass", eoser=True,
-                   eos_min_gamma=0.01, eos_max_gamma=1.0)))
+  c.eval = ml_collections.ConfigDict(
+      dict(
+          batch_size=8,
+          sampler=dict(
+              name="llada",
+              gen_length=256,
+              block_length=256,
+              steps=8,
+              temperature=0.0,
+              remasking="low_confidence",
+              schedule="ass",
+              eoser=True,
+              eos_min_gamma=0.01,
+              eos_max_gamma=1.0,
+          ),
+      )
+  )
   # μ = 8 (Countdown), ε 0.5, β 0.04 (§3.4). Each step's B rows in their own micro-batch
   # ("accumulate": activation memory of one step's forward): grad_accum = 2 x S = 14 (d1's GA 2
   # times the 7 steps; 2 divides the 96 responses, so micro-batches stay single-step).
-  c.method = ml_collections.ConfigDict(dict(
-      name="cj_grpo", eps=0.5, beta=0.04, num_iterations=8, step_batching="accumulate",
-      grad_accum=14))
+  c.method = ml_collections.ConfigDict(
+      dict(
+          name="cj_grpo",
+          eps=0.5,
+          beta=0.04,
+          num_iterations=8,
+          step_batching="accumulate",
+          grad_accum=14,
+      )
+  )
   # 16 prompts x G = 6, advantage r − group mean. Length: not given for CJ-GRPO; d1 stopped
   # Countdown at 5,000 updates -> 5000 / μ = 625 RL steps (a choice).
   c.rl.steps = 625

@@ -23,22 +23,49 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.tensorboard = True
-  c.model = ml_collections.ConfigDict(dict(
-      checkpoint="", tokenizer="", family="llada", preset="llada_8b", param_dtype="bfloat16",
-      dtype="bfloat16", remat="full", require_checkpoint=True))
+  c.model = ml_collections.ConfigDict(
+      dict(
+          checkpoint="",
+          tokenizer="",
+          family="llada",
+          preset="llada_8b",
+          param_dtype="bfloat16",
+          dtype="bfloat16",
+          remat="full",
+          require_checkpoint=True,
+      )
+  )
   # The task only names the row source here (SFT computes no reward).
-  c.task = ml_collections.ConfigDict(dict(
-      name="math", reward="", num_train=0, num_eval=0, seed=0, generator_kwargs={},
-      train_path="data/s1k.jsonl", eval_path="", field_map={}))
+  c.task = ml_collections.ConfigDict(
+      dict(
+          name="math",
+          reward="",
+          num_train=0,
+          num_eval=0,
+          seed=0,
+          generator_kwargs={},
+          train_path="data/s1k.jsonl",
+          eval_path="",
+          field_map={},
+      )
+  )
   # max_prompt_len: not in the spec (d1 right-pads prompt + response to 4096); 1024 is a choice.
   c.data = ml_collections.ConfigDict(dict(max_prompt_len=1024, use_chat_template=True))
   # t ~ U(0,1) -> (1-ε)t + ε with ε = 1e-3, every response position (EOS padding included)
   # masked with probability t, CE / t; max_length 4096. lr 1e-5, weight decay 0.1, max grad
   # norm 1.0. Batch: 1 per device x GA 4 x 4 GPUs = 16; 20 epochs of 1,000 rows = 1,250 steps.
   # LR schedule: not in the spec (HF Trainer's default is linear decay); constant is a choice.
-  c.sft = ml_collections.ConfigDict(dict(
-      steps=1250, batch_size=16, max_len=4096, objective="sft_llada", pad_in_loss=True,
-      grad_accum=4, options=dict(eps=1e-3),
-      optim=dict(lr=1e-5, schedule="constant", weight_decay=0.1, max_grad_norm=1.0)))
+  c.sft = ml_collections.ConfigDict(
+      dict(
+          steps=1250,
+          batch_size=16,
+          max_len=4096,
+          objective="sft_llada",
+          pad_in_loss=True,
+          grad_accum=4,
+          options=dict(eps=1e-3),
+          optim=dict(lr=1e-5, schedule="constant", weight_decay=0.1, max_grad_norm=1.0),
+      )
+  )
   c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1)))  # FSDP over every device
   return c

@@ -23,11 +23,12 @@ def get_config():
   c.sft.steps = 300
   c.sft.optim.lr = 1e-3
   # d1 rollouts: L = 24 here (256 in the paper), blocks of 8 (32), 2 tokens per step.
-  c.sampler = ml_collections.ConfigDict(dict(name="llada", gen_length=24, block_length=8,
-                                             steps=12, temperature=0.9))
-  c.eval.sampler = dict(name="llada", gen_length=24, block_length=8, steps=12,
-                        temperature=0.0)
-  c.method = ml_collections.ConfigDict(dict(name="diffu_grpo", p_mask_prompt=0.15,
-                                            num_iterations=4, eps=0.5, beta=0.04))
+  c.sampler = ml_collections.ConfigDict(
+      dict(name="llada", gen_length=24, block_length=8, steps=12, temperature=0.9)
+  )
+  c.eval.sampler = dict(name="llada", gen_length=24, block_length=8, steps=12, temperature=0.0)
+  c.method = ml_collections.ConfigDict(
+      dict(name="diffu_grpo", p_mask_prompt=0.15, num_iterations=4, eps=0.5, beta=0.04)
+  )
   c.rl.std_normalize = False  # d1: advantage = r - group mean
   return c

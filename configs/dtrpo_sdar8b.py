@@ -34,27 +34,43 @@ def get_config():
   # grid (one token per step) for pairs from a file, which get random orders on it; the paper's
   # estimator (newly_unmasked) replays a self-sampled pair's recorded order, whose T_B is the
   # number of steps the block actually took, so it is exact for the dynamic schedule too.
-  c.method = ml_collections.ConfigDict(dict(
-      name="dtrpo",
-      beta=0.1,  # unverified (a common DPO value)
-      estimator="newly_unmasked",  # the paper's estimator (confirmed by the project page)
-      block_weight="inverse_t",  # only read by estimator="remasked"
-      steps_per_block=4,  # T_B = the sampler's steps_per_block per block of 4
-      timesteps_per_block=1,  # one t_b per block (confirmed)
-      share_timesteps=False,  # unverified
-      padding="drop"))  # unverified (EOS scored, nothing after it)
-  c.offline = ml_collections.ConfigDict(dict(
-      pairs_path="", field_map={},
-      num_prompts=0,  # all training prompts: unverified
-      group_size=8,  # unverified
-      rollout_batch=64,  # a memory / throughput choice
-      max_response_len=2000,  # = sampler.gen_length (pairs files only)
-      pairs_per_step=64,  # unverified
-      epochs=1,  # unverified
-      grad_accum=16,  # memory only: 8 rows of ~4,800 tokens per micro-batch
-      eval_every=50))
+  c.method = ml_collections.ConfigDict(
+      dict(
+          name="dtrpo",
+          beta=0.1,  # unverified (a common DPO value)
+          estimator="newly_unmasked",  # the paper's estimator (confirmed by the project page)
+          block_weight="inverse_t",  # only read by estimator="remasked"
+          steps_per_block=4,  # T_B = the sampler's steps_per_block per block of 4
+          timesteps_per_block=1,  # one t_b per block (confirmed)
+          share_timesteps=False,  # unverified
+          padding="drop",
+      )
+  )  # unverified (EOS scored, nothing after it)
+  c.offline = ml_collections.ConfigDict(
+      dict(
+          pairs_path="",
+          field_map={},
+          num_prompts=0,  # all training prompts: unverified
+          group_size=8,  # unverified
+          rollout_batch=64,  # a memory / throughput choice
+          max_response_len=2000,  # = sampler.gen_length (pairs files only)
+          pairs_per_step=64,  # unverified
+          epochs=1,  # unverified
+          grad_accum=16,  # memory only: 8 rows of ~4,800 tokens per micro-batch
+          eval_every=50,
+      )
+  )
   # AdamW, constant lr 5e-7, clip 1.0: unverified (DPO on 7-8B models commonly uses 5e-7).
-  c.optim = ml_collections.ConfigDict(dict(lr=5e-7, schedule="constant", b1=0.9, b2=0.999,
-                                           eps=1e-8, max_grad_norm=1.0, weight_decay=0.0))
+  c.optim = ml_collections.ConfigDict(
+      dict(
+          lr=5e-7,
+          schedule="constant",
+          b1=0.9,
+          b2=0.999,
+          eps=1e-8,
+          max_grad_norm=1.0,
+          weight_decay=0.0,
+      )
+  )
   c.checkpoint = ml_collections.ConfigDict(dict(every=50, max_to_keep=2))
   return c

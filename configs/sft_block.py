@@ -26,6 +26,7 @@ def get_config():
   c.sft.steps = 300
   c.sft.options = dict(t_per="block", weighting="inverse_t")
   # scripts/eval.py: static = this sampler, dynamic = low_confidence_dynamic at `threshold`.
-  c.eval = ml_collections.ConfigDict(dict(batch_size=64, threshold=0.9,
-                                          sampler=dict(base.eval.sampler)))
+  c.eval = ml_collections.ConfigDict(
+      dict(batch_size=64, threshold=0.9, sampler=dict(base.eval.sampler))
+  )
   return c

@@ -22,7 +22,14 @@ def get_config():
   c.sft.optim.lr = 1e-3
   # static = this greedy sampler (3 semi-AR blocks of 8, 2 tokens per step);
   # dynamic = the same with Fast-dLLM threshold decoding at `threshold`.
-  c.eval.sampler = ml_collections.ConfigDict(dict(
-      name="llada", gen_length=24, block_length=8, steps=12, temperature=0.0,
-      remasking="low_confidence"))
+  c.eval.sampler = ml_collections.ConfigDict(
+      dict(
+          name="llada",
+          gen_length=24,
+          block_length=8,
+          steps=12,
+          temperature=0.0,
+          remasking="low_confidence",
+      )
+  )
   return c

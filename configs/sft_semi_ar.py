@@ -23,7 +23,9 @@ def get_config():
   c.sft.options = dict(block_size=8, num_blocks=3)
   c.sft.optim.lr = 1e-3  # no qk-norm in the Qwen2-style model (see configs/sft_llada.py)
   # Dream's block sampler, greedy, confidence-ordered (both eval modes).
-  c.eval.sampler = ml_collections.ConfigDict(dict(
-      name="dream", gen_length=24, steps=24, block_length=8, alg="maskgit_plus",
-      temperature=0.0))
+  c.eval.sampler = ml_collections.ConfigDict(
+      dict(
+          name="dream", gen_length=24, steps=24, block_length=8, alg="maskgit_plus", temperature=0.0
+      )
+  )
   return c

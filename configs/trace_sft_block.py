@@ -21,11 +21,19 @@ def get_config():
   c = sft_block.get_config()
   warm = c.sft.steps
   c.sft.objective, c.sft.options, c.sft.steps = "trace_sft", {}, 100
-  c.sft.trace = ml_collections.ConfigDict(dict(
-      warm_start_steps=warm, warm_start_objective="sft_block",
-      warm_start_options=dict(t_per="block", weighting="inverse_t"),
-      samples_per_prompt=2, min_reward=None, num_prompts=512, rollout_batch=64, shrink=1,
-      max_steps=None))
+  c.sft.trace = ml_collections.ConfigDict(
+      dict(
+          warm_start_steps=warm,
+          warm_start_objective="sft_block",
+          warm_start_options=dict(t_per="block", weighting="inverse_t"),
+          samples_per_prompt=2,
+          min_reward=None,
+          num_prompts=512,
+          rollout_batch=64,
+          shrink=1,
+          max_steps=None,
+      )
+  )
   # Trajectories come from the RL rollout sampler (dynamic threshold decoding, temperature 1).
   c.sampler = tracerl.get_config().sampler
   return c

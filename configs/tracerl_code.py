@@ -17,10 +17,19 @@ tracerl = load_sibling(__file__, "tracerl")
 
 def get_config():
   c = tracerl.get_config()
-  c.task = ml_collections.ConfigDict(dict(
-      name="code", num_train=2000, num_eval=64, seed=0, reward="",
-      generator_kwargs=dict(num_ops=2, max_const=9, num_tests=3), train_path="", eval_path="",
-      field_map={}))
+  c.task = ml_collections.ConfigDict(
+      dict(
+          name="code",
+          num_train=2000,
+          num_eval=64,
+          seed=0,
+          reward="",
+          generator_kwargs=dict(num_ops=2, max_const=9, num_tests=3),
+          train_path="",
+          eval_path="",
+          field_map={},
+      )
+  )
   # Prompts are at most 48 tokens with the chat template; completions at most 32 characters
   # plus EOS, so 36 tokens (nine blocks of 4).
   c.data.max_prompt_len = 48

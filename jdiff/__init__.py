@@ -7,5 +7,14 @@ from jdiff.api import forward, from_pretrained, load_tokenizer
 from jdiff.models import DiffusionLM, KVCache, ModelConfig, ValueModel, masks, preset
 
 __version__ = "0.1.0"
-__all__ = ["DiffusionLM", "KVCache", "ModelConfig", "ValueModel", "forward", "from_pretrained",
-           "load_tokenizer", "masks", "preset"]
+__all__ = [
+    "DiffusionLM",
+    "KVCache",
+    "ModelConfig",
+    "ValueModel",
+    "forward",
+    "from_pretrained",
+    "load_tokenizer",
+    "masks",
+    "preset",
+]

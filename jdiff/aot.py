@@ -37,6 +37,7 @@ GiB = 1024**3
 @dataclasses.dataclass(frozen=True)
 class Chip:
   """Per-chip figures of one TPU generation (bf16 peak; HBM capacity and bandwidth)."""
+
   name: str
   device_kind: str  # jax.Device.device_kind of its devices
   hbm_bytes: float
@@ -71,8 +72,9 @@ def parse_topology(name: str) -> Tuple[Chip, Tuple[int, ...]]:
   """``"v5p:2x2x1"`` -> (the v5p :class:`Chip`, (2, 2, 1)); ValueError for anything else."""
   m = _TOPOLOGY.match(str(name))
   if m is None:
-    raise ValueError(f"unknown TPU topology {name!r}; expected {_FORM} (e.g. 'v5p:2x2x1', "
-                     f"'v5e:4x4')")
+    raise ValueError(
+        f"unknown TPU topology {name!r}; expected {_FORM} (e.g. 'v5p:2x2x1', " f"'v5e:4x4')"
+    )
   return CHIPS[m.group(1)], tuple(int(x) for x in m.group(2).split("x"))
 
 
@@ -82,17 +84,21 @@ def topology_devices(name: str) -> Tuple[Any, ...]:
   parse_topology(name)
   _prepare_libtpu_env()
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+
   return tuple(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
 
 
-def topology_mesh(name: str, mesh_shape: Sequence[int],
-                  axis_names: Sequence[str] = MESH_AXES) -> Mesh:
+def topology_mesh(
+    name: str, mesh_shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES
+) -> Mesh:
   """A ``('data', 'fsdp', 'tensor')`` mesh over every device of topology ``name``."""
   devices = topology_devices(name)
   shape = tuple(int(s) for s in mesh_shape)
   if len(shape) != len(axis_names) or int(np.prod(shape)) != len(devices):
-    raise ValueError(f"mesh shape {shape} over axes {tuple(axis_names)} does not fit topology "
-                     f"{name!r}, which has {len(devices)} devices")
+    raise ValueError(
+        f"mesh shape {shape} over axes {tuple(axis_names)} does not fit topology "
+        f"{name!r}, which has {len(devices)} devices"
+    )
   return Mesh(np.asarray(devices, dtype=object).reshape(shape), tuple(axis_names))
 
 
@@ -101,8 +107,10 @@ def chip_of(devices: Sequence[Any]) -> Chip:
   for chip in CHIPS.values():
     if kinds == {chip.device_kind}:
       return chip
-  raise ValueError(f"devices of kind {sorted(kinds)} match no chip in CHIPS "
-                   f"({[c.device_kind for c in CHIPS.values()]})")
+  raise ValueError(
+      f"devices of kind {sorted(kinds)} match no chip in CHIPS "
+      f"({[c.device_kind for c in CHIPS.values()]})"
+  )
 
 
 def devices_per_chip(devices: Sequence[Any]) -> int:
@@ -114,6 +122,7 @@ def devices_per_chip(devices: Sequence[Any]) -> int:
 @dataclasses.dataclass(frozen=True)
 class ProgramReport:
   """One compiled program's per-device figures."""
+
   name: str
   chip: Chip
   devices: int
@@ -144,8 +153,10 @@ class ProgramReport:
   def roofline_s(self) -> float:
     """Lower bound on the step time: compute-bound or HBM-bound, whichever is slower."""
     share = 1.0 / self.devices_per_chip
-    return max(self.flops / (self.chip.peak_flops * share),
-               self.bytes_accessed / (self.chip.hbm_bandwidth * share))
+    return max(
+        self.flops / (self.chip.peak_flops * share),
+        self.bytes_accessed / (self.chip.hbm_bandwidth * share),
+    )
 
 
 def _mesh_of(shardings) -> Mesh:
@@ -162,10 +173,17 @@ def _cost(compiled) -> Mapping[str, float]:
   return cost or {}
 
 
-def compile_program(name: str, fn: Callable, abstract_args: Sequence[Any], in_shardings,
-                    out_shardings=None, *, donate_argnums: Sequence[int] = (),
-                    rules: Mapping[str, MeshAxes] = TRAIN_RULES,
-                    flops: Optional[float] = None) -> ProgramReport:
+def compile_program(
+    name: str,
+    fn: Callable,
+    abstract_args: Sequence[Any],
+    in_shardings,
+    out_shardings=None,
+    *,
+    donate_argnums: Sequence[int] = (),
+    rules: Mapping[str, MeshAxes] = TRAIN_RULES,
+    flops: Optional[float] = None,
+) -> ProgramReport:
   """Compiles ``fn(*abstract_args)`` for the topology of ``in_shardings``' mesh.
 
   ``abstract_args``: pytrees of ``jax.ShapeDtypeStruct`` (or arrays); the mesh is active
@@ -176,10 +194,18 @@ def compile_program(name: str, fn: Callable, abstract_args: Sequence[Any], in_sh
   """
   mesh = _mesh_of(in_shardings)
   devices = list(mesh.devices.flat)
-  jitted = jax.jit(fn, in_shardings=tuple(in_shardings), out_shardings=out_shardings,
-                   donate_argnums=tuple(donate_argnums))
-  common = dict(name=name, chip=chip_of(devices), devices=len(devices),
-                devices_per_chip=devices_per_chip(devices))
+  jitted = jax.jit(
+      fn,
+      in_shardings=tuple(in_shardings),
+      out_shardings=out_shardings,
+      donate_argnums=tuple(donate_argnums),
+  )
+  common = dict(
+      name=name,
+      chip=chip_of(devices),
+      devices=len(devices),
+      devices_per_chip=devices_per_chip(devices),
+  )
   with jax.set_mesh(mesh), use_rules(rules):
     lowered = jitted.lower(*abstract_args)
     try:
@@ -188,17 +214,26 @@ def compile_program(name: str, fn: Callable, abstract_args: Sequence[Any], in_sh
       oom = _compile_time_oom(str(e))
       if oom is None:
         raise
-      return ProgramReport(**common, argument_bytes=_argument_bytes(abstract_args, in_shardings),
-                           output_bytes=0, alias_bytes=0, temp_bytes=oom[0],
-                           flops=float("nan") if flops is None else float(flops),
-                           bytes_accessed=float("nan"), oom=oom[1])
+      return ProgramReport(
+          **common,
+          argument_bytes=_argument_bytes(abstract_args, in_shardings),
+          output_bytes=0,
+          alias_bytes=0,
+          temp_bytes=oom[0],
+          flops=float("nan") if flops is None else float(flops),
+          bytes_accessed=float("nan"),
+          oom=oom[1],
+      )
   mem, cost = compiled.memory_analysis(), _cost(compiled)
   return ProgramReport(
       **common,
-      argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
-      alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
+      argument_bytes=int(mem.argument_size_in_bytes),
+      output_bytes=int(mem.output_size_in_bytes),
+      alias_bytes=int(mem.alias_size_in_bytes),
+      temp_bytes=int(mem.temp_size_in_bytes),
       flops=float(cost.get("flops", 0.0)) if flops is None else float(flops),
-      bytes_accessed=float(cost.get("bytes accessed", 0.0)))
+      bytes_accessed=float(cost.get("bytes accessed", 0.0)),
+  )
 
 
 _OOM = re.compile(r"CompileTimeHbmOom.*?temporaries \(([\d.]+)([KMGT]?)\)", re.S)
@@ -244,14 +279,17 @@ def _resolve(reports: Sequence[ProgramReport], chip: Union[None, str, Chip]):
 def format_table(reports: Sequence[ProgramReport], chip: Union[None, str, Chip] = None) -> str:
   """One row per program: per-device GiB (args, out, temp, total vs HBM), GFLOP, roofline."""
   rows = _resolve(reports, chip)
-  head = (f"{'program':<24} {'args':>8} {'out':>8} {'temp':>8} {'total':>8} {'HBM':>7} "
-          f"{'GFLOP':>10} {'GB moved':>9} {'roofline ms':>11}")
+  head = (
+      f"{'program':<24} {'args':>8} {'out':>8} {'temp':>8} {'total':>8} {'HBM':>7} "
+      f"{'GFLOP':>10} {'GB moved':>9} {'roofline ms':>11}"
+  )
   lines = [head, "-" * len(head)]
   for r in rows:
     lines.append(
         f"{r.name:<24} {r.argument_bytes / GiB:8.2f} {r.output_bytes / GiB:8.2f} "
         f"{r.temp_bytes / GiB:8.2f} {r.total_bytes / GiB:8.2f} {r.hbm_bytes / GiB:7.1f} "
-        f"{r.flops / 1e9:10.1f} {r.bytes_accessed / 1e9:9.2f} {r.roofline_s * 1e3:11.3f}")
+        f"{r.flops / 1e9:10.1f} {r.bytes_accessed / 1e9:9.2f} {r.roofline_s * 1e3:11.3f}"
+    )
   return "\n".join(lines)
 
 
@@ -262,12 +300,15 @@ def verdict(reports: Sequence[ProgramReport], chip: Union[None, str, Chip] = Non
   if not over:
     return "fits: yes"
   worst = max(over, key=lambda r: r.total_bytes / r.hbm_bytes)
-  return (f"fits: no ({worst.name} needs {worst.total_bytes / GiB:.2f} GiB of "
-          f"{worst.hbm_bytes / GiB:.2f} GiB per device)")
+  return (
+      f"fits: no ({worst.name} needs {worst.total_bytes / GiB:.2f} GiB of "
+      f"{worst.hbm_bytes / GiB:.2f} GiB per device)"
+  )
 
 
-def abstract_model(config, mesh: Mesh, rules: Optional[Mapping[str, MeshAxes]] = None,
-                   model_cls=None):
+def abstract_model(
+    config, mesh: Mesh, rules: Optional[Mapping[str, MeshAxes]] = None, model_cls=None
+):
   """``(graphdef, state)`` of a model whose state leaves are sharded ``ShapeDtypeStruct``s.
 
   ``config``: a :class:`~jdiff.models.ModelConfig`; ``model_cls`` defaults to
@@ -276,6 +317,7 @@ def abstract_model(config, mesh: Mesh, rules: Optional[Mapping[str, MeshAxes]] =
   SAMPLING_RULES for rollout programs).
   """
   from jdiff.models import DiffusionLM  # pylint: disable=g-import-not-at-top
+
   cls = DiffusionLM if model_cls is None else model_cls
   rules = TRAIN_RULES if rules is None else rules
   model = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
@@ -286,8 +328,9 @@ def abstract_model(config, mesh: Mesh, rules: Optional[Mapping[str, MeshAxes]] =
     value = var.get_value() if hasattr(var, "get_value") else var.value
     names = var.get_metadata().get("logical_axes") or (None,) * len(value.shape)
     spec = logical_spec(names, value.shape, mesh_shape, rules)
-    return var.replace(jax.ShapeDtypeStruct(value.shape, value.dtype,
-                                            sharding=NamedSharding(mesh, spec)))
+    return var.replace(
+        jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=NamedSharding(mesh, spec))
+    )
 
   state = jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
   return graphdef, state
@@ -298,8 +341,11 @@ def shardings_of(tree):
   return jax.tree.map(lambda x: x.sharding, tree)
 
 
-def abstract_batch(mesh: Mesh, shapes: Mapping[str, Tuple[Tuple[int, ...], Any]],
-                   rules: Optional[Mapping[str, MeshAxes]] = None):
+def abstract_batch(
+    mesh: Mesh,
+    shapes: Mapping[str, Tuple[Tuple[int, ...], Any]],
+    rules: Optional[Mapping[str, MeshAxes]] = None,
+):
   """``{name: ShapeDtypeStruct}`` with the leading dim sharded as ``batch`` under ``rules``."""
   rules = TRAIN_RULES if rules is None else rules
   out = {}

@@ -38,7 +38,8 @@ def forward(model, input_ids, *, attention_mask=None, positions=None) -> jax.Arr
   if attention_mask is not None:
     attention_mask = jnp.asarray(attention_mask, bool)
     if attention_mask.shape not in ((b, l, l), (b, l)):
-      raise ValueError(f"attention_mask has shape {attention_mask.shape}; expected "
-                       f"{(b, l, l)} or {(b, l)}")
+      raise ValueError(
+          f"attention_mask has shape {attention_mask.shape}; expected " f"{(b, l, l)} or {(b, l)}"
+      )
   graphdef, state = nnx.split(model)
   return _forward(graphdef, state, input_ids, attention_mask, positions)

@@ -36,8 +36,7 @@ class Registry:
 
     def deco(f):
       old = self._items.get(name)
-      if (old is not None and old is not f and not override and old != f
-          and not _same_def(old, f)):
+      if old is not None and old is not f and not override and old != f and not _same_def(old, f):
         raise ValueError(f"{self.kind} {name!r} is already registered ({old!r})")
       self._items[name] = f
       return f
@@ -77,8 +76,9 @@ class Registry:
 
 def _same_def(a, b) -> bool:
   """True for two versions of the same function (module re-imported under tests)."""
-  return (getattr(a, "__module__", None) == getattr(b, "__module__", object())
-          and getattr(a, "__qualname__", None) == getattr(b, "__qualname__", object()))
+  return getattr(a, "__module__", None) == getattr(b, "__module__", object()) and getattr(
+      a, "__qualname__", None
+  ) == getattr(b, "__qualname__", object())
 
 
 __all__ = ["Registry"]

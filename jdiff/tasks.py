@@ -33,14 +33,38 @@ class Task:
 
 TASKS = Registry("task")
 for _task in (
-    Task("arithmetic", "answer_exact", 1.0, synthetic.arithmetic,
-                       synthetic.arithmetic_completion, ("answer",)),
-    Task("countdown", "countdown", 1.0, synthetic.countdown,
-                      synthetic.countdown_completion, ("numbers", "target")),
-    Task("sudoku", "sudoku", 1.0, synthetic.sudoku4x4, synthetic.sudoku_completion,
-                   ("puzzle", "solution")),
-    Task("sort", "answer_exact", 1.0, synthetic.digit_sort,
-                 synthetic.digit_sort_completion, ("answer",)),
+    Task(
+        "arithmetic",
+        "answer_exact",
+        1.0,
+        synthetic.arithmetic,
+        synthetic.arithmetic_completion,
+        ("answer",),
+    ),
+    Task(
+        "countdown",
+        "countdown",
+        1.0,
+        synthetic.countdown,
+        synthetic.countdown_completion,
+        ("numbers", "target"),
+    ),
+    Task(
+        "sudoku",
+        "sudoku",
+        1.0,
+        synthetic.sudoku4x4,
+        synthetic.sudoku_completion,
+        ("puzzle", "solution"),
+    ),
+    Task(
+        "sort",
+        "answer_exact",
+        1.0,
+        synthetic.digit_sort,
+        synthetic.digit_sort_completion,
+        ("answer",),
+    ),
     # Fraction of the row's asserts passed in the sandbox; correct = all of them.
     Task("code", "code", 1.0, synthetic.code_functions, synthetic.code_completion, ("tests",)),
     # Accuracy on GSM8K is d1's 2.0 correctness term alone (train with reward="gsm8k").

@@ -19,12 +19,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file",
-                                          lock_config=False)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=False)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "a TPU topology, e.g. v5p:2x2x1, v5e:4x4")
 _ONLY = flags.DEFINE_list("only", None, "compile only these programs (names as printed)")
-_MESH = flags.DEFINE_string("mesh", None, "data,fsdp,tensor (default: config.mesh.shape, one -1 "
-                            "filling the topology's devices)")
+_MESH = flags.DEFINE_string(
+    "mesh",
+    None,
+    "data,fsdp,tensor (default: config.mesh.shape, one -1 " "filling the topology's devices)",
+)
 
 
 def mesh_shape(text, config_shape, devices: int):
@@ -37,8 +39,9 @@ def mesh_shape(text, config_shape, devices: int):
   if -1 in shape:
     known = -1 * int(__import__("numpy").prod(shape))
     if devices % known:
-      raise ValueError(f"mesh shape {tuple(shape)} does not fit the topology's {devices} "
-                       "devices")
+      raise ValueError(
+          f"mesh shape {tuple(shape)} does not fit the topology's {devices} " "devices"
+      )
     shape[shape.index(-1)] = devices // known
   return tuple(shape)
 
@@ -51,6 +54,7 @@ def report(config, topology: str, mesh_text=None, out=print, only=None):
   """Compiles ``config``'s programs for ``topology`` and prints the table: (all fit, the
   programs, their reports)."""
   from jdiff import aot, aot_recipe
+
   devices = aot.topology_devices(topology)
   shape = mesh_shape(mesh_text, config.get("mesh", {}).get("shape", (1, -1, 1)), len(devices))
   mesh = aot.topology_mesh(topology, shape)
@@ -58,8 +62,9 @@ def report(config, topology: str, mesh_text=None, out=print, only=None):
   if only:
     unknown = sorted(set(only) - {p.name for p in progs})
     if unknown:
-      raise ValueError(f"--only {unknown}: no such program; this config's: "
-                       f"{[p.name for p in progs]}")
+      raise ValueError(
+          f"--only {unknown}: no such program; this config's: " f"{[p.name for p in progs]}"
+      )
     progs = [p for p in progs if p.name in only]
   reports = aot_recipe.compile_all(progs, log=_progress)
   out(f"topology {topology} ({len(devices)} devices), mesh (data, fsdp, tensor) = {shape}")

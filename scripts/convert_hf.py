@@ -26,29 +26,52 @@ def main(argv=None) -> int:
   imp = sub.add_parser("import", help="HF checkpoint dir -> jdiff checkpoint dir")
   imp.add_argument("src")
   imp.add_argument("dst")
-  imp.add_argument("--family", choices=["llada", "dream", "sdar"], default=None,
-                   help="needed only for stock llama/qwen2/qwen3 checkpoints (A2D)")
-  imp.add_argument("--param-dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="dtype of the stored parameters (default: the checkpoint's own)")
+  imp.add_argument(
+      "--family",
+      choices=["llada", "dream", "sdar"],
+      default=None,
+      help="needed only for stock llama/qwen2/qwen3 checkpoints (A2D)",
+  )
+  imp.add_argument(
+      "--param-dtype",
+      choices=["float32", "bfloat16", "float16"],
+      default=None,
+      help="dtype of the stored parameters (default: the checkpoint's own)",
+  )
   imp.add_argument("--mask-token-id", type=int, default=None)
   imp.add_argument("--block-size", type=int, default=None)
   imp.add_argument("--max-shard-gb", type=float, default=5.0)
   exp = sub.add_parser("export", help="jdiff checkpoint dir -> HF checkpoint dir")
   exp.add_argument("src")
   exp.add_argument("dst")
-  exp.add_argument("--torch-dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="dtype written (default: the dtype the checkpoint was imported from)")
+  exp.add_argument(
+      "--torch-dtype",
+      choices=["float32", "bfloat16", "float16"],
+      default=None,
+      help="dtype written (default: the dtype the checkpoint was imported from)",
+  )
   exp.add_argument("--max-shard-gb", type=float, default=5.0)
   args = p.parse_args(argv)
   shard = int(args.max_shard_gb * 2**30)
   try:
     if args.cmd == "import":
-      overrides = {k: v for k, v in dict(mask_token_id=args.mask_token_id,
-                                         block_size=args.block_size).items() if v is not None}
-      cfg = import_hf(args.src, args.dst, family=args.family, param_dtype=args.param_dtype,
-                      max_shard_bytes=shard, **overrides)
-      print(f"imported {cfg.family} model ({cfg.num_params() / 1e6:.1f}M parameters, "
-            f"{cfg.param_dtype}) into {args.dst}")
+      overrides = {
+          k: v
+          for k, v in dict(mask_token_id=args.mask_token_id, block_size=args.block_size).items()
+          if v is not None
+      }
+      cfg = import_hf(
+          args.src,
+          args.dst,
+          family=args.family,
+          param_dtype=args.param_dtype,
+          max_shard_bytes=shard,
+          **overrides,
+      )
+      print(
+          f"imported {cfg.family} model ({cfg.num_params() / 1e6:.1f}M parameters, "
+          f"{cfg.param_dtype}) into {args.dst}"
+      )
     else:
       export_hf(args.src, args.dst, torch_dtype=args.torch_dtype, max_shard_bytes=shard)
       print(f"exported {args.src} to {args.dst}")

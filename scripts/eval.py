@@ -43,8 +43,10 @@ class InputError(ValueError):
 
 def _define_flags():
   from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "a configs/*.py file (task, eval, model)",
-                                  lock_config=True)
+
+  config_flags.DEFINE_config_file(
+      "config", None, "a configs/*.py file (task, eval, model)", lock_config=True
+  )
   flags.DEFINE_string("model", None, "HF or jdiff checkpoint dir (overrides config.model)")
   flags.DEFINE_string("workdir", None, "a train.py workdir: evaluate its latest checkpoint")
   flags.DEFINE_enum("mode", "static", list(MODES) + ["both"], "decoding mode(s)")
@@ -55,6 +57,7 @@ def _define_flags():
 def mode_sampler(section, family, mode, threshold):
   """``(name, settings dict)``: ``section`` (a sampler config section) made greedy for ``mode``."""
   from jdiff.sampling import registry as samplers
+
   settings = dict(section or {})
   name = settings.pop("name", "") or samplers.DEFAULT_FOR_FAMILY[family]
   settings["temperature"] = 0.0
@@ -74,8 +77,11 @@ def mode_sampler(section, family, mode, threshold):
 def _threshold(config, flag):
   if flag is not None:
     return flag
-  for section in (config.get("eval"), (config.get("eval") or {}).get("sampler"),
-                  config.get("sampler")):
+  for section in (
+      config.get("eval"),
+      (config.get("eval") or {}).get("sampler"),
+      config.get("sampler"),
+  ):
     if section is not None and section.get("threshold") is not None:
       return section.get("threshold")
   return 0.9
@@ -90,6 +96,7 @@ def _resolve(config, model_dir, workdir):
       raise InputError(f"--workdir {workdir!r}: no such directory")
     if os.path.isdir(os.path.join(workdir, "checkpoints")):
       from jdiff.train.checkpointing import Checkpointer
+
       ckpt = Checkpointer(workdir, read_only=True)
       step = ckpt.latest_step()
     if step is None:
@@ -97,8 +104,10 @@ def _resolve(config, model_dir, workdir):
       if not model_dir and os.path.isdir(os.path.join(workdir, "model")):
         model_dir = os.path.join(workdir, "model")
       elif not model_dir:
-        raise InputError(f"--workdir {workdir!r} has neither finalised checkpoints under "
-                         "checkpoints/ nor a model/ directory")
+        raise InputError(
+            f"--workdir {workdir!r} has neither finalised checkpoints under "
+            "checkpoints/ nor a model/ directory"
+        )
   if model_dir:
     if not os.path.isdir(model_dir):
       raise InputError(f"--model {model_dir!r}: no such checkpoint directory")
@@ -113,17 +122,19 @@ def _restore_policy(model, config, ckpt, step):
 
   from jdiff.train.optim import make_optimizer
   from jdiff.train.update import init_train_state
+
   if config.get("optim") is None:
-    raise InputError("restoring an RL checkpoint needs the run's config.optim section (the "
-                     "optimizer state is part of the saved TrainState)")
+    raise InputError(
+        "restoring an RL checkpoint needs the run's config.optim section (the "
+        "optimizer state is part of the saved TrainState)"
+    )
   graphdef, state = init_train_state(model, make_optimizer(dict(config.optim)))
   items, _ = ckpt.restore(step, targets={"policy": state})
   policy = items["policy"]
   return nnx.merge(graphdef, policy.params, policy.rest)
 
 
-def run(config, model_dir=None, workdir=None, mode="static", threshold=None, out=None,
-        log=print):
+def run(config, model_dir=None, workdir=None, mode="static", threshold=None, out=None, log=print):
   """Evaluates per the module docstring; returns (and writes) the results dict."""
   import time
 
@@ -138,30 +149,45 @@ def run(config, model_dir=None, workdir=None, mode="static", threshold=None, out
   from jdiff.train import setup
   from jdiff.train.rollout import evaluate
   from jdiff.train.run_setup import Prompts
+
   model, tokenizer = setup.load_policy(config.model, config.seed)
   if ckpt is not None:
     model = _restore_policy(model, config, ckpt, step)
     log(f"restored the policy of RL step {step} from {ckpt.directory}")
   task, _, eval_rows = setup.task_rows(config.task)
-  kept, ids, dropped = setup.encode(tokenizer, eval_rows, config.data.max_prompt_len,
-                                    config.data.use_chat_template)
+  kept, ids, dropped = setup.encode(
+      tokenizer, eval_rows, config.data.max_prompt_len, config.data.use_chat_template
+  )
   prompts = Prompts(kept, ids, config.seed)
   key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)  # rl_loop's eval draws
   thr = _threshold(config, threshold)
-  results = {"model": config.model.get("checkpoint") or f"preset:{config.model.get('preset')}",
-             "workdir": workdir, "checkpoint_step": step, "task": config.task.name,
-             "num_prompts": len(kept), "dropped_prompts": dropped, "modes": {}}
+  results = {
+      "model": config.model.get("checkpoint") or f"preset:{config.model.get('preset')}",
+      "workdir": workdir,
+      "checkpoint_step": step,
+      "task": config.task.name,
+      "num_prompts": len(kept),
+      "dropped_prompts": dropped,
+      "modes": {},
+  }
   for m in (MODES if mode == "both" else (mode,)):
     name, settings = mode_sampler(config.eval.sampler, model.config.family, m, thr)
     _, cfg = setup.sampler_config(dict(settings, name=name), model.config.family)
     t0 = time.time()
     ev = evaluate(model, None, tokenizer, task, prompts, name, cfg, config, key)  # 1 device
     seconds = time.time() - t0
-    results["modes"][m] = {"accuracy": ev["accuracy"], "reward": ev["reward"], "sampler": name,
-                           "settings": settings, "seconds": seconds}
+    results["modes"][m] = {
+        "accuracy": ev["accuracy"],
+        "reward": ev["reward"],
+        "sampler": name,
+        "settings": settings,
+        "seconds": seconds,
+    }
     results[f"accuracy_{m}"] = ev["accuracy"]
-    print(f"eval {m}: accuracy {ev['accuracy']:.4f} reward {ev['reward']:.4f} on {len(kept)} "
-          f"{config.task.name} prompts (sampler {name}, {seconds:.1f}s)")
+    print(
+        f"eval {m}: accuracy {ev['accuracy']:.4f} reward {ev['reward']:.4f} on {len(kept)} "
+        f"{config.task.name} prompts (sampler {name}, {seconds:.1f}s)"
+    )
   out = out or (os.path.join(workdir, "eval.json") if workdir else "eval.json")
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w") as f:
@@ -173,11 +199,18 @@ def run(config, model_dir=None, workdir=None, mode="static", threshold=None, out
 def main(argv):
   del argv
   from absl import logging
+
   logging.set_verbosity(logging.WARNING)
   F = flags.FLAGS
   try:
-    run(F.config, model_dir=F.model, workdir=F.workdir, mode=F.mode, threshold=F.threshold,
-        out=F.out)
+    run(
+        F.config,
+        model_dir=F.model,
+        workdir=F.workdir,
+        mode=F.mode,
+        threshold=F.threshold,
+        out=F.out,
+    )
   except InputError as e:
     raise SystemExit(f"eval.py: error: {e}") from None
 

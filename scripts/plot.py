@@ -38,9 +38,12 @@ def _define_flags():
 def read_metrics(path):
   """``{metric: ([steps], [values])}`` of the finite numeric values, by step."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"no metrics file at {path} (scripts/train.py and scripts/sft.py "
-                            "write DIR/metrics.jsonl)")
+    raise FileNotFoundError(
+        f"no metrics file at {path} (scripts/train.py and scripts/sft.py "
+        "write DIR/metrics.jsonl)"
+    )
   from jdiff.data.loading import jsonl_objects
+
   by_step = {}
   for n, row in jsonl_objects(path):
     if "step" not in row:
@@ -61,6 +64,7 @@ def read_metrics(path):
 def plot(workdir, out=None, log=print):
   """Writes the PNGs for ``workdir``; returns their paths (``summary.png`` last)."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -68,8 +72,10 @@ def plot(workdir, out=None, log=print):
   panels = [(stem, title, [k for k in keys if k in series]) for stem, title, keys in PANELS]
   panels = [p for p in panels if p[2]]
   if not panels:
-    raise ValueError(f"{workdir}/metrics.jsonl has none of the plotted metrics "
-                     f"{[k for _, _, keys in PANELS for k in keys]}; it has {sorted(series)}")
+    raise ValueError(
+        f"{workdir}/metrics.jsonl has none of the plotted metrics "
+        f"{[k for _, _, keys in PANELS for k in keys]}; it has {sorted(series)}"
+    )
   out = out or os.path.join(workdir, "plots")
   os.makedirs(out, exist_ok=True)
 
@@ -96,7 +102,7 @@ def plot(workdir, out=None, log=print):
   fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.5 * rows), squeeze=False)
   for ax, (stem, title, keys) in zip(axes.flat, panels):
     draw(ax, title, keys)
-  for ax in list(axes.flat)[len(panels):]:
+  for ax in list(axes.flat)[len(panels) :]:
     ax.axis("off")
   fig.suptitle(os.path.basename(os.path.abspath(workdir)))
   fig.tight_layout()

@@ -44,9 +44,14 @@ class InputError(ValueError):
 
 def _define_flags():
   from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "a configs/*.py file whose `sampler` section "
-                                  "picks the sampler (default: the family's own)",
-                                  lock_config=True)
+
+  config_flags.DEFINE_config_file(
+      "config",
+      None,
+      "a configs/*.py file whose `sampler` section "
+      "picks the sampler (default: the family's own)",
+      lock_config=True,
+  )
   flags.DEFINE_string("model", None, "HF or jdiff checkpoint directory")
   flags.DEFINE_string("tokenizer", None, "tokenizer directory (default: --model)")
   flags.DEFINE_string("prompts", None, "input .jsonl: {'prompt': text} or {'prompt_ids': [...]}")
@@ -55,8 +60,11 @@ def _define_flags():
   flags.DEFINE_integer("seed", 0, "PRNG seed")
   flags.DEFINE_integer("num_samples", 1, "completions per prompt")
   flags.DEFINE_integer("bucket", 16, "prompts are left-padded to a multiple of this")
-  flags.DEFINE_bool("no_chat_template", False, "encode text prompts as plain text, without the "
-                    "tokenizer's chat template")
+  flags.DEFINE_bool(
+      "no_chat_template",
+      False,
+      "encode text prompts as plain text, without the " "tokenizer's chat template",
+  )
 
 
 def read_prompts(path):
@@ -64,20 +72,26 @@ def read_prompts(path):
   if not os.path.isfile(path):
     raise InputError(f"prompts file not found: {path}")
   from jdiff.data.loading import jsonl_objects
+
   out = []
   for n, row in jsonl_objects(path, InputError):
     if "prompt_ids" in row:
       ids = row["prompt_ids"]
-      if (not isinstance(ids, list) or not ids
-          or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids)):
-        raise InputError(f"{path} line {n}: 'prompt_ids' must be a non-empty list of "
-                         "non-negative ints")
+      if (
+          not isinstance(ids, list)
+          or not ids
+          or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids)
+      ):
+        raise InputError(
+            f"{path} line {n}: 'prompt_ids' must be a non-empty list of " "non-negative ints"
+        )
     elif "prompt" in row:
       if not isinstance(row["prompt"], str):
         raise InputError(f"{path} line {n}: 'prompt' must be a string")
     else:
-      raise InputError(f"{path} line {n}: has neither 'prompt' nor 'prompt_ids' "
-                       f"(keys: {sorted(row)})")
+      raise InputError(
+          f"{path} line {n}: has neither 'prompt' nor 'prompt_ids' " f"(keys: {sorted(row)})"
+      )
     out.append((n, row))
   if not out:
     raise InputError(f"{path} holds no prompts")
@@ -87,6 +101,7 @@ def read_prompts(path):
 def encode(entries, tokenizer, vocab_size, chat_template=True, path="prompts"):
   """Prompt ids of each entry; ids outside the model's vocabulary are an error."""
   from jdiff.data.loading import apply_template
+
   ids = []
   for n, row in entries:
     if "prompt_ids" in row:
@@ -96,8 +111,9 @@ def encode(entries, tokenizer, vocab_size, chat_template=True, path="prompts"):
     if not p:
       raise InputError(f"{path} line {n}: the prompt encodes to no tokens")
     if max(p) >= vocab_size:
-      raise InputError(f"{path} line {n}: token id {max(p)} >= the model's vocab_size "
-                       f"{vocab_size}")
+      raise InputError(
+          f"{path} line {n}: token id {max(p)} >= the model's vocab_size " f"{vocab_size}"
+      )
     ids.append(p)
   return ids
 
@@ -118,14 +134,16 @@ def load_model(model_dir, tokenizer_dir=None):
   tok_dir = tokenizer_dir or model_dir
   import jdiff
   from jdiff.checkpoint import CheckpointError
+
   try:
     return jdiff.from_pretrained(model_dir), jdiff.load_tokenizer(tok_dir)
   except CheckpointError as e:
     raise InputError(str(e)) from None
 
 
-def generate(model, prompt_ids, sampler_name, sampler_cfg, *, batch_size=8, seed=0,
-             num_samples=1, bucket=16):
+def generate(
+    model, prompt_ids, sampler_name, sampler_cfg, *, batch_size=8, seed=0, num_samples=1, bucket=16
+):
   """One record per (prompt, sample), in order; every sampler call has the same shapes."""
   import jax
   import numpy as np
@@ -141,26 +159,45 @@ def generate(model, prompt_ids, sampler_name, sampler_cfg, *, batch_size=8, seed
   pad_id = model.config.eos_token_id if pad_id is None else pad_id
   records = []
   for start in range(0, len(jobs), bs):
-    batch = jobs[start:start + bs]
+    batch = jobs[start : start + bs]
     real = len(batch)
     batch = batch + [batch[-1]] * (bs - real)  # pad to the compiled batch size
     ids, mask, _ = left_pad([prompt_ids[i] for i, _ in batch], pad_id, length=width)
-    traj = jax.device_get(samplers.sample(sampler_name, model, ids, mask,
-                                          jax.random.fold_in(key, start), sampler_cfg))
+    traj = jax.device_get(
+        samplers.sample(sampler_name, model, ids, mask, jax.random.fold_in(key, start), sampler_cfg)
+    )
     tokens, steps, logps = (np.asarray(a) for a in (traj.tokens, traj.step_map, traj.logprobs))
     lengths, nsteps = np.asarray(traj.lengths), np.asarray(traj.num_steps)
     for r, (i, s) in enumerate(batch[:real]):
       n = int(lengths[r])
-      records.append({"index": i, "sample": s, "prompt_ids": list(map(int, prompt_ids[i])),
-                      "completion_ids": tokens[r, :n].tolist(),
-                      "step_map": steps[r, :n].tolist(),
-                      "logprobs": [float(x) for x in logps[r, :n]],
-                      "num_steps": int(nsteps[r])})
+      records.append(
+          {
+              "index": i,
+              "sample": s,
+              "prompt_ids": list(map(int, prompt_ids[i])),
+              "completion_ids": tokens[r, :n].tolist(),
+              "step_map": steps[r, :n].tolist(),
+              "logprobs": [float(x) for x in logps[r, :n]],
+              "num_steps": int(nsteps[r]),
+          }
+      )
   return records
 
 
-def sample_file(model_dir, prompts_path, out_path, sampler=None, *, batch_size=8, seed=0,
-                num_samples=1, chat_template=True, tokenizer_dir=None, bucket=16, log=print):
+def sample_file(
+    model_dir,
+    prompts_path,
+    out_path,
+    sampler=None,
+    *,
+    batch_size=8,
+    seed=0,
+    num_samples=1,
+    chat_template=True,
+    tokenizer_dir=None,
+    bucket=16,
+    log=print,
+):
   """Samples every prompt of ``prompts_path`` into ``out_path``; returns the records.
 
   ``sampler``: a mapping of sampler settings with an optional ``name`` (a config's
@@ -177,12 +214,21 @@ def sample_file(model_dir, prompts_path, out_path, sampler=None, *, batch_size=8
   model, tokenizer = load_model(model_dir, tokenizer_dir)
 
   from jdiff.train import setup
+
   mc = model.config
   name, cfg = setup.sampler_config(dict(sampler or {}), mc.family)
   prompt_ids = encode(entries, tokenizer, mc.vocab_size, chat_template, prompts_path)
   t0 = time.time()
-  records = generate(model, prompt_ids, name, cfg, batch_size=batch_size, seed=seed,
-                     num_samples=num_samples, bucket=bucket)
+  records = generate(
+      model,
+      prompt_ids,
+      name,
+      cfg,
+      batch_size=batch_size,
+      seed=seed,
+      num_samples=num_samples,
+      bucket=bucket,
+  )
   seconds = time.time() - t0
   for rec in records:
     rec["text"] = tokenizer.decode(rec["completion_ids"], skip_special_tokens=True)
@@ -194,16 +240,19 @@ def sample_file(model_dir, prompts_path, out_path, sampler=None, *, batch_size=8
     for rec in records:
       f.write(json.dumps(rec) + "\n")
   ntok = sum(len(r["completion_ids"]) for r in records)
-  log(f"{len(records)} completions ({len(entries)} prompts x {num_samples}) with sampler "
+  log(
+      f"{len(records)} completions ({len(entries)} prompts x {num_samples}) with sampler "
       f"{name!r}: {ntok / max(len(records), 1):.1f} tokens and "
       f"{sum(r['num_steps'] for r in records) / max(len(records), 1):.1f} steps on average, "
-      f"{seconds:.1f}s (compilation included) -> {out_path}")
+      f"{seconds:.1f}s (compilation included) -> {out_path}"
+  )
   return records
 
 
 def main(argv):
   del argv
   from absl import logging
+
   logging.set_verbosity(logging.WARNING)
   F = flags.FLAGS
   config = F.config
@@ -211,12 +260,23 @@ def main(argv):
   if config is not None:  # its rollout sampler, else its eval sampler (SFT configs)
     sampler = config.get("sampler") or (config.get("eval") or {}).get("sampler")
     if sampler is None:
-      raise SystemExit(f"sample.py: error: {F['config'].config_filename} has neither a "
-                       "`sampler` nor an `eval.sampler` section")
+      raise SystemExit(
+          f"sample.py: error: {F['config'].config_filename} has neither a "
+          "`sampler` nor an `eval.sampler` section"
+      )
   try:
-    sample_file(F.model, F.prompts, F.out, sampler, batch_size=F.batch_size, seed=F.seed,
-                num_samples=F.num_samples, chat_template=not F.no_chat_template,
-                tokenizer_dir=F.tokenizer, bucket=F.bucket)
+    sample_file(
+        F.model,
+        F.prompts,
+        F.out,
+        sampler,
+        batch_size=F.batch_size,
+        seed=F.seed,
+        num_samples=F.num_samples,
+        chat_template=not F.no_chat_template,
+        tokenizer_dir=F.tokenizer,
+        bucket=F.bucket,
+    )
   except InputError as e:
     raise SystemExit(f"sample.py: error: {e}") from None
 

@@ -13,8 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory (default: runs/<config name>)")
 _COORD = flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process)")
 _NPROC = flags.DEFINE_integer("num_processes", None, "number of processes (multi-process)")
@@ -24,8 +23,10 @@ _PID = flags.DEFINE_integer("process_id", None, "this process's index (multi-pro
 def main(argv):
   del argv
   from absl import logging
+
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it renames at INFO
   import jax
+
   if _COORD.value or _NPROC.value:
     # CPU processes (tests, debugging) need a cross-process collectives backend; set before
     # the backends start. Accelerator collectives are unaffected.
@@ -35,6 +36,7 @@ def main(argv):
     jax.distributed.initialize()
   config = _CONFIG.value
   from jdiff.rl.method import methods
+
   if methods.get(config.method.name).offline:  # dTRPO: a fixed pair set, no rollouts
     from jdiff.train.offline_loop import run
   else:

@@ -33,6 +33,7 @@ def policy_leaves(workdir, step):
   import numpy as np
 
   from jdiff.train.checkpointing import Checkpointer
+
   items, _ = Checkpointer(workdir, read_only=True).restore(step)
   return [np.asarray(x) for x in jax.tree.leaves(items["policy"])]
 

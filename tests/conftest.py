@@ -97,6 +97,7 @@ def jdiff_models():
   def get(ckpt):
     if ckpt.path not in cache:
       import jdiff
+
       cache[ckpt.path] = jdiff.from_pretrained(ckpt.path, dtype="float32")
     return cache[ckpt.path]
 
@@ -122,6 +123,7 @@ _DIFFS = {}
 def record_diff():
   def record(name, value):
     _DIFFS[name] = max(float(value), _DIFFS.get(name, 0.0))
+
   return record
 
 

@@ -19,14 +19,20 @@ def make_traj(prompts, completions, g):
   pids, pmask = np.full((b, p), PAD, np.int32), np.zeros((b, p), bool)
   toks, lengths = np.full((b, g), PAD, np.int32), np.zeros((b,), np.int32)
   for i, (x, c) in enumerate(zip(prompts, completions)):
-    pids[i, p - len(x):], pmask[i, p - len(x):] = x, True
+    pids[i, p - len(x) :], pmask[i, p - len(x) :] = x, True
     c = list(c)[:g]
-    c = c[:c.index(EOS) + 1] if EOS in c else c
-    toks[i, :len(c)], lengths[i] = c, len(c)
+    c = c[: c.index(EOS) + 1] if EOS in c else c
+    toks[i, : len(c)], lengths[i] = c, len(c)
   steps = np.where(np.arange(g)[None] < lengths[:, None], np.arange(1, g + 1)[None], 0)
-  return Trajectory(prompt_ids=pids, prompt_mask=pmask, tokens=toks,
-                    step_map=steps.astype(np.int32), logprobs=np.zeros((b, g), np.float32),
-                    lengths=lengths, num_steps=lengths.copy())
+  return Trajectory(
+      prompt_ids=pids,
+      prompt_mask=pmask,
+      tokens=toks,
+      step_map=steps.astype(np.int32),
+      logprobs=np.zeros((b, g), np.float32),
+      lengths=lengths,
+      num_steps=lengths.copy(),
+  )
 
 
 def target_reward(traj):

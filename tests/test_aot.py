@@ -19,25 +19,36 @@ def _loss_grad_report(topology, mesh_shape, batch, length, **overrides):
   """Masked cross-entropy and its gradient wrt every parameter of tiny_sdar."""
   mesh = aot.topology_mesh(topology, mesh_shape)
   graphdef, state = aot.abstract_model(preset("tiny_sdar", **overrides), mesh)
-  rows = aot.abstract_batch(mesh, {"tokens": ((batch, length), jnp.int32),
-                                   "weights": ((batch, length), jnp.float32)})
+  rows = aot.abstract_batch(
+      mesh, {"tokens": ((batch, length), jnp.int32), "weights": ((batch, length), jnp.float32)}
+  )
 
   def loss_grad(state, rows):
     def loss(state):
       logits, _ = nnx.merge(graphdef, state)(rows["tokens"])
       lp = jnp.take_along_axis(jax.nn.log_softmax(logits), rows["tokens"][..., None], -1)
       return -jnp.sum(lp[..., 0] * rows["weights"]) / jnp.maximum(jnp.sum(rows["weights"]), 1)
+
     return jax.value_and_grad(loss)(state)
 
-  return aot.compile_program(f"loss_grad_{batch}x{length}", loss_grad, (state, rows),
-                             (aot.shardings_of(state), aot.shardings_of(rows)))
+  return aot.compile_program(
+      f"loss_grad_{batch}x{length}",
+      loss_grad,
+      (state, rows),
+      (aot.shardings_of(state), aot.shardings_of(rows)),
+  )
 
 
 def test_single_host_v5e_compiles_and_fits():
   report = _loss_grad_report("v5e:2x2", (1, 4, 1), batch=8, length=64)
   assert report.chip is aot.CHIPS["v5e"] and report.devices == 4
-  for value in (report.argument_bytes, report.output_bytes, report.temp_bytes, report.flops,
-                report.bytes_accessed):
+  for value in (
+      report.argument_bytes,
+      report.output_bytes,
+      report.temp_bytes,
+      report.flops,
+      report.bytes_accessed,
+  ):
     assert value > 0
   # The gradient's output holds one copy of the (fsdp-sharded) float32 parameters at least.
   params = preset("tiny_sdar").num_params() * 4
@@ -65,8 +76,10 @@ def test_multi_host_v5e_4x4_and_too_large_batch():
 
 
 def test_compile_time_oom_message_is_parsed():
-  msg = ("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: Ran out of memory on HBM, the total "
-         "memory required for HLO temporaries (17.92G) exceeds available HBM (15.75G).\nmore")
+  msg = (
+      "RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: Ran out of memory on HBM, the total "
+      "memory required for HLO temporaries (17.92G) exceeds available HBM (15.75G).\nmore"
+  )
   temp, line = aot._compile_time_oom(msg)  # pylint: disable=protected-access
   assert temp == int(17.92 * GiB) and line.startswith("RESOURCE_EXHAUSTED") and "more" not in line
   # pylint: disable-next=protected-access
@@ -81,7 +94,8 @@ def test_verdict_names_the_program_over_budget():
   # The same programs checked against a smaller chip.
   assert aot.verdict([base], "v5e") == "fits: yes"
   assert aot.verdict([dataclasses.replace(base, temp_bytes=15 * GiB)], "v5e").startswith(
-      "fits: no (a needs 17.00 GiB of 16.00 GiB")
+      "fits: no (a needs 17.00 GiB of 16.00 GiB"
+  )
 
 
 def test_bad_topology_and_mismatched_mesh():
@@ -95,9 +109,15 @@ def test_bad_topology_and_mismatched_mesh():
 
 def test_chunked_attention_compiles_for_tpu():
   """The chunked kernel (scans and lax.cond over tiles) lowers for TPU."""
-  tiled = _loss_grad_report("v5e:2x2", (1, 4, 1), batch=4, length=1024,
-                            attention_impl="chunked", attention_chunk_q=256,
-                            attention_chunk_k=256)
+  tiled = _loss_grad_report(
+      "v5e:2x2",
+      (1, 4, 1),
+      batch=4,
+      length=1024,
+      attention_impl="chunked",
+      attention_chunk_q=256,
+      attention_chunk_k=256,
+  )
   assert tiled.temp_bytes > 0 and tiled.flops > 0 and tiled.fits
 
 

@@ -15,9 +15,18 @@ from jdiff.models.config import ModelConfig  # noqa: E402
 D, F, H, KV, HD, V, LAYERS = 64, 96, 4, 2, 16, 160, 2
 P, G, BLOCK = 30, 96, 32
 N = P + G
-CFG = ModelConfig(family="llada", vocab_size=V, hidden_size=D, intermediate_size=F,
-                  num_layers=LAYERS, num_heads=H, num_kv_heads=KV, head_dim=HD,
-                  rope_theta=1e4, rms_norm_eps=1e-5)
+CFG = ModelConfig(
+    family="llada",
+    vocab_size=V,
+    hidden_size=D,
+    intermediate_size=F,
+    num_layers=LAYERS,
+    num_heads=H,
+    num_kv_heads=KV,
+    head_dim=HD,
+    rope_theta=1e4,
+    rms_norm_eps=1e-5,
+)
 
 
 def _query_token(keys):
@@ -35,8 +44,12 @@ RTOL = 1e-2
 def _pass(queries, keys, window):
   """A forward of ``queries`` tokens over ``keys``: every layer but the last on all of them,
   the last on the ``window`` tokens (keys/values still for all), the head on the window."""
-  return ((LAYERS - 1) * queries * _query_token(keys)
-          + window * _query_token(keys) + (queries - window) * KV_ONLY + window * HEAD)
+  return (
+      (LAYERS - 1) * queries * _query_token(keys)
+      + window * _query_token(keys)
+      + (queries - window) * KV_ONLY
+      + window * HEAD
+  )
 
 
 def test_exact_step_flops_match_the_tally():
@@ -54,7 +67,7 @@ def test_fast_flops_count_each_rows_steps_per_block(mode):
   for r, per_block in enumerate(steps):
     t = 0
     for k, n in enumerate(per_block):
-      step_map[r, k * BLOCK:(k + 1) * BLOCK] = t + 1 + np.arange(BLOCK) % n
+      step_map[r, k * BLOCK : (k + 1) * BLOCK] = t + 1 + np.arange(BLOCK) % n
       t += n
   want = 0.0
   for per_block in steps:

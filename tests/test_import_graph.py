@@ -45,11 +45,10 @@ def import_graph() -> Dict[str, Set[str]]:
         base = node.module or ""
         if node.level:
           pkg = mod.split(".") if is_pkg else mod.split(".")[:-1]
-          pkg = pkg[:len(pkg) - (node.level - 1)]
+          pkg = pkg[: len(pkg) - (node.level - 1)]
           base = ".".join(pkg + ([base] if base else []))
         # ``from pkg import sub`` depends on the submodule; ``from mod import name`` on mod.
-        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
-                 for a in node.names]
+        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
       for n in names:
         if n == "jdiff" or n.startswith("jdiff."):
           target = _resolve(n, modules)
@@ -75,7 +74,7 @@ def find_cycle(graph: Dict[str, Set[str]]) -> Optional[List[str]]:
         stack.pop()
         path.pop()
       elif colour[nxt] == 1:
-        return path[path.index(nxt):] + [nxt]
+        return path[path.index(nxt) :] + [nxt]
       elif colour[nxt] == 0:
         colour[nxt] = 1
         stack.append((nxt, iter(sorted(graph[nxt]))))

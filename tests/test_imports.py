@@ -31,6 +31,7 @@ def package_modules() -> List[str]:
   """Every module of the ``jdiff`` package."""
   sys.path.insert(0, ROOT)
   import jdiff
+
   names = ["jdiff"]
   for info in pkgutil.walk_packages(jdiff.__path__, "jdiff."):
     names.append(info.name)

@@ -41,8 +41,16 @@ def test_every_lookup_uses_the_registry():
   from jdiff.rl.registry import advantage_estimators
   from jdiff.sampling import registry as samplers
   from jdiff.tasks import TASKS
-  for reg in (PRESETS, rewards._REGISTRY, methods, advantage_estimators, samplers._SAMPLERS,
-              TASKS, sft.OBJECTIVES):
+
+  for reg in (
+      PRESETS,
+      rewards._REGISTRY,
+      methods,
+      advantage_estimators,
+      samplers._SAMPLERS,
+      TASKS,
+      sft.OBJECTIVES,
+  ):
     assert isinstance(reg, Registry), reg
   assert {"tracerl", "dtrpo", "cj_grpo"} <= set(methods)
   assert samplers.names() == ["block", "dream", "llada"]

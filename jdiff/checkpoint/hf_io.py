@@ -22,8 +22,12 @@ import numpy as np
 from flax import nnx
 
 from jdiff.checkpoint import hf_config, hf_mapping
-from jdiff.checkpoint.safetensors_io import (INDEX_NAME, CheckpointError, CheckpointReader,
-                                             write_checkpoint)
+from jdiff.checkpoint.safetensors_io import (
+    INDEX_NAME,
+    CheckpointError,
+    CheckpointReader,
+    write_checkpoint,
+)
 from jdiff.models.config import ModelConfig
 from jdiff.models.lora import merge_lora
 from jdiff.models.transformer import DiffusionLM, ValueModel
@@ -57,8 +61,13 @@ def _copy_side_files(src: str, dst: str) -> None:
     return
   for name in os.listdir(src):
     full = os.path.join(src, name)
-    if (os.path.isfile(full) and not name.endswith(_WEIGHT_FILES) and name not in _OWN_FILES
-        and not name.endswith(".index.json") and not name.endswith(".tmp")):
+    if (
+        os.path.isfile(full)
+        and not name.endswith(_WEIGHT_FILES)
+        and name not in _OWN_FILES
+        and not name.endswith(".index.json")
+        and not name.endswith(".tmp")
+    ):
       shutil.copy2(full, os.path.join(dst, name))
 
 
@@ -72,12 +81,14 @@ class _HFSource:
     self.path = path
     self.raw_config = hf_config.read_config_json(path)
     self.family, self.scheme = hf_config.detect_family(
-        self.raw_config, family, where=os.path.join(path, "config.json"))
+        self.raw_config, family, where=os.path.join(path, "config.json")
+    )
     config = hf_config.to_model_config(self.raw_config, self.family, self.scheme, **overrides)
     self.config = _resolve_special_ids(config, path)
     self.reader = CheckpointReader(path)
-    self.torch_dtype = str(self.raw_config.get("torch_dtype") or
-                           self.raw_config.get("dtype") or "bfloat16")
+    self.torch_dtype = str(
+        self.raw_config.get("torch_dtype") or self.raw_config.get("dtype") or "bfloat16"
+    )
     self.entries = {e.path: e for e in hf_mapping.entries(self.config, self.scheme)}
     self._check_keys()
 
@@ -89,14 +100,18 @@ class _HFSource:
         expected.add(e.hf.format(i=i))
     missing = sorted(expected - set(self.reader.keys()))
     if missing:
-      raise CheckpointError(f"checkpoint {self.path} lacks {len(missing)} tensor(s) the "
-                            f"{self.family} model needs, e.g. {missing[:3]} (missing shard, or "
-                            f"the wrong family/config.json?)")
-    extra = [k for k in self.reader.keys() if k not in expected
-             and not k.endswith(_IGNORED_HF_KEYS)]
+      raise CheckpointError(
+          f"checkpoint {self.path} lacks {len(missing)} tensor(s) the "
+          f"{self.family} model needs, e.g. {missing[:3]} (missing shard, or "
+          f"the wrong family/config.json?)"
+      )
+    extra = [
+        k for k in self.reader.keys() if k not in expected and not k.endswith(_IGNORED_HF_KEYS)
+    ]
     if extra:
-      log.warning("ignoring %d tensor(s) not used by jdiff in %s, e.g. %s", len(extra),
-                  self.path, extra[:3])
+      log.warning(
+          "ignoring %d tensor(s) not used by jdiff in %s, e.g. %s", len(extra), self.path, extra[:3]
+      )
 
   def get(self, path: Tuple[str, ...], shape: Tuple[int, ...], dtype) -> np.ndarray:
     e = self.entries[path]
@@ -107,8 +122,10 @@ class _HFSource:
       key = e.hf.format(i=i)
       t = self.reader.get(key)
       if tuple(t.shape) != want:
-        raise CheckpointError(f"{self.reader.file_of(key)}: tensor {key!r} has shape "
-                              f"{tuple(t.shape)}, expected {want} from config.json")
+        raise CheckpointError(
+            f"{self.reader.file_of(key)}: tensor {key!r} has shape "
+            f"{tuple(t.shape)}, expected {want} from config.json"
+        )
       value = hf_mapping.to_jdiff(e, t, self.config)
       if i is None:
         out[...] = value
@@ -129,15 +146,19 @@ def _resolve_special_ids(config: ModelConfig, path: str) -> ModelConfig:
         updates["eos_token_id"] = int(tok.eos_token_id)
   config = config.replace(**{k: v for k, v in updates.items() if v is not None})
   if config.mask_token_id is None:
-    raise CheckpointError(f"{path}: no mask token id: config.json has no 'mask_token_id' and "
-                          "the tokenizer defines no mask token")
+    raise CheckpointError(
+        f"{path}: no mask token id: config.json has no 'mask_token_id' and "
+        "the tokenizer defines no mask token"
+    )
   if config.eos_token_id is None:
     raise CheckpointError(f"{path}: no EOS token id in config.json or the tokenizer")
   if config.pad_token_id is None:
     config = config.replace(pad_token_id=config.eos_token_id)
   if not 0 <= config.mask_token_id < config.vocab_size:
-    raise CheckpointError(f"{path}: mask_token_id={config.mask_token_id} outside the vocabulary "
-                          f"of {config.vocab_size}")
+    raise CheckpointError(
+        f"{path}: mask_token_id={config.mask_token_id} outside the vocabulary "
+        f"of {config.vocab_size}"
+    )
   return config
 
 
@@ -175,9 +196,11 @@ def load_tokenizer(path: str):
   if not any(os.path.exists(os.path.join(path, f)) for f in _TOKENIZER_FILES):
     raise CheckpointError(f"no tokenizer files ({', '.join(_TOKENIZER_FILES)}) in {path}")
   import transformers  # heavy import kept local
+
   try:
-    return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True,
-                                                      trust_remote_code=False)
+    return transformers.AutoTokenizer.from_pretrained(
+        path, local_files_only=True, trust_remote_code=False
+    )
   except Exception as e:  # transformers raises many types; keep the cause visible
     raise CheckpointError(f"could not load the tokenizer in {path}: {e}") from e
 
@@ -186,6 +209,7 @@ def load_tokenizer(path: str):
 
 
 class _JdiffSource:
+
   def __init__(self, path: str):
     self.path = path
     with open(os.path.join(path, JDIFF_CONFIG)) as f:
@@ -204,8 +228,10 @@ class _JdiffSource:
     name = _param_name(path)
     t = self.reader.get(name)
     if tuple(t.shape) != tuple(shape):
-      raise CheckpointError(f"{self.reader.file_of(name)}: {name!r} has shape {tuple(t.shape)}, "
-                            f"expected {tuple(shape)}")
+      raise CheckpointError(
+          f"{self.reader.file_of(name)}: {name!r} has shape {tuple(t.shape)}, "
+          f"expected {tuple(shape)}"
+      )
     return np.asarray(t, dtype)
 
 
@@ -216,6 +242,7 @@ def _build(config: ModelConfig, kind: str, source, mesh=None, rules=None):
   shardings = None
   if mesh is not None:
     from jdiff.sharding.mesh import state_shardings
+
     shardings = dict(nnx.to_flat_state(state_shardings(state, mesh, rules)))
   flat = []
   for path, var in nnx.to_flat_state(state):
@@ -230,9 +257,17 @@ def _build(config: ModelConfig, kind: str, source, mesh=None, rules=None):
   return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
-def from_pretrained(path: str, *, family: Optional[str] = None, kind: Optional[str] = None,
-                    param_dtype: Optional[str] = None, dtype: Optional[str] = None,
-                    mesh=None, rules=None, **config_overrides):
+def from_pretrained(
+    path: str,
+    *,
+    family: Optional[str] = None,
+    kind: Optional[str] = None,
+    param_dtype: Optional[str] = None,
+    dtype: Optional[str] = None,
+    mesh=None,
+    rules=None,
+    **config_overrides,
+):
   """Loads an HF checkpoint directory (LLaDA, Dream, SDAR/TraDo) or a jdiff checkpoint.
 
   ``param_dtype``/``dtype`` set master-weight and compute dtypes (default float32 master
@@ -251,36 +286,50 @@ def from_pretrained(path: str, *, family: Optional[str] = None, kind: Optional[s
     if dtype is None:
       dtype = "float32" if src.torch_dtype == "float32" else "bfloat16"
     kind = kind or "lm"
-  config = config.replace(**{k: v for k, v in dict(param_dtype=param_dtype, dtype=dtype).items()
-                             if v is not None})
+  config = config.replace(
+      **{k: v for k, v in dict(param_dtype=param_dtype, dtype=dtype).items() if v is not None}
+  )
   if is_jdiff_checkpoint(path) and config_overrides:
     config = config.replace(**config_overrides)
   if kind == "value" and not is_jdiff_checkpoint(path):
     # A fresh value model: the policy backbone plus a zero head (TraceRL §7).
     lm_src = src
+
     def source(p, shape, dt):
       if p == ("value_head",):
         return np.zeros(shape, dt)
       return lm_src.get(p, shape, dt)
+
   else:
     source = src.get
   model = _build(config, kind, source, mesh, rules)
   model.source_path = os.path.abspath(path)  # tokenizer lookup for scripts
   # What export needs to write the checkpoint back as it came (names, dtype, config fields).
   # Kept as a JSON string: module attributes end up in the (hashed) graphdef.
-  model.hf_meta_json = json.dumps(src.hf if isinstance(src, _JdiffSource) else
-                                  _hf_meta(src, src.torch_dtype))
+  model.hf_meta_json = json.dumps(
+      src.hf if isinstance(src, _JdiffSource) else _hf_meta(src, src.torch_dtype)
+  )
   return model
 
 
 def _hf_meta(src: "_HFSource", torch_dtype: str) -> dict:
   # The ids as imported let export tell ids the import filled in from ids a user changed.
-  return {"scheme": src.scheme, "torch_dtype": torch_dtype, "config_json": src.raw_config,
-          "special_ids": {k: getattr(src.config, k) for k in hf_config.SPECIAL_IDS}}
+  return {
+      "scheme": src.scheme,
+      "torch_dtype": torch_dtype,
+      "config_json": src.raw_config,
+      "special_ids": {k: getattr(src.config, k) for k in hf_config.SPECIAL_IDS},
+  }
 
 
-def save_jdiff(model, out_dir: str, *, tokenizer_dir: Optional[str] = None,
-               hf_meta: Optional[dict] = None, max_shard_bytes: int = 5 * 2**30) -> None:
+def save_jdiff(
+    model,
+    out_dir: str,
+    *,
+    tokenizer_dir: Optional[str] = None,
+    hf_meta: Optional[dict] = None,
+    max_shard_bytes: int = 5 * 2**30,
+) -> None:
   """Writes ``model`` as a jdiff checkpoint directory (a LoRA model's adapters merged)."""
   kind = "value" if isinstance(model, ValueModel) else "lm"
   model = merge_lora(model)
@@ -288,16 +337,27 @@ def save_jdiff(model, out_dir: str, *, tokenizer_dir: Optional[str] = None,
   specs = []
   for path, var in nnx.to_flat_state(state):
     arr = var[...]
-    specs.append((_param_name(path), tuple(arr.shape), np.dtype(arr.dtype),
-                  (lambda a=arr: np.asarray(jax.device_get(a)))))
+    specs.append(
+        (
+            _param_name(path),
+            tuple(arr.shape),
+            np.dtype(arr.dtype),
+            (lambda a=arr: np.asarray(jax.device_get(a))),
+        )
+    )
   _write_jdiff(out_dir, model.config, kind, specs, hf_meta or {}, tokenizer_dir, max_shard_bytes)
 
 
 def _write_jdiff(out_dir, config, kind, specs, hf_meta, tokenizer_dir, max_shard_bytes):
   os.makedirs(out_dir, exist_ok=True)
   write_checkpoint(out_dir, specs, max_shard_bytes=max_shard_bytes, metadata={"format": "jdiff"})
-  meta = {"format": "jdiff", "version": FORMAT_VERSION, "kind": kind,
-          "config": dataclasses.asdict(config), "hf": hf_meta}
+  meta = {
+      "format": "jdiff",
+      "version": FORMAT_VERSION,
+      "kind": kind,
+      "config": dataclasses.asdict(config),
+      "hf": hf_meta,
+  }
   tmp = os.path.join(out_dir, JDIFF_CONFIG + ".tmp")
   with open(tmp, "w") as f:
     json.dump(meta, f, indent=2)
@@ -305,9 +365,15 @@ def _write_jdiff(out_dir, config, kind, specs, hf_meta, tokenizer_dir, max_shard
   _copy_side_files(tokenizer_dir, out_dir)
 
 
-def import_hf(hf_dir: str, out_dir: str, *, family: Optional[str] = None,
-              param_dtype: Optional[str] = None, max_shard_bytes: int = 5 * 2**30,
-              **config_overrides) -> ModelConfig:
+def import_hf(
+    hf_dir: str,
+    out_dir: str,
+    *,
+    family: Optional[str] = None,
+    param_dtype: Optional[str] = None,
+    max_shard_bytes: int = 5 * 2**30,
+    **config_overrides,
+) -> ModelConfig:
   """Streams an HF checkpoint into a jdiff checkpoint, one stacked parameter at a time.
 
   Parameters keep the checkpoint's dtype unless ``param_dtype`` is given, so import ->
@@ -316,8 +382,9 @@ def import_hf(hf_dir: str, out_dir: str, *, family: Optional[str] = None,
   src = _HFSource(hf_dir, family, config_overrides)
   stored = src.torch_dtype if src.torch_dtype in _DTYPE_NAMES else "float32"
   pdt = param_dtype or stored
-  config = src.config.replace(param_dtype=pdt,
-                              dtype="float32" if stored == "float32" else "bfloat16")
+  config = src.config.replace(
+      param_dtype=pdt, dtype="float32" if stored == "float32" else "bfloat16"
+  )
   abstract = nnx.eval_shape(lambda: DiffusionLM(config, rngs=nnx.Rngs(0)))
   specs = []
   for path, var in nnx.to_flat_state(nnx.state(abstract)):
@@ -331,18 +398,25 @@ def import_hf(hf_dir: str, out_dir: str, *, family: Optional[str] = None,
 # ----------------------------------------------------------------------------- jdiff -> HF
 
 
-def _export_specs(config: ModelConfig, scheme: str, get: Callable[[Tuple[str, ...]], np.ndarray],
-                  shapes: Dict[Tuple[str, ...], Tuple[int, ...]], out_dtype) -> list:
+def _export_specs(
+    config: ModelConfig,
+    scheme: str,
+    get: Callable[[Tuple[str, ...]], np.ndarray],
+    shapes: Dict[Tuple[str, ...], Tuple[int, ...]],
+    out_dtype,
+) -> list:
   specs = []
   for e in hf_mapping.entries(config, scheme):
     shape = shapes[e.path]
     hf_s = hf_mapping.hf_shape(e, shape)
     layers = range(config.num_layers) if e.stacked else [None]
     for i in layers:
+
       def produce(e=e, i=i):
         x = get(e.path)
         x = x if i is None else x[i]
         return np.asarray(hf_mapping.to_hf(e, x), out_dtype)
+
       specs.append((e.hf.format(i=i), hf_s, np.dtype(out_dtype), produce))
   return specs
 
@@ -356,11 +430,18 @@ def _one_at_a_time(fetch):
       last.clear()
       last[path] = fetch(path)
     return last[path]
+
   return get
 
 
-def export_hf(source, out_dir: str, *, torch_dtype: Optional[str] = None,
-              scheme: Optional[str] = None, max_shard_bytes: int = 5 * 2**30) -> None:
+def export_hf(
+    source,
+    out_dir: str,
+    *,
+    torch_dtype: Optional[str] = None,
+    scheme: Optional[str] = None,
+    max_shard_bytes: int = 5 * 2**30,
+) -> None:
   """Writes an HF checkpoint directory with the family's original names and config.json.
 
   ``source`` is a jdiff checkpoint directory or a ``DiffusionLM`` (a LoRA model is written
@@ -390,8 +471,13 @@ def export_hf(source, out_dir: str, *, torch_dtype: Optional[str] = None,
   os.makedirs(out_dir, exist_ok=True)
   specs = _export_specs(config, scheme, get, shapes, _DTYPE_NAMES[torch_dtype])
   write_checkpoint(out_dir, specs, max_shard_bytes=max_shard_bytes, metadata={"format": "pt"})
-  cfg_json = hf_config.from_model_config(config, torch_dtype, hf_meta.get("config_json"),
-                                         scheme=scheme, imported_ids=hf_meta.get("special_ids"))
+  cfg_json = hf_config.from_model_config(
+      config,
+      torch_dtype,
+      hf_meta.get("config_json"),
+      scheme=scheme,
+      imported_ids=hf_meta.get("special_ids"),
+  )
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(cfg_json, f, indent=2)
   _copy_side_files(tok_dir, out_dir)

@@ -18,9 +18,15 @@ import ml_dtypes
 import numpy as np
 
 _DTYPES = {
-    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
-    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8),
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U8": np.dtype(np.uint8),
     "BOOL": np.dtype(np.bool_),
 }
 _NAMES = {v: k for k, v in _DTYPES.items()}
@@ -63,8 +69,10 @@ class SafetensorsFile:
         raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {e['dtype']}")
       end = self._data_start + e["data_offsets"][1]
       if end > size:
-        raise CheckpointError(f"{path}: tensor {name!r} extends past the end of the file "
-                              f"({end} > {size} bytes; truncated file?)")
+        raise CheckpointError(
+            f"{path}: tensor {name!r} extends past the end of the file "
+            f"({end} > {size} bytes; truncated file?)"
+        )
     self._map = np.memmap(path, dtype=np.uint8, mode="r") if size > self._data_start else None
 
   def keys(self) -> List[str]:
@@ -83,7 +91,7 @@ class SafetensorsFile:
     dtype = _DTYPES[e["dtype"]]
     if end == begin:
       return np.zeros(e["shape"], dtype)
-    raw = self._map[self._data_start + begin:self._data_start + end]
+    raw = self._map[self._data_start + begin : self._data_start + end]
     return raw.view(dtype).reshape(e["shape"])
 
 
@@ -104,8 +112,9 @@ class CheckpointReader:
       for shard in sorted(set(weight_map.values())):
         path = os.path.join(directory, shard)
         if not os.path.exists(path):
-          raise CheckpointError(f"{index_path} lists shard {shard!r}, which is missing from "
-                                f"{directory}")
+          raise CheckpointError(
+              f"{index_path} lists shard {shard!r}, which is missing from " f"{directory}"
+          )
         self._files[shard] = SafetensorsFile(path)
       for name, shard in weight_map.items():
         if name not in self._files[shard].keys():
@@ -161,7 +170,11 @@ def _write_file(path: str, specs: Sequence[TensorSpec], metadata: Optional[dict]
     if dtype not in _NAMES:
       raise CheckpointError(f"cannot write tensor {name!r} of dtype {dtype} to safetensors")
     n = _nbytes((name, shape, dtype, None))
-    header[name] = {"dtype": _NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+    header[name] = {
+        "dtype": _NAMES[dtype],
+        "shape": list(shape),
+        "data_offsets": [offset, offset + n],
+    }
     offset += n
   blob = json.dumps(header, separators=(",", ":")).encode()
   blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned
@@ -178,9 +191,14 @@ def _write_file(path: str, specs: Sequence[TensorSpec], metadata: Optional[dict]
   os.replace(tmp, path)  # never leave a half-written shard under the final name
 
 
-def write_checkpoint(directory: str, specs: Iterable[TensorSpec], *,
-                     max_shard_bytes: int = 5 * 2**30, metadata: Optional[dict] = None,
-                     prefix: str = "model") -> List[str]:
+def write_checkpoint(
+    directory: str,
+    specs: Iterable[TensorSpec],
+    *,
+    max_shard_bytes: int = 5 * 2**30,
+    metadata: Optional[dict] = None,
+    prefix: str = "model",
+) -> List[str]:
   """Writes tensors as ``{prefix}.safetensors`` or shards plus an index; returns file names."""
   specs = list(specs)
   shards: List[List[TensorSpec]] = [[]]
@@ -200,8 +218,10 @@ def write_checkpoint(directory: str, specs: Iterable[TensorSpec], *,
   for name, shard in zip(names, shards):
     _write_file(os.path.join(directory, name), shard, metadata)
   if len(shards) > 1:
-    index = {"metadata": {"total_size": sum(_nbytes(s) for s in specs)},
-             "weight_map": {s[0]: name for name, shard in zip(names, shards) for s in shard}}
+    index = {
+        "metadata": {"total_size": sum(_nbytes(s) for s in specs)},
+        "weight_map": {s[0]: name for name, shard in zip(names, shards) for s in shard},
+    }
     tmp = os.path.join(directory, f"{prefix}.safetensors.index.json.tmp")
     with open(tmp, "w") as f:
       json.dump(index, f, indent=2)

@@ -31,7 +31,7 @@ import string
 from typing import Dict, Optional, TYPE_CHECKING, Tuple
 
 if TYPE_CHECKING:  # heavy imports are deferred to build time
-    from transformers import PreTrainedTokenizerFast
+  from transformers import PreTrainedTokenizerFast
 
 EOS_TOKEN = "<|endoftext|>"
 MASK_TOKEN = "<|mask|>"
@@ -52,66 +52,70 @@ CHAT_TEMPLATE = (
 
 
 def build_char_tokenizer(alphabet: Optional[str] = None) -> "PreTrainedTokenizerFast":
-    """Build the character tokenizer over ``alphabet`` (default: ``DEFAULT_ALPHABET``).
+  """Build the character tokenizer over ``alphabet`` (default: ``DEFAULT_ALPHABET``).
 
-    Duplicate characters in ``alphabet`` are ignored (first occurrence wins).
-    The returned tokenizer has ``eos_token == pad_token == "<|endoftext|>"``,
-    ``mask_token == "<|mask|>"``, ``<|im_start|>``/``<|im_end|>`` as
-    additional special tokens, ``clean_up_tokenization_spaces=False`` (so
-    decoding is exact) and the Qwen-like ``CHAT_TEMPLATE``.
-    """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+  Duplicate characters in ``alphabet`` are ignored (first occurrence wins).
+  The returned tokenizer has ``eos_token == pad_token == "<|endoftext|>"``,
+  ``mask_token == "<|mask|>"``, ``<|im_start|>``/``<|im_end|>`` as
+  additional special tokens, ``clean_up_tokenization_spaces=False`` (so
+  decoding is exact) and the Qwen-like ``CHAT_TEMPLATE``.
+  """
+  from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+  from transformers import PreTrainedTokenizerFast
 
-    alphabet = DEFAULT_ALPHABET if alphabet is None else alphabet
-    chars = list(dict.fromkeys(alphabet))
-    if not chars:
-        raise ValueError("alphabet must contain at least one character")
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for ch in chars:
-        vocab.setdefault(ch, len(vocab))
+  alphabet = DEFAULT_ALPHABET if alphabet is None else alphabet
+  chars = list(dict.fromkeys(alphabet))
+  if not chars:
+    raise ValueError("alphabet must contain at least one character")
+  vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+  for ch in chars:
+    vocab.setdefault(ch, len(vocab))
 
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
-    # `[\s\S]` matches any single character, newlines included.
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    backend.add_special_tokens(
-        [AddedToken(tok, special=True, normalized=False) for tok in SPECIAL_TOKENS]
-    )
+  backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+  # `[\s\S]` matches any single character, newlines included.
+  backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+  backend.decoder = decoders.Fuse()
+  backend.add_special_tokens(
+      [AddedToken(tok, special=True, normalized=False) for tok in SPECIAL_TOKENS]
+  )
 
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token=EOS_TOKEN,
-        pad_token=EOS_TOKEN,
-        unk_token=UNK_TOKEN,
-        mask_token=MASK_TOKEN,
-        additional_special_tokens=[IM_START, IM_END],
-        clean_up_tokenization_spaces=False,
-        padding_side="left",
-        model_max_length=1 << 20,
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+  tokenizer = PreTrainedTokenizerFast(
+      tokenizer_object=backend,
+      eos_token=EOS_TOKEN,
+      pad_token=EOS_TOKEN,
+      unk_token=UNK_TOKEN,
+      mask_token=MASK_TOKEN,
+      additional_special_tokens=[IM_START, IM_END],
+      clean_up_tokenization_spaces=False,
+      padding_side="left",
+      model_max_length=1 << 20,
+  )
+  tokenizer.chat_template = CHAT_TEMPLATE
+  return tokenizer
 
 
 def special_token_ids(tokenizer) -> Dict[str, int]:
-    """Return ``{"mask": ..., "eos": ..., "pad": ...}`` ids of a tokenizer.
+  """Return ``{"mask": ..., "eos": ..., "pad": ...}`` ids of a tokenizer.
 
-    Works for any HF tokenizer; the mask id comes from ``mask_token`` (or a
-    ``<|mask|>`` / ``<|mdm_mask|>`` token in the vocabulary), the pad id
-    falls back to eos when the tokenizer has no pad token.
-    """
-    mask_id = getattr(tokenizer, "mask_token_id", None)
-    if mask_id is None:
-        vocab = tokenizer.get_vocab()
-        for name in (MASK_TOKEN, "<|mdm_mask|>", "[MASK]", "<mask>"):
-            if name in vocab:
-                mask_id = vocab[name]
-                break
-    if mask_id is None:
-        raise ValueError("tokenizer has no mask token")
-    eos_id = tokenizer.eos_token_id
-    if eos_id is None:
-        raise ValueError("tokenizer has no eos token")
-    pad_id = tokenizer.pad_token_id
-    return {"mask": int(mask_id), "eos": int(eos_id), "pad": int(eos_id if pad_id is None else pad_id)}
+  Works for any HF tokenizer; the mask id comes from ``mask_token`` (or a
+  ``<|mask|>`` / ``<|mdm_mask|>`` token in the vocabulary), the pad id
+  falls back to eos when the tokenizer has no pad token.
+  """
+  mask_id = getattr(tokenizer, "mask_token_id", None)
+  if mask_id is None:
+    vocab = tokenizer.get_vocab()
+    for name in (MASK_TOKEN, "<|mdm_mask|>", "[MASK]", "<mask>"):
+      if name in vocab:
+        mask_id = vocab[name]
+        break
+  if mask_id is None:
+    raise ValueError("tokenizer has no mask token")
+  eos_id = tokenizer.eos_token_id
+  if eos_id is None:
+    raise ValueError("tokenizer has no eos token")
+  pad_id = tokenizer.pad_token_id
+  return {
+      "mask": int(mask_id),
+      "eos": int(eos_id),
+      "pad": int(eos_id if pad_id is None else pad_id),
+  }

@@ -31,8 +31,9 @@ def _value(x: int, ops, consts) -> int:
   return x
 
 
-def code_functions(n: int, seed: int, num_ops: int = 2, max_const: int = 9,
-                   num_tests: int = 3) -> List[Row]:
+def code_functions(
+    n: int, seed: int, num_ops: int = 2, max_const: int = 9, num_tests: int = 3
+) -> List[Row]:
   """``n`` rows: ``task``, ``prompt``, ``expression`` (the lambda body), ``tests``.
 
   ``num_ops`` operations (``+ - *``) with constants in ``1..max_const`` are applied to ``x``
@@ -52,8 +53,14 @@ def code_functions(n: int, seed: int, num_ops: int = 2, max_const: int = 9,
     words = " then ".join(f"{_WORDS[o]} {c}" for o, c in zip(ops, consts))
     xs = [int(x) for x in rng.choice(np.arange(-9, 10), size=num_tests, replace=False)]
     tests = [f"assert f({x})=={_value(x, ops, consts)}" for x in xs]
-    rows.append({"task": "code", "prompt": f"f(x) = x {words}",
-                 "expression": _expression(ops, consts), "tests": tests})
+    rows.append(
+        {
+            "task": "code",
+            "prompt": f"f(x) = x {words}",
+            "expression": _expression(ops, consts),
+            "tests": tests,
+        }
+    )
   return rows
 
 

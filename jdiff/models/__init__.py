@@ -5,5 +5,14 @@ from jdiff.models.config import FAMILIES, PRESETS, ModelConfig, preset
 from jdiff.models.kv_cache import KVCache
 from jdiff.models.transformer import Backbone, DiffusionLM, ValueModel
 
-__all__ = ["FAMILIES", "PRESETS", "Backbone", "DiffusionLM", "KVCache", "ModelConfig",
-           "ValueModel", "masks", "preset"]
+__all__ = [
+    "FAMILIES",
+    "PRESETS",
+    "Backbone",
+    "DiffusionLM",
+    "KVCache",
+    "ModelConfig",
+    "ValueModel",
+    "masks",
+    "preset",
+]

@@ -42,9 +42,12 @@ def _pad_to(x: jax.Array, size: int, axis: int, value=0) -> jax.Array:
 def _token_tiles(spec: MaskSpec, padded: int, chunk: int):
   """Per-token arrays padded to ``padded`` (padding invalid) as ``[n, B, chunk]`` tiles."""
   b = spec.blocks.shape[0]
-  arrays = (_pad_to(spec.blocks, padded, 1), _pad_to(spec.noisy, padded, 1, False),
-            _pad_to(spec.valid, padded, 1, False),
-            jnp.broadcast_to(jnp.arange(padded, dtype=jnp.int32), (b, padded)))
+  arrays = (
+      _pad_to(spec.blocks, padded, 1),
+      _pad_to(spec.noisy, padded, 1, False),
+      _pad_to(spec.valid, padded, 1, False),
+      jnp.broadcast_to(jnp.arange(padded, dtype=jnp.int32), (b, padded)),
+  )
   return tuple(a.reshape(b, padded // chunk, chunk).swapaxes(0, 1) for a in arrays)
 
 
@@ -102,8 +105,7 @@ def _forward(q, k, v, spec, needed, chunk_q, chunk_k):
 
       return jax.lax.cond(need, update, lambda c: c, carry), None
 
-    init = (jnp.full(stats, _NEG_INF, F32), jnp.zeros(stats, F32),
-            jnp.zeros(qi.shape, F32))
+    init = (jnp.full(stats, _NEG_INF, F32), jnp.zeros(stats, F32), jnp.zeros(qi.shape, F32))
     (m, l, acc), _ = jax.lax.scan(k_step, init, (kc, vc, ktok, need_i))
     out = acc / jnp.where(l > 0, l, 1.0)[..., None]
     # Rows that saw nothing (only padding rows past the end) get +inf: exp(s - lse) = 0.
@@ -143,8 +145,9 @@ def _backward(q, k, v, spec, needed, out, lse, dout, chunk_q, chunk_k):
 
       return jax.lax.cond(need, update, lambda c: c, carry), None
 
-    (dq, dk, dv), _ = jax.lax.scan(k_step, (jnp.zeros(qi.shape, F32), *dkv),
-                                   (jnp.arange(nk), kc, vc, ktok, need_i))
+    (dq, dk, dv), _ = jax.lax.scan(
+        k_step, (jnp.zeros(qi.shape, F32), *dkv), (jnp.arange(nk), kc, vc, ktok, need_i)
+    )
     return (dk, dv), dq
 
   zeros = jnp.zeros(kc.shape, F32)
@@ -188,8 +191,9 @@ def tile_table(spec: MaskSpec, chunk_q: int = 512, chunk_k: int = 512) -> jax.Ar
   t = spec.length
   cq, ck = chunk_sizes(t, chunk_q, chunk_k)
   tq, tk = -(-t // cq) * cq, -(-t // ck) * ck
-  keys = tuple(a.swapaxes(0, 1).reshape(spec.blocks.shape[0], tk)
-               for a in _token_tiles(spec, tk, ck))
+  keys = tuple(
+      a.swapaxes(0, 1).reshape(spec.blocks.shape[0], tk) for a in _token_tiles(spec, tk, ck)
+  )
 
   def row(qt):
     hit = jnp.any(_tile_mask(qt, keys), axis=(0, 1))  # [tk]
@@ -200,6 +204,7 @@ def tile_table(spec: MaskSpec, chunk_q: int = 512, chunk_k: int = 512) -> jax.Ar
 
 class TiledMask(NamedTuple):
   """A spec with its :func:`tile_table`, built once per forward and shared by the layers."""
+
   spec: MaskSpec
   needed: jax.Array
   chunk_q: int
@@ -211,9 +216,15 @@ def tiled_mask(spec: MaskSpec, chunk_q: int = 512, chunk_k: int = 512) -> TiledM
   return TiledMask(spec, tile_table(spec, cq, ck), cq, ck)
 
 
-def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec,
-                      chunk_q: int = 512, chunk_k: int = 512,
-                      needed: Optional[jax.Array] = None) -> jax.Array:
+def chunked_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    spec: MaskSpec,
+    chunk_q: int = 512,
+    chunk_k: int = 512,
+    needed: Optional[jax.Array] = None,
+) -> jax.Array:
   """Grouped-query self-attention under ``spec``, tile by tile.
 
   ``q`` ``[B, L, H, hd]``, ``k/v`` ``[B, L, K, hd]``; equals
@@ -223,8 +234,10 @@ def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec,
   """
   b, t = q.shape[:2]
   if k.shape[1] != t or spec.blocks.shape != (b, t):
-    raise ValueError(f"chunked attention is self-attention: q {q.shape}, k {k.shape} and mask "
-                     f"spec {spec.blocks.shape} must share [B, L] = [{b}, {t}]")
+    raise ValueError(
+        f"chunked attention is self-attention: q {q.shape}, k {k.shape} and mask "
+        f"spec {spec.blocks.shape} must share [B, L] = [{b}, {t}]"
+    )
   if int(chunk_q) <= 0 or int(chunk_k) <= 0:
     raise ValueError(f"attention chunk sizes must be positive, got {chunk_q}, {chunk_k}")
   cq, ck = chunk_sizes(t, chunk_q, chunk_k)
@@ -232,6 +245,8 @@ def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec,
     needed = tile_table(spec, cq, ck)
   shape = (-(-t // cq), -(-t // ck))
   if needed.shape != shape:
-    raise ValueError(f"tile table has shape {needed.shape}; expected {shape} for L={t} in "
-                     f"tiles of {cq} x {ck}")
+    raise ValueError(
+        f"tile table has shape {needed.shape}; expected {shape} for L={t} in "
+        f"tiles of {cq} x {ck}"
+    )
   return _attention(q, k, v, spec, needed, cq, ck)

@@ -30,12 +30,14 @@ class KVCache:
   valid: jax.Array  # bool [B, S]
 
   @classmethod
-  def init(cls, config: ModelConfig, batch: int, size: int,
-           dtype: Optional[jnp.dtype] = None) -> "KVCache":
+  def init(
+      cls, config: ModelConfig, batch: int, size: int, dtype: Optional[jnp.dtype] = None
+  ) -> "KVCache":
     dtype = jnp.dtype(config.dtype if dtype is None else dtype)
     shape = (config.num_layers, batch, config.num_kv_heads, config.head_dim, size)
-    return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-               valid=jnp.zeros((batch, size), bool))
+    return cls(
+        k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), valid=jnp.zeros((batch, size), bool)
+    )
 
   @classmethod
   def from_tokens(cls, new_k: jax.Array, new_v: jax.Array, valid: jax.Array) -> "KVCache":
@@ -43,26 +45,32 @@ class KVCache:
     hd]`` (valid where ``valid`` ``[B, T]``). Slots follow the tokens, not their positions:
     only for caches that are read afterwards, never written by position."""
     order = (0, 1, 3, 4, 2)
-    return cls(k=new_k.transpose(order), v=new_v.transpose(order),
-               valid=jnp.asarray(valid, bool))
+    return cls(k=new_k.transpose(order), v=new_v.transpose(order), valid=jnp.asarray(valid, bool))
 
   def slots(self, start: int, end: int) -> "KVCache":
     """Slots ``[start, end)`` (static) as a cache of their own."""
-    return self.replace(k=self.k[..., start:end], v=self.v[..., start:end],
-                        valid=self.valid[:, start:end])
+    return self.replace(
+        k=self.k[..., start:end], v=self.v[..., start:end], valid=self.valid[:, start:end]
+    )
 
   def concat(self, other: "KVCache") -> "KVCache":
     """This cache's slots followed by ``other``'s."""
     cat = lambda a, b: jnp.concatenate([a, b], axis=-1)  # noqa: E731 (slots are last)
-    return self.replace(k=cat(self.k, other.k), v=cat(self.v, other.v),
-                        valid=cat(self.valid, other.valid))
+    return self.replace(
+        k=cat(self.k, other.k), v=cat(self.v, other.v), valid=cat(self.valid, other.valid)
+    )
 
   @property
   def size(self) -> int:
     return self.k.shape[4]
 
-  def store(self, new_k: jax.Array, new_v: jax.Array, positions: jax.Array,
-            write: Optional[jax.Array] = None) -> "KVCache":
+  def store(
+      self,
+      new_k: jax.Array,
+      new_v: jax.Array,
+      positions: jax.Array,
+      write: Optional[jax.Array] = None,
+  ) -> "KVCache":
     """Writes per-layer ``new_k/new_v`` ``[layers, B, Q, kv, hd]`` at slots ``positions``.
 
     Tokens with ``write`` False (e.g. left padding) are dropped; so are positions past the
@@ -75,10 +83,12 @@ class KVCache:
     rows = jnp.arange(positions.shape[0])[:, None]
     # Advanced indices split by slices put their dims first: values go as [B, Q, layers, kv, hd].
     order = (1, 2, 0, 3, 4)
-    k = self.k.at[:, rows, :, :, slots].set(new_k.astype(self.k.dtype).transpose(order),
-                                             mode="drop")
-    v = self.v.at[:, rows, :, :, slots].set(new_v.astype(self.v.dtype).transpose(order),
-                                             mode="drop")
+    k = self.k.at[:, rows, :, :, slots].set(
+        new_k.astype(self.k.dtype).transpose(order), mode="drop"
+    )
+    v = self.v.at[:, rows, :, :, slots].set(
+        new_v.astype(self.v.dtype).transpose(order), mode="drop"
+    )
     valid = self.valid.at[rows, slots].set(True, mode="drop")
     return self.replace(k=k, v=v, valid=valid)
 

@@ -52,7 +52,7 @@ def _masked_scores(qh, kh, mask, g, keys_transposed=False):
   b, kv, gt, hd = qh.shape
   spec = "bkqd,bkds->bkqs" if keys_transposed else "bkqd,bksd->bkqs"
   scores = jnp.einsum(spec, qh, kh, preferred_element_type=F32)
-  scores = scores.reshape(b, kv, g, gt // g, -1) * (hd ** -0.5)
+  scores = scores.reshape(b, kv, g, gt // g, -1) * (hd**-0.5)
   return jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(F32).min)
 
 
@@ -79,8 +79,14 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
   return _from_heads_major(out, t).astype(q.dtype)
 
 
-def attention_with_cache(q: jax.Array, k: jax.Array, v: jax.Array, cache_k: jax.Array,
-                         cache_v: jax.Array, mask: jax.Array) -> jax.Array:
+def attention_with_cache(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    cache_k: jax.Array,
+    cache_v: jax.Array,
+    mask: jax.Array,
+) -> jax.Array:
   """:func:`attention` of new tokens over a heads-first cache followed by themselves.
 
   ``q`` ``[B,T,H,hd]``, ``k/v`` ``[B,T',K,hd]`` as in :func:`attention`; ``cache_k/cache_v``
@@ -97,12 +103,14 @@ def attention_with_cache(q: jax.Array, k: jax.Array, v: jax.Array, cache_k: jax.
   kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
   s_cache = _masked_scores(qh, cache_k, mask[..., :size], g, keys_transposed=True)
   s_new = _masked_scores(qh, kh, mask[..., size:], g)
-  top = jnp.maximum(jnp.max(s_cache, axis=-1, keepdims=True),
-                    jnp.max(s_new, axis=-1, keepdims=True))
+  top = jnp.maximum(
+      jnp.max(s_cache, axis=-1, keepdims=True), jnp.max(s_new, axis=-1, keepdims=True)
+  )
   e_cache, e_new = jnp.exp(s_cache - top), jnp.exp(s_new - top)
   denom = jnp.sum(e_cache, axis=-1, keepdims=True) + jnp.sum(e_new, axis=-1, keepdims=True)
   p_cache = (e_cache / denom).reshape(b, kv, g * t, size).astype(v.dtype)
   p_new = (e_new / denom).reshape(b, kv, g * t, k.shape[1]).astype(v.dtype)
-  out = (jnp.einsum("bkqs,bkds->bkqd", p_cache, cache_v, preferred_element_type=F32)
-         + jnp.einsum("bkqs,bksd->bkqd", p_new, vh, preferred_element_type=F32))
+  out = jnp.einsum("bkqs,bkds->bkqd", p_cache, cache_v, preferred_element_type=F32) + jnp.einsum(
+      "bkqs,bksd->bkqd", p_new, vh, preferred_element_type=F32
+  )
   return _from_heads_major(out, t).astype(q.dtype)

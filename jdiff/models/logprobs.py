@@ -52,8 +52,12 @@ def _forward(h, w, targets, chunk_size):
   v = w.shape[1]
   wch, c = _chunks(w, chunk_size)
   b, t = targets.shape
-  init = (jnp.full((b, t), -jnp.inf, F32), jnp.zeros((b, t), F32), jnp.zeros((b, t), F32),
-          jnp.zeros((b, t), F32))
+  init = (
+      jnp.full((b, t), -jnp.inf, F32),
+      jnp.zeros((b, t), F32),
+      jnp.zeros((b, t), F32),
+      jnp.zeros((b, t), F32),
+  )
 
   def step(carry, xs):
     m, s, sz, tgt = carry  # running max, Σexp(z-m), Σexp(z-m)·z, target logit
@@ -112,8 +116,13 @@ def _bwd(chunk_size, res, cts):
 _logp_entropy.defvjp(_fwd, _bwd)
 
 
-def token_logprobs_chunked(hidden: jax.Array, head_weight: jax.Array, targets: jax.Array,
-                           chunk_size: int = DEFAULT_CHUNK, return_entropy: bool = False):
+def token_logprobs_chunked(
+    hidden: jax.Array,
+    head_weight: jax.Array,
+    targets: jax.Array,
+    chunk_size: int = DEFAULT_CHUNK,
+    return_entropy: bool = False,
+):
   """float32 ``log softmax(hidden @ head_weight)[targets]`` by vocab chunks.
 
   Args:
@@ -132,8 +141,9 @@ def token_logprobs_chunked(hidden: jax.Array, head_weight: jax.Array, targets: j
   if hidden.shape[:2] != targets.shape:
     raise ValueError(f"hidden {hidden.shape} and targets {targets.shape} disagree on [B, T]")
   if head_weight.shape[0] != hidden.shape[-1]:
-    raise ValueError(f"head_weight {head_weight.shape} does not match hidden dim "
-                     f"{hidden.shape[-1]}")
+    raise ValueError(
+        f"head_weight {head_weight.shape} does not match hidden dim " f"{hidden.shape[-1]}"
+    )
   logp, ent = _logp_entropy(hidden, head_weight, targets, int(chunk_size))
   return (logp, ent) if return_entropy else logp
 
@@ -150,15 +160,22 @@ def predicting_hidden(hidden: jax.Array, start: int, width: int, shift: bool) ->
   if start < 0 or width < 0 or start + width > t:
     raise ValueError(f"positions [{start}, {start + width}) are outside the {t} hidden states")
   if not shift:
-    return hidden[:, start:start + width]
+    return hidden[:, start : start + width]
   if start == 0:
     return shift_for_dream(hidden[:, :width])
-  return hidden[:, start - 1:start - 1 + width]
+  return hidden[:, start - 1 : start - 1 + width]
 
 
-def token_logprobs(hidden: jax.Array, head_weight: jax.Array, targets: jax.Array, *,
-                   start: int = 0, shift: bool = False, chunk_size: int = DEFAULT_CHUNK,
-                   return_entropy: bool = False):
+def token_logprobs(
+    hidden: jax.Array,
+    head_weight: jax.Array,
+    targets: jax.Array,
+    *,
+    start: int = 0,
+    shift: bool = False,
+    chunk_size: int = DEFAULT_CHUNK,
+    return_entropy: bool = False,
+):
   """float32 log p(targets) ``[B, T']`` from hidden states ``[B, T, D]`` (``T' <= T``).
 
   Args:
@@ -171,14 +188,20 @@ def token_logprobs(hidden: jax.Array, head_weight: jax.Array, targets: jax.Array
     chunk_size, return_entropy: as :func:`token_logprobs_chunked`.
   """
   h = predicting_hidden(hidden, int(start), targets.shape[1], shift)
-  return token_logprobs_chunked(h, head_weight, targets, chunk_size,
-                                return_entropy=return_entropy)
+  return token_logprobs_chunked(h, head_weight, targets, chunk_size, return_entropy=return_entropy)
 
 
-def model_token_logprobs(model, tokens: jax.Array, positions: Optional[jax.Array],
-                         mask: Optional[jax.Array], targets: jax.Array,
-                         chunk_size: int = DEFAULT_CHUNK, return_entropy: bool = False, *,
-                         start: int = 0):
+def model_token_logprobs(
+    model,
+    tokens: jax.Array,
+    positions: Optional[jax.Array],
+    mask: Optional[jax.Array],
+    targets: jax.Array,
+    chunk_size: int = DEFAULT_CHUNK,
+    return_entropy: bool = False,
+    *,
+    start: int = 0,
+):
   """Runs ``model.backbone`` and :func:`token_logprobs`: log p(targets) ``[B, T']`` float32.
 
   ``targets[:, k]`` is scored against the prediction for position ``start + k`` of ``tokens``
@@ -186,10 +209,22 @@ def model_token_logprobs(model, tokens: jax.Array, positions: Optional[jax.Array
   scores every position.
   """
   hidden, _ = model.backbone(tokens, positions, mask)
-  return token_logprobs(hidden, model.head_weight(), targets, start=start,
-                        shift=bool(getattr(model.config, "shift_logits", False)),
-                        chunk_size=chunk_size, return_entropy=return_entropy)
+  return token_logprobs(
+      hidden,
+      model.head_weight(),
+      targets,
+      start=start,
+      shift=bool(getattr(model.config, "shift_logits", False)),
+      chunk_size=chunk_size,
+      return_entropy=return_entropy,
+  )
 
 
-__all__ = ["DEFAULT_CHUNK", "model_token_logprobs", "predicting_hidden", "shift_for_dream",
-           "token_logprobs", "token_logprobs_chunked"]
+__all__ = [
+    "DEFAULT_CHUNK",
+    "model_token_logprobs",
+    "predicting_hidden",
+    "shift_for_dream",
+    "token_logprobs",
+    "token_logprobs_chunked",
+]

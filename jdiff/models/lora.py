@@ -29,8 +29,12 @@ from flax import nnx
 
 # Target weight -> (its einsum in the layer, how many leading non-layer dims it contracts).
 TARGETS = {
-    "wq": ("btd,dnh->btnh", 1), "wk": ("btd,dnh->btnh", 1), "wv": ("btd,dnh->btnh", 1),
-    "wo": ("btnh,nhd->btd", 2), "w_gate": ("btd,df->btf", 1), "w_up": ("btd,df->btf", 1),
+    "wq": ("btd,dnh->btnh", 1),
+    "wk": ("btd,dnh->btnh", 1),
+    "wv": ("btd,dnh->btnh", 1),
+    "wo": ("btnh,nhd->btd", 2),
+    "w_gate": ("btd,df->btf", 1),
+    "w_up": ("btd,df->btf", 1),
     "w_down": ("btf,fd->btd", 1),
 }
 QUANTIZE = ("none", "nf4", "int4")
@@ -53,6 +57,7 @@ class QuantizedBase(nnx.Variable):
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
   """``config.model.lora``. d1 (LLaDA-8B): rank 128, alpha 64, dropout 0.05, 4-bit base."""
+
   rank: int = 0  # 0 = no adapter (full fine-tuning)
   alpha: float = 16.0
   dropout: float = 0.0
@@ -78,11 +83,13 @@ class LoraConfig:
       raise ValueError(f"{where}.dropout: adapter dropout is not implemented; set 0.0")
     bad = [t for t in self.targets if t not in TARGETS]
     if bad or not self.targets:
-      raise ValueError(f"{where}.targets: {bad or 'empty'}; expected names from "
-                       f"{sorted(TARGETS)}")
+      raise ValueError(
+          f"{where}.targets: {bad or 'empty'}; expected names from " f"{sorted(TARGETS)}"
+      )
     if self.quantize_base not in QUANTIZE:
-      raise ValueError(f"{where}.quantize_base: {self.quantize_base!r}; expected one of "
-                       f"{QUANTIZE}")
+      raise ValueError(
+          f"{where}.quantize_base: {self.quantize_base!r}; expected one of " f"{QUANTIZE}"
+      )
 
   @classmethod
   def from_section(cls, section: Optional[Mapping[str, Any]]) -> "LoraConfig":
@@ -93,8 +100,9 @@ class LoraConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     for key in items:
       if key not in known:
-        raise ValueError(f"config.model.lora.{key}: unknown key; expected one of "
-                         f"{sorted(known)}")
+        raise ValueError(
+            f"config.model.lora.{key}: unknown key; expected one of " f"{sorted(known)}"
+        )
     if isinstance(items.get("targets"), str):
       raise ValueError("config.model.lora.targets: expected a list of names, got a string")
     return cls(**items)
@@ -138,6 +146,7 @@ def base_weight(p: Mapping[str, jax.Array], name: str) -> jax.Array:
   for qtype in QUANTIZE[1:]:
     if f"{name}_q_{qtype}" in p:
       import qwix  # heavy; only QLoRA models need it
+
       values = unpack_4bit(p[f"{name}_q_{qtype}"], qtype)
       q = qwix.QArray(values, p[f"{name}_qscale"], None, "nf4" if qtype == "nf4" else jnp.int4)
       return qwix.dequantize(q)
@@ -169,11 +178,17 @@ def _axes(var: nnx.Variable, ndim: int) -> Tuple[Optional[str], ...]:
 
 def _quantize(w: jax.Array, n_in: int, qtype: str):
   import qwix  # heavy; only QLoRA models need it
+
   contracted = n_in  # the last contracted dim (dims: layers, *in, *out)
   block = _BLOCK if w.shape[contracted] % _BLOCK == 0 else w.shape[contracted]
   channel = tuple(i for i in range(w.ndim) if i != contracted)
-  return qwix.quantize(w, "nf4" if qtype == "nf4" else jnp.int4, channelwise_axes=channel,
-                       tiled_axes={contracted: block}, scale_dtype=w.dtype)
+  return qwix.quantize(
+      w,
+      "nf4" if qtype == "nf4" else jnp.int4,
+      channelwise_axes=channel,
+      tiled_axes={contracted: block},
+      scale_dtype=w.dtype,
+  )
 
 
 def apply_lora(model, cfg: LoraConfig, seed: int = 0):
@@ -196,23 +211,32 @@ def apply_lora(model, cfg: LoraConfig, seed: int = 0):
     w = var[...]
     n_in = TARGETS[name][1]
     axes = _axes(var, w.ndim)
-    in_shape, out_shape = w.shape[1:1 + n_in], w.shape[1 + n_in:]
+    in_shape, out_shape = w.shape[1 : 1 + n_in], w.shape[1 + n_in :]
     bound = 1.0 / math.sqrt(math.prod(in_shape))
-    a = jax.random.uniform(jax.random.fold_in(key, i), (n_layers, *in_shape, cfg.rank),
-                           jnp.float32, -bound, bound)
-    setattr(layers, name + "_lora_a",
-            LoraParam(a, logical_axes=(*axes[:1 + n_in], None)))
-    setattr(layers, name + "_lora_b",
-            LoraParam(jnp.zeros((n_layers, cfg.rank, *out_shape), jnp.float32),
-                      logical_axes=(axes[0], None, *axes[1 + n_in:])))
+    a = jax.random.uniform(
+        jax.random.fold_in(key, i), (n_layers, *in_shape, cfg.rank), jnp.float32, -bound, bound
+    )
+    setattr(layers, name + "_lora_a", LoraParam(a, logical_axes=(*axes[: 1 + n_in], None)))
+    setattr(
+        layers,
+        name + "_lora_b",
+        LoraParam(
+            jnp.zeros((n_layers, cfg.rank, *out_shape), jnp.float32),
+            logical_axes=(axes[0], None, *axes[1 + n_in :]),
+        ),
+    )
     if cfg.quantize_base != "none":
       q = _quantize(w, n_in, cfg.quantize_base)
       delattr(layers, name)
-      setattr(layers, f"{name}_q_{cfg.quantize_base}",
-              QuantizedBase(pack_4bit(q.qvalue), logical_axes=axes))
+      setattr(
+          layers,
+          f"{name}_q_{cfg.quantize_base}",
+          QuantizedBase(pack_4bit(q.qvalue), logical_axes=axes),
+      )
       setattr(layers, f"{name}_qscale", QuantizedBase(q.scale, logical_axes=axes))
-  layers.lora_scale = LoraScale(jnp.full((n_layers,), cfg.alpha / cfg.rank, jnp.float32),
-                                logical_axes=("layers",))
+  layers.lora_scale = LoraScale(
+      jnp.full((n_layers,), cfg.alpha / cfg.rank, jnp.float32), logical_axes=("layers",)
+  )
   return model
 
 
@@ -237,7 +261,8 @@ def lora_reference(model):
   graphdef, state = nnx.split(model)
   ref = nnx.merge(graphdef, state)
   ref.backbone.layers.lora_scale = LoraScale(
-      jnp.zeros_like(model.backbone.layers.lora_scale[...]), logical_axes=("layers",))
+      jnp.zeros_like(model.backbone.layers.lora_scale[...]), logical_axes=("layers",)
+  )
   return ref
 
 
@@ -249,9 +274,11 @@ def merged_weight(layers, name: str) -> jax.Array:
   if name + "_lora_a" not in flat:
     return w
   _, w_in, w_out, _ = _split_spec(spec, n_in)
-  ab = jnp.einsum(f"l{w_in}{_RANK},l{_RANK}{w_out}->l{w_in}{w_out}",
-                  flat[name + "_lora_a"].astype(jnp.float32),
-                  flat[name + "_lora_b"].astype(jnp.float32))
+  ab = jnp.einsum(
+      f"l{w_in}{_RANK},l{_RANK}{w_out}->l{w_in}{w_out}",
+      flat[name + "_lora_a"].astype(jnp.float32),
+      flat[name + "_lora_b"].astype(jnp.float32),
+  )
   scale = flat["lora_scale"].reshape((-1,) + (1,) * (ab.ndim - 1))
   return (w.astype(jnp.float32) + scale * ab).astype(w.dtype)
 
@@ -284,6 +311,19 @@ def merge_lora(model):
   return plain
 
 
-__all__ = ["LoraConfig", "LoraParam", "LoraScale", "QuantizedBase", "TARGETS", "apply_lora",
-           "dense", "has_lora", "lora_reference", "merge_lora", "merged_weight", "pack_4bit",
-           "trainable_filter", "unpack_4bit"]
+__all__ = [
+    "LoraConfig",
+    "LoraParam",
+    "LoraScale",
+    "QuantizedBase",
+    "TARGETS",
+    "apply_lora",
+    "dense",
+    "has_lora",
+    "lora_reference",
+    "merge_lora",
+    "merged_weight",
+    "pack_4bit",
+    "trainable_filter",
+    "unpack_4bit",
+]

@@ -40,8 +40,9 @@ def block_ids(positions: jnp.ndarray, block_size: int) -> jnp.ndarray:
   return jnp.asarray(positions) // block_size
 
 
-def block_causal(positions: jnp.ndarray, block_size: int,
-                 valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+def block_causal(
+    positions: jnp.ndarray, block_size: int, valid: Optional[jnp.ndarray] = None
+) -> jnp.ndarray:
   """Query in block a sees keys in blocks <= a (SDAR inference pattern)."""
   blk = block_ids(positions, block_size)
   valid = _valid_or_all(blk.shape, valid)
@@ -49,8 +50,9 @@ def block_causal(positions: jnp.ndarray, block_size: int,
   return with_self_edges(mask)
 
 
-def block_diffusion(blocks: jnp.ndarray, noisy: jnp.ndarray,
-                    valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+def block_diffusion(
+    blocks: jnp.ndarray, noisy: jnp.ndarray, valid: Optional[jnp.ndarray] = None
+) -> jnp.ndarray:
   """The block-diffusion training mask over any mix of clean and noisy tokens.
 
   ``blocks``: int ``[B, N]`` block id of each token; ``noisy``: bool ``[B, N]``, True for
@@ -72,8 +74,9 @@ def block_diffusion(blocks: jnp.ndarray, noisy: jnp.ndarray,
   return with_self_edges(mask)
 
 
-def xt_x0(positions: jnp.ndarray, block_size: int,
-          valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+def xt_x0(
+    positions: jnp.ndarray, block_size: int, valid: Optional[jnp.ndarray] = None
+) -> jnp.ndarray:
   """The ``x_t ⊕ x_0`` layout (length 2n) for a sequence with ``positions`` ``[B, n]``.
 
   Both halves reuse the same positions; returns ``[B, 2n, 2n]``. Feed the model positions
@@ -93,14 +96,15 @@ def with_cache(cache_visible: jnp.ndarray, new_mask: jnp.ndarray) -> jnp.ndarray
   ``[B, Q, S]`` says which cache slots each query sees; ``new_mask`` ``[B, Q, Q]``."""
   cache_visible = jnp.asarray(cache_visible, dtype=bool)
   if cache_visible.ndim == 2:
-    cache_visible = jnp.broadcast_to(cache_visible[:, None, :],
-                                     (new_mask.shape[0], new_mask.shape[1],
-                                      cache_visible.shape[-1]))
+    cache_visible = jnp.broadcast_to(
+        cache_visible[:, None, :], (new_mask.shape[0], new_mask.shape[1], cache_visible.shape[-1])
+    )
   return jnp.concatenate([cache_visible, jnp.asarray(new_mask, bool)], axis=-1)
 
 
-def native(family_block_size: Optional[int], positions: jnp.ndarray,
-           valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+def native(
+    family_block_size: Optional[int], positions: jnp.ndarray, valid: Optional[jnp.ndarray] = None
+) -> jnp.ndarray:
   """A family's inference pattern: block-causal when it has a block size, else bidirectional."""
   positions = jnp.asarray(positions)
   if family_block_size:
@@ -124,6 +128,7 @@ class MaskSpec(NamedTuple):
   mask lets the chunked attention kernel evaluate the mask one tile at a time
   (``docs/design.md``, memory-efficient attention). :func:`dense` turns it into the bool mask.
   """
+
   blocks: jnp.ndarray  # int32 [B, L]: block id of each token
   noisy: jnp.ndarray  # bool [B, L]: True for tokens of the noisy copy x_t
   valid: jnp.ndarray  # bool [B, L]: False for padding
@@ -185,5 +190,4 @@ def allowed(q_blocks, q_noisy, q_valid, q_index, k_blocks, k_noisy, k_valid, k_i
 def dense(spec: MaskSpec) -> jnp.ndarray:
   """The ``[B, L, L]`` bool mask a spec describes (equal to :func:`block_diffusion`'s)."""
   idx = jnp.arange(spec.length)
-  return allowed(spec.blocks, spec.noisy, spec.valid, idx, spec.blocks, spec.noisy, spec.valid,
-                 idx)
+  return allowed(spec.blocks, spec.noisy, spec.valid, idx, spec.blocks, spec.noisy, spec.valid, idx)

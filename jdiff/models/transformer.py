@@ -126,9 +126,16 @@ class Backbone(nnx.Module):
     self.layers = LayerStack(config, rngs=rngs)
     self.final_norm = _param(rngs, (config.hidden_size,), ("norm",), pd, "ones")
 
-  def __call__(self, tokens: jax.Array, positions: Optional[jax.Array] = None,
-               mask: Optional[jax.Array] = None, cache: Optional[KVCache] = None, *,
-               store: StoreArg = False, window: Optional[Tuple[Any, int]] = None):
+  def __call__(
+      self,
+      tokens: jax.Array,
+      positions: Optional[jax.Array] = None,
+      mask: Optional[jax.Array] = None,
+      cache: Optional[KVCache] = None,
+      *,
+      store: StoreArg = False,
+      window: Optional[Tuple[Any, int]] = None,
+  ):
     """Hidden states ``[B, T, D]`` and the cache.
 
     ``mask``: bool ``[B, T, T]`` (or ``[B, T, S + T]`` with a cache), a ``[B, T]`` padding
@@ -183,17 +190,20 @@ class Backbone(nnx.Module):
       # the whole stack. A lax.cond on the layer index inside one scan measured slower.
       n = c.num_layers
       take = lambda i: jax.tree.map(  # noqa: E731
-          lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), stacked)
-      x, new_kv = jax.lax.scan(lambda x, i: body(x, take(i)), x,
-                               jnp.arange(n - 1, dtype=jnp.int32))
+          lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), stacked
+      )
+      x, new_kv = jax.lax.scan(lambda x, i: body(x, take(i)), x, jnp.arange(n - 1, dtype=jnp.int32))
       p, ck, cv = take(jnp.int32(n - 1))
       x, k, v = _layer(c, x, p, positions, mask, ck, cv, window)
       if storing:
         new_kv = tuple(jnp.concatenate([head, last[None]]) for head, last in zip(new_kv, (k, v)))
     h = rms_norm(x, self.final_norm[...], c.rms_norm_eps)
     if storing:
-      write = (jnp.ones((b, t), bool) if isinstance(store, bool)
-               else jnp.broadcast_to(jnp.asarray(store, bool), (b, t)))
+      write = (
+          jnp.ones((b, t), bool)
+          if isinstance(store, bool)
+          else jnp.broadcast_to(jnp.asarray(store, bool), (b, t))
+      )
       if cache is None:
         cache = KVCache.from_tokens(new_kv[0], new_kv[1], write)
       else:
@@ -217,8 +227,10 @@ class Backbone(nnx.Module):
         return tiled_mask(spec, c.attention_chunk_q, c.attention_chunk_k)
     if isinstance(mask, masks_lib.MaskSpec):
       if mask.blocks.shape != positions.shape:
-        raise ValueError(f"attention mask spec has per-token shape {mask.blocks.shape}; "
-                         f"expected {positions.shape} (the tokens' [B, L])")
+        raise ValueError(
+            f"attention mask spec has per-token shape {mask.blocks.shape}; "
+            f"expected {positions.shape} (the tokens' [B, L])"
+        )
       if chunked:
         return tiled_mask(mask, c.attention_chunk_q, c.attention_chunk_k)
       mask = masks_lib.dense(mask)
@@ -231,15 +243,20 @@ class Backbone(nnx.Module):
       mask = masks_lib.native(c.block_size if c.block_causal else None, positions)
     mask = jnp.asarray(mask, bool)
     if mask.ndim == 2:  # [B, L] key padding
-      mask = masks_lib.bidirectional(mask) if not c.block_causal else masks_lib.block_causal(
-          positions, c.block_size, mask)
+      mask = (
+          masks_lib.bidirectional(mask)
+          if not c.block_causal
+          else masks_lib.block_causal(positions, c.block_size, mask)
+      )
     expected = (t + cache.size) if cache is not None else t
     if cache is not None and mask.shape[-1] == t:
       mask = masks_lib.with_cache(cache.valid, mask)
     if mask.shape[-2:] != (t, expected):
-      raise ValueError(f"attention mask has shape {mask.shape}; expected [B, {t}, {expected}] "
-                       f"for {t} query tokens" + (f" and a cache of {cache.size} slots"
-                                                  if cache is not None else ""))
+      raise ValueError(
+          f"attention mask has shape {mask.shape}; expected [B, {t}, {expected}] "
+          f"for {t} query tokens"
+          + (f" and a cache of {cache.size} slots" if cache is not None else "")
+      )
     return mask
 
 
@@ -253,8 +270,12 @@ class DiffusionLM(nnx.Module):
     self.config = config
     self.backbone = Backbone(config, rngs=rngs)
     if not config.tie_word_embeddings:
-      self.lm_head = _param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"),
-                            jnp.dtype(config.param_dtype))
+      self.lm_head = _param(
+          rngs,
+          (config.hidden_size, config.vocab_size),
+          ("embed", "vocab"),
+          jnp.dtype(config.param_dtype),
+      )
 
   def head_weight(self) -> jax.Array:
     if self.config.tie_word_embeddings:
@@ -277,8 +298,9 @@ class ValueModel(nnx.Module):
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
     self.backbone = Backbone(config, rngs=rngs)
-    self.value_head = nnx.Param(jnp.zeros((config.hidden_size,), jnp.dtype(config.param_dtype)),
-                                logical_axes=("embed",))
+    self.value_head = nnx.Param(
+        jnp.zeros((config.hidden_size,), jnp.dtype(config.param_dtype)), logical_axes=("embed",)
+    )
 
   def __call__(self, tokens, positions=None, mask=None, cache=None, *, store: StoreArg = False):
     h, cache = self.backbone(tokens, positions, mask, cache, store=store)

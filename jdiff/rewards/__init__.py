@@ -57,7 +57,7 @@ _BUILTIN = {
     "answer_exact": answer_exact_reward,
 }
 for _name, _fn in _BUILTIN.items():
-    register_reward(_name, _fn)
+  register_reward(_name, _fn)
 del _name, _fn
 
 __all__ = [

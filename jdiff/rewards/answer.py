@@ -9,6 +9,8 @@ from jdiff.rewards.gsm8k import extract_xml_answer
 
 
 def answer_exact_reward(completions: List[str], answer: Sequence[str]) -> List[float]:
-    # Unlike d1's extractor alone, an untagged completion earns nothing.
-    return [1.0 if "<answer>" in c and extract_xml_answer(c) == str(a).strip() else 0.0
-            for c, a in zip(completions, answer)]
+  # Unlike d1's extractor alone, an untagged completion earns nothing.
+  return [
+      1.0 if "<answer>" in c and extract_xml_answer(c) == str(a).strip() else 0.0
+      for c, a in zip(completions, answer)
+  ]

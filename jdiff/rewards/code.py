@@ -43,27 +43,27 @@ _ANY_BLOCK = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
 
 
 def extract_code(text: str) -> Optional[str]:
-    """Last ```python fenced block, else the last fenced block; None if none."""
-    for pattern in (_PY_BLOCK, _ANY_BLOCK):
-        blocks = pattern.findall(text)
-        if blocks:
-            return blocks[-1]
-    return None
+  """Last ```python fenced block, else the last fenced block; None if none."""
+  for pattern in (_PY_BLOCK, _ANY_BLOCK):
+    blocks = pattern.findall(text)
+    if blocks:
+      return blocks[-1]
+  return None
 
 
 def _as_test_list(tests) -> Union[List[str], str]:
-    """Normalise a ``tests`` entry to a list of test snippets or one program."""
-    if isinstance(tests, str):
-        stripped = tests.strip()
-        if stripped.startswith("["):
-            try:
-                parsed = json.loads(stripped)
-                if isinstance(parsed, list) and all(isinstance(t, str) for t in parsed):
-                    return parsed
-            except json.JSONDecodeError:
-                pass
-        return tests
-    return [str(t) for t in tests]
+  """Normalise a ``tests`` entry to a list of test snippets or one program."""
+  if isinstance(tests, str):
+    stripped = tests.strip()
+    if stripped.startswith("["):
+      try:
+        parsed = json.loads(stripped)
+        if isinstance(parsed, list) and all(isinstance(t, str) for t in parsed):
+          return parsed
+      except json.JSONDecodeError:
+        pass
+    return tests
+  return [str(t) for t in tests]
 
 
 def code_reward(
@@ -73,24 +73,24 @@ def code_reward(
     limits: Optional[SandboxLimits] = None,
     max_workers: Optional[int] = None,
 ) -> List[float]:
-    """Fraction of tests passed by the extracted program (see module docstring)."""
-    limits = limits or DEFAULT_LIMITS
-    jobs: List[Tuple[int, str, str]] = []  # (completion index, solution, test)
-    totals = [0] * len(completions)
-    for i, (text, entry) in enumerate(zip(completions, tests, strict=True)):
-        code = extract_code(text)
-        entry = _as_test_list(entry)
-        if code is None:
-            continue
-        test_list = [entry] if isinstance(entry, str) else entry
-        totals[i] = len(test_list)
-        jobs.extend((i, code, t) for t in test_list)
+  """Fraction of tests passed by the extracted program (see module docstring)."""
+  limits = limits or DEFAULT_LIMITS
+  jobs: List[Tuple[int, str, str]] = []  # (completion index, solution, test)
+  totals = [0] * len(completions)
+  for i, (text, entry) in enumerate(zip(completions, tests, strict=True)):
+    code = extract_code(text)
+    entry = _as_test_list(entry)
+    if code is None:
+      continue
+    test_list = [entry] if isinstance(entry, str) else entry
+    totals[i] = len(test_list)
+    jobs.extend((i, code, t) for t in test_list)
 
-    passed = [0] * len(completions)
-    if jobs:
-        workers = max_workers or min(8, os.cpu_count() or 1)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = pool.map(lambda job: run_python_sandboxed(job[1], job[2], limits).passed, jobs)
-            for (i, _, _), ok in zip(jobs, results, strict=True):
-                passed[i] += int(ok)
-    return [p / t if t else 0.0 for p, t in zip(passed, totals, strict=True)]
+  passed = [0] * len(completions)
+  if jobs:
+    workers = max_workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+      results = pool.map(lambda job: run_python_sandboxed(job[1], job[2], limits).passed, jobs)
+      for (i, _, _), ok in zip(jobs, results, strict=True):
+        passed[i] += int(ok)
+  return [p / t if t else 0.0 for p, t in zip(passed, totals, strict=True)]

@@ -41,89 +41,91 @@ _STRICT_PATTERN = r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$
 
 
 def extract_xml_answer(text: str) -> str:
-    """Text between the last ``<answer>`` and the following ``</answer>``, stripped.
+  """Text between the last ``<answer>`` and the following ``</answer>``, stripped.
 
-    Like d1: with no tags at all this is the whole (stripped) text.
-    """
-    after = text.split("<answer>")[-1]
-    return after.split("</answer>")[0].strip()
+  Like d1: with no tags at all this is the whole (stripped) text.
+  """
+  after = text.split("<answer>")[-1]
+  return after.split("</answer>")[0].strip()
 
 
 def extract_gsm8k_gold(answer_text: str) -> Optional[str]:
-    """GSM8K gold answer: the text after ``####``, stripped, commas removed.
+  """GSM8K gold answer: the text after ``####``, stripped, commas removed.
 
-    Comma removal is ours ("1,000" -> "1000", so it can match an all-digit
-    prediction); d1 only strips.  Returns None when there is no ``####``.
-    """
-    if "####" not in answer_text:
-        return None
-    return answer_text.split("####")[1].strip().replace(",", "")
+  Comma removal is ours ("1,000" -> "1000", so it can match an all-digit
+  prediction); d1 only strips.  Returns None when there is no ``####``.
+  """
+  if "####" not in answer_text:
+    return None
+  return answer_text.split("####")[1].strip().replace(",", "")
 
 
 def _gold(entry) -> str:
-    """Accept either an extracted gold answer or a raw GSM8K solution with ####."""
-    entry = str(entry)
-    extracted = extract_gsm8k_gold(entry) if "####" in entry else None
-    return extracted if extracted is not None else entry
+  """Accept either an extracted gold answer or a raw GSM8K solution with ####."""
+  entry = str(entry)
+  extracted = extract_gsm8k_gold(entry) if "####" in entry else None
+  return extracted if extracted is not None else entry
 
 
 def xml_count_score(text: str) -> float:
-    """XML-tag count score of one completion (see module docstring)."""
-    score = 0.0
-    if text.count("<reasoning>\n") == 1:
-        score += 0.125
-    if text.count("\n</reasoning>\n") == 1:
-        score += 0.125
-    if text.count("\n<answer>\n") == 1:
-        score += 0.125
-        score -= 0.001 * len(text.split("\n</answer>\n")[-1])
-    if text.count("\n</answer>") == 1:
-        score += 0.125
-        score -= 0.001 * (len(text.split("\n</answer>")[-1]) - 1)
-    return score
+  """XML-tag count score of one completion (see module docstring)."""
+  score = 0.0
+  if text.count("<reasoning>\n") == 1:
+    score += 0.125
+  if text.count("\n</reasoning>\n") == 1:
+    score += 0.125
+  if text.count("\n<answer>\n") == 1:
+    score += 0.125
+    score -= 0.001 * len(text.split("\n</answer>\n")[-1])
+  if text.count("\n</answer>") == 1:
+    score += 0.125
+    score -= 0.001 * (len(text.split("\n</answer>")[-1]) - 1)
+  return score
 
 
 def gsm8k_xmlcount_reward(completions: List[str]) -> List[float]:
-    """d1 ``xmlcount_reward_func``: max 0.5."""
-    return [xml_count_score(c) for c in completions]
+  """d1 ``xmlcount_reward_func``: max 0.5."""
+  return [xml_count_score(c) for c in completions]
 
 
 def gsm8k_soft_format_reward(completions: List[str], *, dotall: bool = False) -> List[float]:
-    """d1 ``soft_format_reward_func``: 0.5 if the loose tag pattern matches at the start."""
-    flags = re.DOTALL if dotall else 0
-    return [0.5 if re.match(_SOFT_PATTERN, c, flags) else 0.0 for c in completions]
+  """d1 ``soft_format_reward_func``: 0.5 if the loose tag pattern matches at the start."""
+  flags = re.DOTALL if dotall else 0
+  return [0.5 if re.match(_SOFT_PATTERN, c, flags) else 0.0 for c in completions]
 
 
 def gsm8k_strict_format_reward(completions: List[str], *, dotall: bool = False) -> List[float]:
-    """d1 ``strict_format_reward_func``: 0.5 if the newline-exact pattern matches."""
-    flags = re.DOTALL if dotall else 0
-    return [0.5 if re.match(_STRICT_PATTERN, c, flags) else 0.0 for c in completions]
+  """d1 ``strict_format_reward_func``: 0.5 if the newline-exact pattern matches."""
+  flags = re.DOTALL if dotall else 0
+  return [0.5 if re.match(_STRICT_PATTERN, c, flags) else 0.0 for c in completions]
 
 
 def gsm8k_int_reward(completions: List[str]) -> List[float]:
-    """d1 ``int_reward_func``: 0.5 if the extracted answer is all digits."""
-    return [0.5 if extract_xml_answer(c).isdigit() else 0.0 for c in completions]
+  """d1 ``int_reward_func``: 0.5 if the extracted answer is all digits."""
+  return [0.5 if extract_xml_answer(c).isdigit() else 0.0 for c in completions]
 
 
 def gsm8k_correctness_reward(completions: List[str], answer: Sequence[str]) -> List[float]:
-    """d1 ``correctness_reward_func``: 2.0 on an exact string match with the gold.
+  """d1 ``correctness_reward_func``: 2.0 on an exact string match with the gold.
 
-    ``answer`` may hold extracted golds ("72") or raw GSM8K solutions ending
-    in ``#### 72`` (then :func:`extract_gsm8k_gold` is applied).
-    """
-    return [
-        2.0 if extract_xml_answer(c) == _gold(a) else 0.0
-        for c, a in zip(completions, answer, strict=True)
-    ]
+  ``answer`` may hold extracted golds ("72") or raw GSM8K solutions ending
+  in ``#### 72`` (then :func:`extract_gsm8k_gold` is applied).
+  """
+  return [
+      2.0 if extract_xml_answer(c) == _gold(a) else 0.0
+      for c, a in zip(completions, answer, strict=True)
+  ]
 
 
-def gsm8k_reward(completions: List[str], answer: Sequence[str], *, dotall: bool = False) -> List[float]:
-    """Sum of the five d1 GSM8K rewards (nominal max 4.0; 3.5 attainable unless ``dotall``)."""
-    parts = (
-        gsm8k_xmlcount_reward(completions),
-        gsm8k_soft_format_reward(completions, dotall=dotall),
-        gsm8k_strict_format_reward(completions, dotall=dotall),
-        gsm8k_int_reward(completions),
-        gsm8k_correctness_reward(completions, answer),
-    )
-    return [float(sum(vals)) for vals in zip(*parts, strict=True)]
+def gsm8k_reward(
+    completions: List[str], answer: Sequence[str], *, dotall: bool = False
+) -> List[float]:
+  """Sum of the five d1 GSM8K rewards (nominal max 4.0; 3.5 attainable unless ``dotall``)."""
+  parts = (
+      gsm8k_xmlcount_reward(completions),
+      gsm8k_soft_format_reward(completions, dotall=dotall),
+      gsm8k_strict_format_reward(completions, dotall=dotall),
+      gsm8k_int_reward(completions),
+      gsm8k_correctness_reward(completions, answer),
+  )
+  return [float(sum(vals)) for vals in zip(*parts, strict=True)]

@@ -71,55 +71,57 @@ MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Resource limits for one sandboxed run."""
+  """Resource limits for one sandboxed run."""
 
-    timeout_s: float = 5.0  # wall clock, whole process group killed after it
-    cpu_s: int = 5  # RLIMIT_CPU (SIGXCPU/SIGKILL)
-    memory_bytes: int = 1 << 30  # RLIMIT_AS, 1 GiB
-    file_size_bytes: int = 16 << 20  # RLIMIT_FSIZE, also bounds stdout/stderr
-    max_processes: int = 64  # RLIMIT_NPROC (per uid; not applied to real root)
-    max_open_files: int = 256  # RLIMIT_NOFILE
-    max_output_bytes: int = 64 << 10  # how much stdout/stderr we read back
+  timeout_s: float = 5.0  # wall clock, whole process group killed after it
+  cpu_s: int = 5  # RLIMIT_CPU (SIGXCPU/SIGKILL)
+  memory_bytes: int = 1 << 30  # RLIMIT_AS, 1 GiB
+  file_size_bytes: int = 16 << 20  # RLIMIT_FSIZE, also bounds stdout/stderr
+  max_processes: int = 64  # RLIMIT_NPROC (per uid; not applied to real root)
+  max_open_files: int = 256  # RLIMIT_NOFILE
+  max_output_bytes: int = 64 << 10  # how much stdout/stderr we read back
 
 
 @dataclass
 class SandboxResult:
-    passed: bool  # program (and tests) ran to completion without an exception
-    returncode: Optional[int]
-    timed_out: bool
-    stdout: str
-    stderr: str
+  passed: bool  # program (and tests) ran to completion without an exception
+  returncode: Optional[int]
+  timed_out: bool
+  stdout: str
+  stderr: str
 
 
 @dataclass(frozen=True)
 class _Launcher:
-    name: str
-    prefix: Tuple[str, ...]  # command prefix, e.g. ("unshare", "--net", "--")
-    popen_kwargs: tuple  # tuple of (key, value) for subprocess.Popen
-    owner: Optional[Tuple[int, int]]  # chown the workdir to this uid/gid
+  name: str
+  prefix: Tuple[str, ...]  # command prefix, e.g. ("unshare", "--net", "--")
+  popen_kwargs: tuple  # tuple of (key, value) for subprocess.Popen
+  owner: Optional[Tuple[int, int]]  # chown the workdir to this uid/gid
 
 
 def _candidate_launchers() -> List[_Launcher]:
-    out = []
-    nobody = None
-    if os.geteuid() == 0:
-        try:
-            pw = pwd.getpwnam("nobody")
-            nobody = (pw.pw_uid, pw.pw_gid)
-        except KeyError:
-            pass
-    if nobody is not None:
-        uid, gid = (str(x) for x in nobody)
-        drop = (("extra_groups", []),)
-        netns_drop = ("unshare", "--net", "--setgid", gid, "--setuid", uid, "--")
-        out.append(_Launcher("netns+nobody", netns_drop, drop, nobody))
-    out.append(_Launcher("userns+netns", ("unshare", "--user", "--map-root-user", "--net", "--"), (), None))
-    if nobody is not None:
-        kw = (("user", nobody[0]), ("group", nobody[1]), ("extra_groups", []))
-        out.append(_Launcher("nobody", (), kw, nobody))
-    out.append(_Launcher("netns", ("unshare", "--net", "--"), (), None))
-    out.append(_Launcher("plain", (), (), None))
-    return out
+  out = []
+  nobody = None
+  if os.geteuid() == 0:
+    try:
+      pw = pwd.getpwnam("nobody")
+      nobody = (pw.pw_uid, pw.pw_gid)
+    except KeyError:
+      pass
+  if nobody is not None:
+    uid, gid = (str(x) for x in nobody)
+    drop = (("extra_groups", []),)
+    netns_drop = ("unshare", "--net", "--setgid", gid, "--setuid", uid, "--")
+    out.append(_Launcher("netns+nobody", netns_drop, drop, nobody))
+  out.append(
+      _Launcher("userns+netns", ("unshare", "--user", "--map-root-user", "--net", "--"), (), None)
+  )
+  if nobody is not None:
+    kw = (("user", nobody[0]), ("group", nobody[1]), ("extra_groups", []))
+    out.append(_Launcher("nobody", (), kw, nobody))
+  out.append(_Launcher("netns", ("unshare", "--net", "--"), (), None))
+  out.append(_Launcher("plain", (), (), None))
+  return out
 
 
 _LAUNCHER: Optional[_Launcher] = None
@@ -127,125 +129,144 @@ _LAUNCHER_LOCK = threading.Lock()
 
 
 def sandbox_isolation() -> str:
-    """Name of the isolation level in use (probed once; e.g. "userns+netns")."""
-    return _launcher().name
+  """Name of the isolation level in use (probed once; e.g. "userns+netns")."""
+  return _launcher().name
 
 
 def _launcher() -> _Launcher:
-    global _LAUNCHER
-    with _LAUNCHER_LOCK:
-        if _LAUNCHER is None:
-            probe = SandboxLimits(timeout_s=30.0, cpu_s=10)
-            for cand in _candidate_launchers():
-                try:
-                    if _run(cand, "x = 1", "assert x == 1", probe).passed:
-                        _LAUNCHER = cand
-                        break
-                except OSError:  # unshare missing, EPERM, ...
-                    continue
-            else:
-                _LAUNCHER = _candidate_launchers()[-1]
-        return _LAUNCHER
+  global _LAUNCHER
+  with _LAUNCHER_LOCK:
+    if _LAUNCHER is None:
+      probe = SandboxLimits(timeout_s=30.0, cpu_s=10)
+      for cand in _candidate_launchers():
+        try:
+          if _run(cand, "x = 1", "assert x == 1", probe).passed:
+            _LAUNCHER = cand
+            break
+        except OSError:  # unshare missing, EPERM, ...
+          continue
+      else:
+        _LAUNCHER = _candidate_launchers()[-1]
+    return _LAUNCHER
 
 
-def run_python_sandboxed(solution: str, test: str = "", limits: Optional[SandboxLimits] = None) -> SandboxResult:
-    """Run ``solution`` then ``test`` (same namespace) in the sandbox.
+def run_python_sandboxed(
+    solution: str, test: str = "", limits: Optional[SandboxLimits] = None
+) -> SandboxResult:
+  """Run ``solution`` then ``test`` (same namespace) in the sandbox.
 
-    ``passed`` is True iff both finished without raising (e.g. all asserts
-    held) within the limits.  The module name is ``"solution"``, so an
-    ``if __name__ == "__main__":`` block in the solution does not run.
-    """
-    return _run(_launcher(), solution, test, limits or SandboxLimits())
+  ``passed`` is True iff both finished without raising (e.g. all asserts
+  held) within the limits.  The module name is ``"solution"``, so an
+  ``if __name__ == "__main__":`` block in the solution does not run.
+  """
+  return _run(_launcher(), solution, test, limits or SandboxLimits())
 
 
 def _run(launcher: _Launcher, solution: str, test: str, limits: SandboxLimits) -> SandboxResult:
-    root = tempfile.mkdtemp(prefix="jdiff-sbx-")
-    try:
-        work = os.path.join(root, "work")
-        os.mkdir(work, 0o700)
-        for name, text in (("solution.py", solution), ("test.py", test)):
-            with open(os.path.join(work, name), "w", encoding="utf-8") as f:
-                f.write(text)
-        if launcher.owner is not None:
-            os.chmod(root, 0o711)  # let the dropped uid traverse to its workdir
-            for path in (work, *(os.path.join(work, n) for n in os.listdir(work))):
-                os.chown(path, *launcher.owner)
-        nonce = secrets.token_hex(16)
-        with open(os.path.join(root, "stdout"), "wb+") as out, open(os.path.join(root, "stderr"), "wb+") as err:
-            cmd = [*launcher.prefix, sys.executable, "-I", "-S", "-c", BOOTSTRAP_SOURCE,
-                   work, json.dumps(asdict(limits))]
-            proc = subprocess.Popen(
-                cmd, cwd=work, env={"PATH": MINIMAL_PATH}, stdin=subprocess.PIPE,
-                stdout=out, stderr=err, close_fds=True, start_new_session=True,
-                **dict(launcher.popen_kwargs),
-            )
-            try:
-                try:
-                    proc.stdin.write(nonce.encode() + b"\n")
-                    proc.stdin.close()
-                except (BrokenPipeError, OSError):
-                    pass
-                exited = _wait_without_reaping(proc.pid, limits.timeout_s)
-            finally:
-                # The leader is still a zombie (not reaped), so its pgid cannot
-                # have been reused: kill everything left in the group.
-                _kill_group(proc.pid)
-                proc.wait()
-            stdout = _read_head(out, limits.max_output_bytes)
-            stderr = _read_head(err, limits.max_output_bytes)
-            marker = ("\n" + nonce + "\n").encode()
-            out.seek(max(0, os.fstat(out.fileno()).st_size - len(marker)))
-            ok = exited and proc.returncode == 0 and out.read() == marker
-        if ok:
-            stdout = stdout.replace("\n" + nonce + "\n", "")
-        return SandboxResult(ok, proc.returncode, not exited, stdout, stderr)
-    finally:
-        _force_rmtree(root)
+  root = tempfile.mkdtemp(prefix="jdiff-sbx-")
+  try:
+    work = os.path.join(root, "work")
+    os.mkdir(work, 0o700)
+    for name, text in (("solution.py", solution), ("test.py", test)):
+      with open(os.path.join(work, name), "w", encoding="utf-8") as f:
+        f.write(text)
+    if launcher.owner is not None:
+      os.chmod(root, 0o711)  # let the dropped uid traverse to its workdir
+      for path in (work, *(os.path.join(work, n) for n in os.listdir(work))):
+        os.chown(path, *launcher.owner)
+    nonce = secrets.token_hex(16)
+    with (
+        open(os.path.join(root, "stdout"), "wb+") as out,
+        open(os.path.join(root, "stderr"), "wb+") as err,
+    ):
+      cmd = [
+          *launcher.prefix,
+          sys.executable,
+          "-I",
+          "-S",
+          "-c",
+          BOOTSTRAP_SOURCE,
+          work,
+          json.dumps(asdict(limits)),
+      ]
+      proc = subprocess.Popen(
+          cmd,
+          cwd=work,
+          env={"PATH": MINIMAL_PATH},
+          stdin=subprocess.PIPE,
+          stdout=out,
+          stderr=err,
+          close_fds=True,
+          start_new_session=True,
+          **dict(launcher.popen_kwargs),
+      )
+      try:
+        try:
+          proc.stdin.write(nonce.encode() + b"\n")
+          proc.stdin.close()
+        except (BrokenPipeError, OSError):
+          pass
+        exited = _wait_without_reaping(proc.pid, limits.timeout_s)
+      finally:
+        # The leader is still a zombie (not reaped), so its pgid cannot
+        # have been reused: kill everything left in the group.
+        _kill_group(proc.pid)
+        proc.wait()
+      stdout = _read_head(out, limits.max_output_bytes)
+      stderr = _read_head(err, limits.max_output_bytes)
+      marker = ("\n" + nonce + "\n").encode()
+      out.seek(max(0, os.fstat(out.fileno()).st_size - len(marker)))
+      ok = exited and proc.returncode == 0 and out.read() == marker
+    if ok:
+      stdout = stdout.replace("\n" + nonce + "\n", "")
+    return SandboxResult(ok, proc.returncode, not exited, stdout, stderr)
+  finally:
+    _force_rmtree(root)
 
 
 def _wait_without_reaping(pid: int, timeout: float) -> bool:
-    """Wait until ``pid`` exits (stays a zombie); False on timeout."""
+  """Wait until ``pid`` exits (stays a zombie); False on timeout."""
+  try:
+    fd = os.pidfd_open(pid)
+  except (AttributeError, OSError):
+    fd = None
+  if fd is not None:
     try:
-        fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        fd = None
-    if fd is not None:
-        try:
-            poller = select.poll()  # not select(): no FD_SETSIZE limit
-            poller.register(fd, select.POLLIN)
-            return bool(poller.poll(max(0, int(timeout * 1000))))
-        finally:
-            os.close(fd)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-            return True
-        time.sleep(0.005)
-    return False
+      poller = select.poll()  # not select(): no FD_SETSIZE limit
+      poller.register(fd, select.POLLIN)
+      return bool(poller.poll(max(0, int(timeout * 1000))))
+    finally:
+      os.close(fd)
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+      return True
+    time.sleep(0.005)
+  return False
 
 
 def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+  try:
+    os.killpg(pgid, signal.SIGKILL)
+  except (ProcessLookupError, PermissionError):
+    pass
 
 
 def _read_head(f, limit: int) -> str:
-    f.seek(0)
-    return f.read(limit).decode("utf-8", errors="replace")
+  f.seek(0)
+  return f.read(limit).decode("utf-8", errors="replace")
 
 
 def _force_rmtree(path: str) -> None:
-    """rmtree that survives directories the program made read-only."""
+  """rmtree that survives directories the program made read-only."""
 
-    def _onerror(func, p, exc_info):
-        try:
-            os.chmod(os.path.dirname(p), stat.S_IRWXU)
-            func(p)
-        except OSError:
-            pass
+  def _onerror(func, p, exc_info):
+    try:
+      os.chmod(os.path.dirname(p), stat.S_IRWXU)
+      func(p)
+    except OSError:
+      pass
 
-    shutil.rmtree(path, onerror=_onerror)
-    if os.path.exists(path):
-        shutil.rmtree(path, ignore_errors=True)
+  shutil.rmtree(path, onerror=_onerror)
+  if os.path.exists(path):
+    shutil.rmtree(path, ignore_errors=True)

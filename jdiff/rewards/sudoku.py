@@ -24,33 +24,33 @@ GRID_CELLS = 16
 
 
 def extract_sudoku_digits(text: str, *, strict_tags: bool = False) -> Optional[str]:
-    """Digits of the proposed grid (unpadded), or None if nothing to extract."""
-    matches = re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)
-    if matches:
-        source = matches[-1]
-    elif strict_tags:
-        return None
-    else:
-        boxed = last_boxed(text)
-        source = boxed if boxed is not None else text
-    return "".join(ch for ch in source.strip() if ch.isdigit())
+  """Digits of the proposed grid (unpadded), or None if nothing to extract."""
+  matches = re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)
+  if matches:
+    source = matches[-1]
+  elif strict_tags:
+    return None
+  else:
+    boxed = last_boxed(text)
+    source = boxed if boxed is not None else text
+  return "".join(ch for ch in source.strip() if ch.isdigit())
 
 
 def sudoku_score(digits: Optional[str], puzzle: str, solution: str) -> float:
-    """Fraction of the puzzle's empty cells that ``digits`` fills correctly."""
-    if not digits:
-        return 0.0
-    grid = digits[:GRID_CELLS].ljust(GRID_CELLS, "0")
-    empty = [i for i in range(min(GRID_CELLS, len(puzzle))) if puzzle[i] == "0"]
-    if not empty:
-        return 0.0
-    return sum(grid[i] == solution[i] for i in empty) / len(empty)
+  """Fraction of the puzzle's empty cells that ``digits`` fills correctly."""
+  if not digits:
+    return 0.0
+  grid = digits[:GRID_CELLS].ljust(GRID_CELLS, "0")
+  empty = [i for i in range(min(GRID_CELLS, len(puzzle))) if puzzle[i] == "0"]
+  if not empty:
+    return 0.0
+  return sum(grid[i] == solution[i] for i in empty) / len(empty)
 
 
 def _grid_string(entry) -> str:
-    """Column entry -> 16-char string; ints (CSV readers drop leading zeros) are re-padded."""
-    text = str(entry).strip()
-    return text.zfill(GRID_CELLS) if text.isdigit() else text
+  """Column entry -> 16-char string; ints (CSV readers drop leading zeros) are re-padded."""
+  text = str(entry).strip()
+  return text.zfill(GRID_CELLS) if text.isdigit() else text
 
 
 def sudoku_reward(
@@ -60,8 +60,10 @@ def sudoku_reward(
     *,
     strict_tags: bool = False,
 ) -> List[float]:
-    """d1 4x4 Sudoku reward: fraction of empty cells filled correctly."""
-    return [
-        sudoku_score(extract_sudoku_digits(c, strict_tags=strict_tags), _grid_string(p), _grid_string(s))
-        for c, p, s in zip(completions, puzzle, solution, strict=True)
-    ]
+  """d1 4x4 Sudoku reward: fraction of empty cells filled correctly."""
+  return [
+      sudoku_score(
+          extract_sudoku_digits(c, strict_tags=strict_tags), _grid_string(p), _grid_string(s)
+      )
+      for c, p, s in zip(completions, puzzle, solution, strict=True)
+  ]

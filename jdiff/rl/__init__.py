@@ -20,5 +20,12 @@ for _name in ("tracerl", "diffu_grpo", "random_masking", "coupled_grpo", "cj_grp
       raise
 del _name
 
-__all__ = ["Registry", "methods", "advantage_estimators", "advantages", "logprobs", "losses",
-           "registry"]
+__all__ = [
+    "Registry",
+    "methods",
+    "advantage_estimators",
+    "advantages",
+    "logprobs",
+    "losses",
+    "registry",
+]

@@ -39,8 +39,9 @@ def _grouped(rewards, group_size: int):
 
 @advantage_estimators.register("group_zscore")
 @advantage_estimators.register("grpo")
-def group_zscore(rewards, group_size: int, std_normalize: bool = True,
-                 eps: float = 1e-6) -> jax.Array:
+def group_zscore(
+    rewards, group_size: int, std_normalize: bool = True, eps: float = 1e-6
+) -> jax.Array:
   """Per-group ``(r - mean) / std`` (TraceRL §4), flattened back to ``[N]`` float32.
 
   The std is the population std (ddof=0) and there is no epsilon in the denominator:
@@ -63,8 +64,9 @@ def group_mean_baseline(rewards, group_size: int, **unused) -> jax.Array:
   return group_zscore(rewards, group_size, std_normalize=False)
 
 
-def group_filter(rewards, group_size: int, low: float = 0.2, high: float = 0.8,
-                 tol: float = 1e-9) -> np.ndarray:
+def group_filter(
+    rewards, group_size: int, low: float = 0.2, high: float = 0.8, tol: float = 1e-9
+) -> np.ndarray:
   """TraceRL's accuracy filter (§4): keep a prompt iff ``low <= mean reward <= high``.
 
   A prompt is dropped when its accuracy is > ``high`` or < ``low`` (with N = 16: 4–12
@@ -75,8 +77,11 @@ def group_filter(rewards, group_size: int, low: float = 0.2, high: float = 0.8,
   acc = g.mean(axis=1)
   keep = (acc >= low - tol) & (acc <= high + tol)
   if not keep.any():
-    warnings.warn(f"group_filter: all {len(keep)} groups filtered out (accuracies "
-                  f"{np.round(acc, 3).tolist()} outside [{low}, {high}])", stacklevel=2)
+    warnings.warn(
+        f"group_filter: all {len(keep)} groups filtered out (accuracies "
+        f"{np.round(acc, 3).tolist()} outside [{low}, {high}])",
+        stacklevel=2,
+    )
   return np.repeat(keep, group_size)
 
 
@@ -85,8 +90,7 @@ def nonconstant_groups(rewards, group_size: int, eps: float = 1e-6) -> np.ndarra
   g = np.asarray(rewards, np.float64).reshape(-1, group_size)
   keep = g.std(axis=1) > eps
   if not keep.any():
-    warnings.warn(f"nonconstant_groups: all {len(keep)} groups have constant rewards",
-                  stacklevel=2)
+    warnings.warn(f"nonconstant_groups: all {len(keep)} groups have constant rewards", stacklevel=2)
   return np.repeat(keep, group_size)
 
 
@@ -129,8 +133,7 @@ def _trace_gae_row(step_ids, rewards, values, valid, gamma, lam):
     return (ret, v_t, adv), (ret, adv)
 
   zero = jnp.zeros((), F32)
-  _, (ret_star, adv_star) = jax.lax.scan(back, (zero, zero, zero), (r_star, v_star),
-                                         reverse=True)
+  _, (ret_star, adv_star) = jax.lax.scan(back, (zero, zero, zero), (r_star, v_star), reverse=True)
   pad = lambda x: jnp.concatenate([x, jnp.zeros((2,), F32)])  # index G (and G+1) -> 0
   nxt = jnp.minimum(rank + 1, g + 1)
   ret_next, v_next, adv_next = pad(ret_star)[nxt], pad(v_star)[nxt], pad(adv_star)[nxt]
@@ -140,8 +143,7 @@ def _trace_gae_row(step_ids, rewards, values, valid, gamma, lam):
 
 
 @advantage_estimators.register("trace_gae")
-def trace_gae(step_ids, token_rewards, values, trainable, gamma: float = 1.0,
-              lam: float = 1.0):
+def trace_gae(step_ids, token_rewards, values, trainable, gamma: float = 1.0, lam: float = 1.0):
   """TraceRL's trace-step GAE with the diffusion value model (docs/methods.md §Diffusion value model).
 
   Args:
@@ -166,12 +168,21 @@ def trace_gae(step_ids, token_rewards, values, trainable, gamma: float = 1.0,
   rewards = jnp.asarray(token_rewards, F32)
   values = jnp.asarray(values, F32)
   if not (step_ids.shape == rewards.shape == values.shape == valid.shape) or step_ids.ndim != 2:
-    raise ValueError(f"trace_gae wants equal [B, G] shapes; got step_ids {step_ids.shape}, "
-                     f"rewards {rewards.shape}, values {values.shape}, trainable {valid.shape}")
-  row = lambda s, r, v, m: _trace_gae_row(s, r, v, m, jnp.asarray(gamma, F32),
-                                          jnp.asarray(lam, F32))
+    raise ValueError(
+        f"trace_gae wants equal [B, G] shapes; got step_ids {step_ids.shape}, "
+        f"rewards {rewards.shape}, values {values.shape}, trainable {valid.shape}"
+    )
+  row = lambda s, r, v, m: _trace_gae_row(
+      s, r, v, m, jnp.asarray(gamma, F32), jnp.asarray(lam, F32)
+  )
   return jax.vmap(row)(step_ids, rewards, values, valid)
 
 
-__all__ = ["group_filter", "group_mean_baseline", "group_zscore", "nonconstant_groups",
-           "outcome_token_rewards", "trace_gae"]
+__all__ = [
+    "group_filter",
+    "group_mean_baseline",
+    "group_zscore",
+    "nonconstant_groups",
+    "outcome_token_rewards",
+    "trace_gae",
+]

@@ -74,8 +74,9 @@ class CJGRPOConfig:
     if self.num_iterations < 1:
       raise ValueError(f"CJGRPOConfig.num_iterations must be >= 1, got {self.num_iterations}")
     if self.step_batching not in STEP_BATCHING:
-      raise ValueError(f"CJGRPOConfig.step_batching={self.step_batching!r}; expected one of "
-                       f"{STEP_BATCHING}")
+      raise ValueError(
+          f"CJGRPOConfig.step_batching={self.step_batching!r}; expected one of " f"{STEP_BATCHING}"
+      )
     if self.grad_accum is not None and self.grad_accum < 1:
       raise ValueError(f"CJGRPOConfig.grad_accum must be None or >= 1, got {self.grad_accum}")
 
@@ -83,8 +84,10 @@ class CJGRPOConfig:
 def step_positions(traj, mask_id: int) -> np.ndarray:
   """``pos [S, B, G]``: masked before step s, filled after it, and s < the row's step count."""
   if traj.states is None:
-    raise ValueError("CJ-GRPO trains on the intermediate states x_0..x_S, but this trajectory "
-                     "has none: sample with record_states=True")
+    raise ValueError(
+        "CJ-GRPO trains on the intermediate states x_0..x_S, but this trajectory "
+        "has none: sample with record_states=True"
+    )
   states = np.asarray(traj.states)
   s_max, nb, g = states.shape
   before = np.concatenate([np.full((1, nb, g), mask_id, states.dtype), states[:-1]], axis=0)
@@ -113,8 +116,10 @@ def build_batch(traj, advantages, key, cfg: CJGRPOConfig, model_config) -> dict:
   p = pids.shape[1]
   n_acc = cfg.grad_accum or (s_max if cfg.step_batching == "accumulate" else 1)
   if cfg.step_batching == "accumulate" and n_acc % s_max:
-    raise ValueError(f"step_batching='accumulate' needs grad_accum to be a multiple of the "
-                     f"{s_max} recorded steps, got {n_acc}")
+    raise ValueError(
+        f"step_batching='accumulate' needs grad_accum to be a multiple of the "
+        f"{s_max} recorded steps, got {n_acc}"
+    )
   if (nb * s_max) % n_acc:
     raise ValueError(f"grad_accum={n_acc} does not divide the {nb * s_max} rows (B·S_max)")
 
@@ -126,8 +131,9 @@ def build_batch(traj, advantages, key, cfg: CJGRPOConfig, model_config) -> dict:
   if cfg.padding_blind_positions:
     positions = np.broadcast_to(np.arange(p + g, dtype=np.int32), (nb, p + g))
   else:
-    positions = np.concatenate([np.maximum(np.cumsum(pmask, -1) - 1, 0),
-                                plen[:, None] + np.arange(g)], axis=1).astype(np.int32)
+    positions = np.concatenate(
+        [np.maximum(np.cumsum(pmask, -1) - 1, 0), plen[:, None] + np.arange(g)], axis=1
+    ).astype(np.int32)
 
   n_s = pos.reshape(s_max, -1).sum(-1)  # [S] tokens per step over the batch
   n_steps = max(int((n_s > 0).sum()), 1)
@@ -143,7 +149,8 @@ def build_batch(traj, advantages, key, cfg: CJGRPOConfig, model_config) -> dict:
       loss_mask=pad(rows(pos), False),
       loss_weight=pad(rows(weight).astype(np.float32), np.float32(0)),
       step_index=np.tile(np.arange(s_max, dtype=np.int32), nb),
-      response_index=np.repeat(np.arange(nb, dtype=np.int32), s_max))
+      response_index=np.repeat(np.arange(nb, dtype=np.int32), s_max),
+  )
   if advantages is None:
     raise ValueError("CJ-GRPO needs advantages ([B] per rollout or [B, G] per token)")
   adv = np.asarray(advantages, np.float32)
@@ -158,15 +165,23 @@ def build_batch(traj, advantages, key, cfg: CJGRPOConfig, model_config) -> dict:
 
 def attention_mask(batch, model_config):
   """The model's inference pattern over ``[prompt | state]`` (module docstring)."""
-  return masks.native(model_config.block_size if model_config.block_causal else None,
-                      batch["positions"], batch["valid"])
+  return masks.native(
+      model_config.block_size if model_config.block_causal else None,
+      batch["positions"],
+      batch["valid"],
+  )
 
 
 def logprob_fn(model, batch, cfg: CJGRPOConfig):
   """``log f(x_s | x_{s-1})`` at every position of every row ``[R, P+G]`` (float32)."""
-  return model_token_logprobs(model, batch["input_ids"], batch["positions"],
-                              attention_mask(batch, model.config), batch["targets"],
-                              cfg.chunk_size)
+  return model_token_logprobs(
+      model,
+      batch["input_ids"],
+      batch["positions"],
+      attention_mask(batch, model.config),
+      batch["targets"],
+      cfg.chunk_size,
+  )
 
 
 def loss_fn(model, batch, cfg: CJGRPOConfig):
@@ -174,12 +189,22 @@ def loss_fn(model, batch, cfg: CJGRPOConfig):
   logp = logprob_fn(model, batch, cfg)
   ref = batch.get("ref_logp")
   if cfg.beta > 0 and ref is None:
-    raise ValueError("CJ-GRPO's KL is to the frozen reference: set batch['ref_logp'] = "
-                     "logprob_fn(ref_model, batch, cfg), or use beta=0")
+    raise ValueError(
+        "CJ-GRPO's KL is to the frozen reference: set batch['ref_logp'] = "
+        "logprob_fn(ref_model, batch, cfg), or use beta=0"
+    )
   w = jnp.asarray(batch["loss_weight"], jnp.float32)
   loss, metrics = clipped_policy_loss(
-      logp, batch["old_logp"], batch["advantages"], w, eps_low=cfg.eps, kl_coef=cfg.beta,
-      ref_logp=ref if cfg.beta > 0 else None, normalization="token_mean", log_ratio_clip=None)
+      logp,
+      batch["old_logp"],
+      batch["advantages"],
+      w,
+      eps_low=cfg.eps,
+      kl_coef=cfg.beta,
+      ref_logp=ref if cfg.beta > 0 else None,
+      normalization="token_mean",
+      log_ratio_clip=None,
+  )
   # token_mean divided by max(Σw, 1); undo it so the loss is Σ λ·w exactly. The other
   # metrics stay per-step-balanced means over the trained tokens.
   scale = jnp.maximum(jnp.sum(w), 1.0)
@@ -199,16 +224,31 @@ def check(cfg: CJGRPOConfig, run_cfg, sampler_cfg, model_cfg) -> None:
   """The sampler must record its states, and the update split must match the step rows."""
   del model_cfg
   if not getattr(sampler_cfg, "record_states", False):
-    raise ValueError("config.sampler.record_states: CJ-GRPO trains on the rollout's "
-                     "intermediate states: set it to True")
+    raise ValueError(
+        "config.sampler.record_states: CJ-GRPO trains on the rollout's "
+        "intermediate states: set it to True"
+    )
   steps, n_acc, ga = int(sampler_cfg.total_steps), cfg.grad_accum, run_cfg.rl.grad_accum
   if cfg.step_batching == "accumulate" and (n_acc or steps) % steps:
-    raise ValueError(f"config.method.grad_accum: {n_acc}: step_batching='accumulate' needs a "
-                     f"multiple of the {steps} sampler steps")
+    raise ValueError(
+        f"config.method.grad_accum: {n_acc}: step_batching='accumulate' needs a "
+        f"multiple of the {steps} sampler steps"
+    )
   if n_acc is not None and n_acc != ga:
-    raise ValueError(f"config.method.grad_accum: {n_acc} must equal config.rl.grad_accum={ga} "
-                     "(the loss weights are normalised for the update step's split)")
+    raise ValueError(
+        f"config.method.grad_accum: {n_acc} must equal config.rl.grad_accum={ga} "
+        "(the loss weights are normalised for the update step's split)"
+    )
 
 
-METHOD = register_method(Method("cj_grpo", CJGRPOConfig, build_batch, logprob_fn, loss_fn,
-                                check=check, rows_per_response=_rows_per_response))
+METHOD = register_method(
+    Method(
+        "cj_grpo",
+        CJGRPOConfig,
+        build_batch,
+        logprob_fn,
+        loss_fn,
+        check=check,
+        rows_per_response=_rows_per_response,
+    )
+)

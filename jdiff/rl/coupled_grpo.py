@@ -42,9 +42,15 @@ import numpy as np
 
 from jdiff.models import masks
 from jdiff.rl import diffu_grpo
-from jdiff.rl.diffu_grpo import (completion_layout, completion_logprobs, compute_advantages,
-                                 grpo_loss, iteration_keys, iteration_logprobs,
-                                 select_iteration)
+from jdiff.rl.diffu_grpo import (
+    completion_layout,
+    completion_logprobs,
+    compute_advantages,
+    grpo_loss,
+    iteration_keys,
+    iteration_logprobs,
+    select_iteration,
+)
 from jdiff.rl.method import Method, register_method
 
 
@@ -61,8 +67,9 @@ class CoupledGRPOConfig:
 
   def __post_init__(self):
     if not 0.0 < self.t_low <= self.t_high < 1.0:
-      raise ValueError(f"CoupledGRPOConfig needs 0 < t_low <= t_high < 1, got "
-                       f"({self.t_low}, {self.t_high})")
+      raise ValueError(
+          f"CoupledGRPOConfig needs 0 < t_low <= t_high < 1, got " f"({self.t_low}, {self.t_high})"
+      )
     if self.num_iterations < 1:
       raise ValueError(f"CoupledGRPOConfig.num_iterations must be >= 1, got {self.num_iterations}")
     if not 0 < self.eps < 1:
@@ -107,8 +114,7 @@ def build_batch(traj, advantages, key, cfg: CoupledGRPOConfig, model_config) -> 
   per_iter = {"input_ids": [], "row_weights": [], "coupled_mask": [], "t": []}
   for k in iteration_keys(key, cfg.num_iterations, cfg.random_masking):
     kt, ku = jax.random.split(k)
-    t = np.asarray(jax.random.uniform(kt, (r,), minval=cfg.t_low, maxval=cfg.t_high),
-                   np.float64)
+    t = np.asarray(jax.random.uniform(kt, (r,), minval=cfg.t_low, maxval=cfg.t_high), np.float64)
     u = np.asarray(jax.random.uniform(ku, (r, g)))
     rows, w, m_t = coupled_rows(clean, p, t, u, mask_id, cfg.full_mask_row)
     for name, v in zip(per_iter, (rows, w, m_t, t.astype(np.float32))):
@@ -117,8 +123,9 @@ def build_batch(traj, advantages, key, cfg: CoupledGRPOConfig, model_config) -> 
   if adv.shape != (r,):
     raise ValueError(f"coupled-GRPO wants one advantage per response [{r}], got {adv.shape}")
   batch = {diffu_grpo.ITER + k: np.stack(v, 1) for k, v in per_iter.items()}
-  batch.update(positions=positions, valid=valid, targets=targets, loss_mask=loss_mask,
-               advantages=adv)
+  batch.update(
+      positions=positions, valid=valid, targets=targets, loss_mask=loss_mask, advantages=adv
+  )
   return {**batch, **select_iteration(batch, 0)}
 
 
@@ -133,8 +140,9 @@ def logprob_fn(model, batch, cfg: CoupledGRPOConfig):
     mask = masks.block_causal(positions, c.block_size, valid)
   else:
     mask = masks.bidirectional(valid)
-  lp = completion_logprobs(model, ids.reshape(r * v, n), positions, mask,
-                           rep(batch["targets"]), cfg.chunk_size)
+  lp = completion_logprobs(
+      model, ids.reshape(r * v, n), positions, mask, rep(batch["targets"]), cfg.chunk_size
+  )
   w = jnp.asarray(batch["row_weights"], jnp.float32)
   return jnp.sum(w * lp.reshape(r, v, -1), axis=1)
 
@@ -143,8 +151,17 @@ def loss_fn(model, batch, cfg: CoupledGRPOConfig):
   return grpo_loss(logprob_fn(model, batch, cfg), batch, cfg)
 
 
-__all__ = ["CoupledGRPOConfig", "build_batch", "compute_advantages", "coupled_rows",
-           "iteration_logprobs", "logprob_fn", "loss_fn", "select_iteration"]
+__all__ = [
+    "CoupledGRPOConfig",
+    "build_batch",
+    "compute_advantages",
+    "coupled_rows",
+    "iteration_logprobs",
+    "logprob_fn",
+    "loss_fn",
+    "select_iteration",
+]
 
-METHOD = register_method(Method("coupled_grpo", CoupledGRPOConfig, build_batch, logprob_fn,
-                                loss_fn))
+METHOD = register_method(
+    Method("coupled_grpo", CoupledGRPOConfig, build_batch, logprob_fn, loss_fn)
+)

@@ -114,20 +114,28 @@ def build_batch(traj, advantages, key, cfg: DiffuGRPOConfig, model_config) -> di
   ``positions``/``valid [R, N]``, ``targets``/``loss_mask [R, G]``, ``advantages [R]``.
   """
   ids, positions, valid, targets, loss_mask, pmask = completion_layout(
-      traj, model_config.mask_token_id)
+      traj, model_config.mask_token_id
+  )
   r, p = pmask.shape
   keys = iteration_keys(key, cfg.num_iterations, cfg.random_masking)
   variants = []
   for k in keys:
     masked = np.asarray(jax.random.uniform(k, (r, p))) < cfg.p_mask_prompt
     masked &= pmask  # left-pad slots stay pad (they are invalid keys anyway)
-    variants.append(np.concatenate([np.where(masked, model_config.mask_token_id, ids[:, :p]),
-                                    ids[:, p:]], 1))
+    variants.append(
+        np.concatenate([np.where(masked, model_config.mask_token_id, ids[:, :p]), ids[:, p:]], 1)
+    )
   adv = np.asarray(advantages, np.float32)
   if adv.shape != (r,):
     raise ValueError(f"diffu-GRPO wants one advantage per response [{r}], got {adv.shape}")
-  batch = dict(iteration_input_ids=np.stack(variants, 1), positions=positions, valid=valid,
-               targets=targets, loss_mask=loss_mask, advantages=adv)
+  batch = dict(
+      iteration_input_ids=np.stack(variants, 1),
+      positions=positions,
+      valid=valid,
+      targets=targets,
+      loss_mask=loss_mask,
+      advantages=adv,
+  )
   return {**batch, **select_iteration(batch, 0)}
 
 
@@ -144,15 +152,27 @@ def completion_logprobs(model, input_ids, positions, mask, targets, chunk_size: 
   The vocab head only runs on the completion positions, not on the prompt (Dream's shift
   included, by :func:`jdiff.models.logprobs.model_token_logprobs`).
   """
-  return model_token_logprobs(model, input_ids, positions, mask, targets, chunk_size,
-                              start=input_ids.shape[1] - targets.shape[1])
+  return model_token_logprobs(
+      model,
+      input_ids,
+      positions,
+      mask,
+      targets,
+      chunk_size,
+      start=input_ids.shape[1] - targets.shape[1],
+  )
 
 
 def logprob_fn(model, batch, cfg: DiffuGRPOConfig):
   """One forward on ``batch['input_ids']``: log π(o_k | q′ ⊕ M^G) at every completion position."""
-  return completion_logprobs(model, batch["input_ids"], batch["positions"],
-                             attention_mask(batch, model.config), batch["targets"],
-                             cfg.chunk_size)
+  return completion_logprobs(
+      model,
+      batch["input_ids"],
+      batch["positions"],
+      attention_mask(batch, model.config),
+      batch["targets"],
+      cfg.chunk_size,
+  )
 
 
 def grpo_loss(logp, batch, cfg):
@@ -160,14 +180,23 @@ def grpo_loss(logp, batch, cfg):
   if cfg.beta > 0 and "ref_logp" not in batch:
     raise KeyError("beta > 0 needs batch['ref_logp'] (the frozen reference's log-probs)")
   return clipped_policy_loss(
-      logp, batch["old_logp"], batch["advantages"], batch["loss_mask"], eps_low=cfg.eps,
-      kl_coef=cfg.beta, ref_logp=batch.get("ref_logp"), normalization="token_mean",
-      log_ratio_clip=None, weights=batch_weights(batch))
+      logp,
+      batch["old_logp"],
+      batch["advantages"],
+      batch["loss_mask"],
+      eps_low=cfg.eps,
+      kl_coef=cfg.beta,
+      ref_logp=batch.get("ref_logp"),
+      normalization="token_mean",
+      log_ratio_clip=None,
+      weights=batch_weights(batch),
+  )
 
 
 def loss_fn(model, batch, cfg: DiffuGRPOConfig):
   return grpo_loss(logprob_fn(model, batch, cfg), batch, cfg)
 
 
-METHOD = register_method(Method("diffu_grpo", DiffuGRPOConfig, build_batch, logprob_fn, loss_fn,
-                                step_weighted=True))
+METHOD = register_method(
+    Method("diffu_grpo", DiffuGRPOConfig, build_batch, logprob_fn, loss_fn, step_weighted=True)
+)

@@ -76,6 +76,7 @@ from jdiff.sampling.common import Trajectory
 @dataclasses.dataclass(frozen=True)
 class PreferencePairs:
   """B preference pairs over a shared prompt; numpy (or array-like) fields."""
+
   prompt_ids: np.ndarray  # [B, P] left-padded
   prompt_mask: np.ndarray  # [B, P] bool
   chosen: np.ndarray  # [B, G] y_w ids (anything after chosen_lengths is ignored)
@@ -88,10 +89,16 @@ class PreferencePairs:
   rejected_steps: Optional[np.ndarray] = None  # [B, G]
 
   @classmethod
-  def from_lists(cls, prompts: Sequence[Sequence[int]], chosen: Sequence[Sequence[int]],
-                 rejected: Sequence[Sequence[int]], pad_id: int, width: Optional[int] = None,
-                 chosen_steps: Optional[Sequence[Sequence[int]]] = None,
-                 rejected_steps: Optional[Sequence[Sequence[int]]] = None) -> "PreferencePairs":
+  def from_lists(
+      cls,
+      prompts: Sequence[Sequence[int]],
+      chosen: Sequence[Sequence[int]],
+      rejected: Sequence[Sequence[int]],
+      pad_id: int,
+      width: Optional[int] = None,
+      chosen_steps: Optional[Sequence[Sequence[int]]] = None,
+      rejected_steps: Optional[Sequence[Sequence[int]]] = None,
+  ) -> "PreferencePairs":
     """Left-pads the prompts and right-pads both responses (and their step maps, with 0) to
     ``width`` (default: longest)."""
     p = max(len(x) for x in prompts)
@@ -100,12 +107,12 @@ class PreferencePairs:
     pm = np.zeros((len(prompts), p), bool)
     for i, x in enumerate(prompts):
       if len(x):
-        ids[i, p - len(x):], pm[i, p - len(x):] = x, True
+        ids[i, p - len(x) :], pm[i, p - len(x) :] = x, True
 
     def right(rs, fill=pad_id):
       out = np.full((len(rs), g), fill, np.int32)
       for i, r in enumerate(rs):
-        out[i, :len(r)] = r
+        out[i, : len(r)] = r
       return out, np.array([len(r) for r in rs], np.int32)
 
     (cw, lw), (cl, ll) = right(chosen), right(rejected)
@@ -132,16 +139,20 @@ class DTRPOConfig:
     if self.block_length < 1:
       raise ValueError(f"DTRPOConfig.block_length must be >= 1, got {self.block_length}")
     if self.estimator not in dtrpo_draws.ESTIMATORS:
-      raise ValueError(f"DTRPOConfig.estimator={self.estimator!r}; expected one of "
-                       f"{dtrpo_draws.ESTIMATORS}")
+      raise ValueError(
+          f"DTRPOConfig.estimator={self.estimator!r}; expected one of " f"{dtrpo_draws.ESTIMATORS}"
+      )
     if self.block_weight not in dtrpo_draws.BLOCK_WEIGHTS:
-      raise ValueError(f"DTRPOConfig.block_weight={self.block_weight!r}; expected one of "
-                       f"{dtrpo_draws.BLOCK_WEIGHTS}")
+      raise ValueError(
+          f"DTRPOConfig.block_weight={self.block_weight!r}; expected one of "
+          f"{dtrpo_draws.BLOCK_WEIGHTS}"
+      )
     if self.steps_per_block < 0:
       raise ValueError(f"DTRPOConfig.steps_per_block must be >= 0, got {self.steps_per_block}")
     if self.timesteps_per_block < 1:
-      raise ValueError("DTRPOConfig.timesteps_per_block must be >= 1, got "
-                       f"{self.timesteps_per_block}")
+      raise ValueError(
+          "DTRPOConfig.timesteps_per_block must be >= 1, got " f"{self.timesteps_per_block}"
+      )
     if self.padding not in ("drop", "eos"):
       raise ValueError(f"DTRPOConfig.padding={self.padding!r}; expected 'drop' or 'eos'")
 
@@ -162,7 +173,8 @@ def _full_attention_rows(pids, pmask, toks, lengths, block_length, pad_id):
       blocks=np.concatenate([zeros, rblk, rblk], 1),
       noisy=np.concatenate([np.zeros((r, p + g), bool), np.ones((r, g), bool)], 1),
       valid=np.concatenate([pmask, real, real], 1),
-      targets=np.concatenate([np.full((r, p + g), pad_id), toks], 1))
+      targets=np.concatenate([np.full((r, p + g), pad_id), toks], 1),
+  )
 
 
 def _recorded_steps(pairs: PreferencePairs, g: int, cfg: DTRPOConfig) -> Optional[np.ndarray]:
@@ -174,8 +186,10 @@ def _recorded_steps(pairs: PreferencePairs, g: int, cfg: DTRPOConfig) -> Optiona
     raise ValueError("PreferencePairs: chosen_steps given without rejected_steps")
   steps = np.concatenate([np.asarray(pairs.chosen_steps), np.asarray(pairs.rejected_steps)])
   if steps.shape != (2 * np.asarray(pairs.chosen).shape[0], g):
-    raise ValueError(f"PreferencePairs: chosen_steps / rejected_steps must be [B, G={g}] like "
-                     f"chosen / rejected, got {steps.shape[1:]} per side")
+    raise ValueError(
+        f"PreferencePairs: chosen_steps / rejected_steps must be [B, G={g}] like "
+        f"chosen / rejected, got {steps.shape[1:]} per side"
+    )
   return steps.astype(np.int64)
 
 
@@ -189,7 +203,7 @@ def _draw(key, resp_block, lengths, steps, cfg: DTRPOConfig):
   kt, ku = jax.random.split(key)
   v = np.asarray(jax.random.uniform(kt, (n_rows, n_blocks)))
   if cfg.share_timesteps:
-    v = np.concatenate([v[:n_rows // 2], v[:n_rows // 2]])
+    v = np.concatenate([v[: n_rows // 2], v[: n_rows // 2]])
   u = np.asarray(jax.random.uniform(ku, (n_rows, g)))
   masked = np.zeros((n_rows, g), bool)
   weight = np.zeros((n_rows, g), np.float32)
@@ -199,8 +213,9 @@ def _draw(key, resp_block, lengths, steps, cfg: DTRPOConfig):
     for k in np.unique(resp_block[r][real]):
       idx = np.nonzero(real & (resp_block[r] == k))[0]
       rec = None if steps is None else steps[r, idx]
-      m, w, _ = dtrpo_draws.draw_block(u[r, idx], float(v[r, k]), cfg.steps_per_block,
-                                       cfg.estimator, cfg.block_weight, rec)
+      m, w, _ = dtrpo_draws.draw_block(
+          u[r, idx], float(v[r, k]), cfg.steps_per_block, cfg.estimator, cfg.block_weight, rec
+      )
       masked[r, idx], weight[r, idx], frac[r, idx] = m, w, m.mean()
   return masked, weight, frac
 
@@ -224,13 +239,19 @@ def _layout(pids, pmask, toks, lengths, cfg: DTRPOConfig, c, pad_id: int):
   plen = pmask.sum(-1)
   if c.block_causal:
     blk = c.block_size
-    traj = Trajectory(prompt_ids=pids, prompt_mask=pmask, tokens=toks,
-                      step_map=(np.arange(g)[None] < lengths[:, None]).astype(np.int32),
-                      logprobs=np.zeros(toks.shape, np.float32), lengths=lengths,
-                      num_steps=np.ones_like(lengths))
+    traj = Trajectory(
+        prompt_ids=pids,
+        prompt_mask=pmask,
+        tokens=toks,
+        step_map=(np.arange(g)[None] < lengths[:, None]).astype(np.int32),
+        logprobs=np.zeros(toks.shape, np.float32),
+        lengths=lengths,
+        num_steps=np.ones_like(lengths),
+    )
     # shrink = block size: one round per response, every block of it fully noisy.
-    rows = build_block_rows(traj, block_size=blk, mask_id=c.mask_token_id, pad_id=pad_id,
-                            shrink=blk)
+    rows = build_block_rows(
+        traj, block_size=blk, mask_id=c.mask_token_id, pad_id=pad_id, shrink=blk
+    )
     rows = {k: rows[k] for k in ("input_ids", "positions", "blocks", "noisy", "valid", "targets")}
     resp_block = (plen[:, None] + np.arange(g)) // blk
   else:
@@ -249,15 +270,18 @@ def build_batch(pairs: PreferencePairs, advantages, key, cfg: DTRPOConfig, model
   del advantages  # offline: the preference is the signal
   c = model_config
   if c.shift_logits and c.block_causal:
-    raise ValueError(f"dTRPO: shifted logits with a block-causal model (family {c.family!r}) "
-                     "have no logit-alignment rule here")
+    raise ValueError(
+        f"dTRPO: shifted logits with a block-causal model (family {c.family!r}) "
+        "have no logit-alignment rule here"
+    )
   if key is None:
     raise ValueError("dTRPO draws its re-masking from `key`; got None")
   pids = np.asarray(pairs.prompt_ids, np.int32)
   pmask = np.asarray(pairs.prompt_mask, bool)
   toks = np.concatenate([np.asarray(pairs.chosen), np.asarray(pairs.rejected)]).astype(np.int32)
-  lengths = np.concatenate([np.asarray(pairs.chosen_lengths),
-                            np.asarray(pairs.rejected_lengths)]).astype(np.int32)
+  lengths = np.concatenate(
+      [np.asarray(pairs.chosen_lengths), np.asarray(pairs.rejected_lengths)]
+  ).astype(np.int32)
   nb, g = pids.shape[0], toks.shape[1]
   if toks.shape[0] != 2 * nb or np.asarray(pairs.rejected).shape[1] != g:
     raise ValueError("chosen and rejected must both be [B, G] with B = prompt_ids.shape[0]")
@@ -282,16 +306,19 @@ def build_batch(pairs: PreferencePairs, advantages, key, cfg: DTRPOConfig, model
 
   n = rows["input_ids"].shape[1]
   ids = rows["input_ids"].copy()
-  ids[:, n - g:] = np.where(masked, c.mask_token_id, toks)  # build_block_rows masked it all
+  ids[:, n - g :] = np.where(masked, c.mask_token_id, toks)  # build_block_rows masked it all
   n_rows = toks.shape[0]
   head = np.zeros((n_rows, n - g))
   rows.update(
-      input_ids=ids.astype(np.int32), positions=rows["positions"].astype(np.int32),
-      blocks=rows["blocks"].astype(np.int32), targets=rows["targets"].astype(np.int32),
+      input_ids=ids.astype(np.int32),
+      positions=rows["positions"].astype(np.int32),
+      blocks=rows["blocks"].astype(np.int32),
+      targets=rows["targets"].astype(np.int32),
       loss_mask=np.concatenate([head.astype(bool), weight > 0], 1),
       token_weight=np.concatenate([head.astype(np.float32), weight], 1),
       mask_fraction=np.concatenate([head.astype(np.float32), frac], 1),
-      response_index=np.tile(np.arange(nb, dtype=np.int32), 2 * kk))
+      response_index=np.tile(np.arange(nb, dtype=np.int32), 2 * kk),
+  )
   if c.shift_logits:
     rows["logit_source"] = _logit_source(pids.shape[1], g, cfg.block_length, n_rows)
   return rows
@@ -301,8 +328,9 @@ def logprob_fn(model, batch, cfg: DTRPOConfig):
   """log π(y_j) at every slot ``[R, N]`` under the ``x_t ⊕ x_0`` block-diffusion mask."""
   mask = masks.spec_block_diffusion(batch["blocks"], batch["noisy"], batch["valid"])
   if "logit_source" not in batch:
-    return model_token_logprobs(model, batch["input_ids"], batch["positions"], mask,
-                                batch["targets"], cfg.chunk_size)
+    return model_token_logprobs(
+        model, batch["input_ids"], batch["positions"], mask, batch["targets"], cfg.chunk_size
+    )
   # Shifted logits: each slot's prediction is read from its ``logit_source`` slot.
   hidden, _ = model.backbone(batch["input_ids"], batch["positions"], mask)
   src = jnp.asarray(batch["logit_source"], jnp.int32)
@@ -339,5 +367,6 @@ def loss_fn(model, batch, cfg: DTRPOConfig):
   return loss, metrics
 
 
-METHOD = register_method(Method("dtrpo", DTRPOConfig, build_batch, logprob_fn, loss_fn,
-                                offline=True))
+METHOD = register_method(
+    Method("dtrpo", DTRPOConfig, build_batch, logprob_fn, loss_fn, offline=True)
+)

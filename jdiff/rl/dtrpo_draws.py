@@ -42,8 +42,7 @@ def random_order_steps(u: np.ndarray, steps: int) -> np.ndarray:
   """Random-order decoding on the grid: the tokens sorted by ``u`` (uniforms ``[n]``) are
   unmasked in that order, ``grid_schedule(n, steps)`` per step; returns steps ``[n]``."""
   n = len(u)
-  step_of_rank = np.repeat(np.arange(1, len(grid_schedule(n, steps)) + 1),
-                           grid_schedule(n, steps))
+  step_of_rank = np.repeat(np.arange(1, len(grid_schedule(n, steps)) + 1), grid_schedule(n, steps))
   out = np.empty(n, np.int64)
   out[np.argsort(u, kind="stable")] = step_of_rank
   return out
@@ -55,8 +54,9 @@ def dense_steps(recorded: np.ndarray) -> np.ndarray:
   return inv.reshape(-1) + 1
 
 
-def step_terms(steps: np.ndarray, t: int, estimator: str,
-               block_weight: str = "inverse_t") -> Tuple[np.ndarray, np.ndarray]:
+def step_terms(
+    steps: np.ndarray, t: int, estimator: str, block_weight: str = "inverse_t"
+) -> Tuple[np.ndarray, np.ndarray]:
   """For the state right before step ``t``: (masked ``[n]`` bool, weight ``[n]`` float32);
   weight > 0 marks the scored tokens."""
   num_steps = int(steps.max())
@@ -70,8 +70,14 @@ def step_terms(steps: np.ndarray, t: int, estimator: str,
   return masked, np.where(masked, w, 0.0).astype(np.float32)
 
 
-def draw_block(u_order: np.ndarray, v_time: float, steps_per_block: int, estimator: str,
-               block_weight: str = "inverse_t", recorded: Optional[np.ndarray] = None):
+def draw_block(
+    u_order: np.ndarray,
+    v_time: float,
+    steps_per_block: int,
+    estimator: str,
+    block_weight: str = "inverse_t",
+    recorded: Optional[np.ndarray] = None,
+):
   """One block's draw: the order (``recorded`` when given and complete, else random from
   ``u_order`` on the grid), ``t = 1 + floor(v_time · T_B)``; returns
   ``(masked, weight, steps)``."""

@@ -32,11 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
 F32 = jnp.float32
 # "per_row_sum" (Σ per row, mean over rows) is what "per_row_mean" uses for its KL term.
-NORMALIZATIONS = ("token_mean", "per_row_sum_over_length", "per_row_mean",
-                  "per_row_sum")
+NORMALIZATIONS = ("token_mean", "per_row_sum_over_length", "per_row_mean", "per_row_sum")
 
 
 def k3_kl(logp: jax.Array, ref_logp: jax.Array, clip: Optional[float] = None) -> jax.Array:
@@ -83,16 +81,19 @@ def _row_reduce(per_token, mask, normalization, row_norm, what, weights=None):
     return jnp.sum(row_sum) / jnp.maximum(jnp.sum(mask), 1.0)
   if normalization == "per_row_sum_over_length":
     if row_norm is None:
-      raise ValueError(f"{what}: normalization 'per_row_sum_over_length' needs row_norm [B] "
-                       "(TraceRL's padded response width L1 per row)")
+      raise ValueError(
+          f"{what}: normalization 'per_row_sum_over_length' needs row_norm [B] "
+          "(TraceRL's padded response width L1 per row)"
+      )
     per_row = row_sum / jnp.maximum(jnp.asarray(row_norm, F32), 1e-12)
   elif normalization == "per_row_mean":
     per_row = row_sum / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
   elif normalization == "per_row_sum":
     per_row = row_sum
   else:
-    raise ValueError(f"{what}: unknown normalization {normalization!r}; expected one of "
-                     f"{NORMALIZATIONS}")
+    raise ValueError(
+        f"{what}: unknown normalization {normalization!r}; expected one of " f"{NORMALIZATIONS}"
+    )
   if weights is not None:
     w = jnp.asarray(weights["row_weight"], F32)
     return jnp.sum(jnp.where(rows_valid, per_row * w, 0.0))
@@ -103,14 +104,21 @@ def _masked_mean(x, mask):
   return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def clipped_policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array,
-                        loss_mask: jax.Array, eps_low: float = 0.2,
-                        eps_high: Optional[float] = None, kl_coef: float = 0.0,
-                        ref_logp: Optional[jax.Array] = None,
-                        normalization: str = "token_mean",
-                        row_norm: Optional[jax.Array] = None,
-                        log_ratio_clip: Optional[float] = 10.0,
-                        kl_estimator: str = "k3", weights: Optional[dict] = None):
+def clipped_policy_loss(
+    logp: jax.Array,
+    old_logp: jax.Array,
+    advantages: jax.Array,
+    loss_mask: jax.Array,
+    eps_low: float = 0.2,
+    eps_high: Optional[float] = None,
+    kl_coef: float = 0.0,
+    ref_logp: Optional[jax.Array] = None,
+    normalization: str = "token_mean",
+    row_norm: Optional[jax.Array] = None,
+    log_ratio_clip: Optional[float] = 10.0,
+    kl_estimator: str = "k3",
+    weights: Optional[dict] = None,
+):
   """PPO-clip surrogate plus β·KL (k3 or k1), reduced by ``normalization``.
 
   Returns ``(loss, metrics)``.
@@ -131,8 +139,9 @@ def clipped_policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Ar
       this batch's rows; the loss is then this batch's share of the step's loss.
   """
   if kl_estimator not in KL_ESTIMATORS:
-    raise ValueError(f"clipped_policy_loss: kl_estimator={kl_estimator!r}; expected one of "
-                     f"{KL_ESTIMATORS}")
+    raise ValueError(
+        f"clipped_policy_loss: kl_estimator={kl_estimator!r}; expected one of " f"{KL_ESTIMATORS}"
+    )
   logp, old_logp = jnp.asarray(logp, F32), jax.lax.stop_gradient(jnp.asarray(old_logp, F32))
   mask = jnp.asarray(loss_mask, F32)
   adv = jax.lax.stop_gradient(jnp.asarray(advantages, F32))
@@ -171,11 +180,16 @@ def clipped_policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Ar
   return loss, metrics
 
 
-def clipped_value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array,
-                       mask: jax.Array, eps: float = 0.2,
-                       row_norm: Optional[jax.Array] = None,
-                       normalization: str = "per_row_sum_over_length",
-                       weights: Optional[dict] = None):
+def clipped_value_loss(
+    values: jax.Array,
+    old_values: jax.Array,
+    returns: jax.Array,
+    mask: jax.Array,
+    eps: float = 0.2,
+    row_norm: Optional[jax.Array] = None,
+    normalization: str = "per_row_sum_over_length",
+    weights: Optional[dict] = None,
+):
   """TraceRL's PPO-style value loss (§7). Returns ``(loss, metrics)``.
 
   ``V_clip = V_old + clip(V − V_old, −ε, ε)``,
@@ -204,8 +218,6 @@ def clipped_value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Ar
   return loss, metrics
 
 
-
-
 WEIGHT_KEYS = ("row_weight", "token_weight")
 
 
@@ -216,5 +228,14 @@ def batch_weights(batch) -> Optional[dict]:
   return None
 
 
-__all__ = ["KL_ESTIMATORS", "NORMALIZATIONS", "WEIGHT_KEYS", "batch_weights",
-           "clipped_policy_loss", "clipped_value_loss", "k1_kl", "k3_kl", "step_weights"]
+__all__ = [
+    "KL_ESTIMATORS",
+    "NORMALIZATIONS",
+    "WEIGHT_KEYS",
+    "batch_weights",
+    "clipped_policy_loss",
+    "clipped_value_loss",
+    "k1_kl",
+    "k3_kl",
+    "step_weights",
+]

@@ -47,6 +47,7 @@ class Method:
   ``ValueError("config.<section>.<key>: ...")`` for a setting this method cannot run with
   (``run_cfg``: the typed :class:`jdiff.train.config.RunConfig`, ``model_cfg``: the preset's
   architecture or None); it runs in config validation, before anything loads."""
+
   name: str
   config_cls: type
   build_batch: Callable[..., Batch]
@@ -81,7 +82,7 @@ def select_iteration(batch: dict, m: int) -> dict:
   lm_ndim = np.ndim(batch["loss_mask"])
   for name, value in batch.items():
     if name.startswith(ITER):
-      out[name[len(ITER):]] = value[:, m]
+      out[name[len(ITER) :]] = value[:, m]
     elif name in ("old_logp", "ref_logp") and np.ndim(value) == lm_ndim + 1:
       out[name] = value[:, m]
     elif name not in out:

@@ -60,23 +60,29 @@ class RandomMaskingConfig:
 
   def __post_init__(self):
     if not 0.0 <= self.p_low <= self.p_high <= 1.0:
-      raise ValueError(f"RandomMaskingConfig needs 0 <= p_low <= p_high <= 1, got "
-                       f"({self.p_low}, {self.p_high})")
+      raise ValueError(
+          f"RandomMaskingConfig needs 0 <= p_low <= p_high <= 1, got "
+          f"({self.p_low}, {self.p_high})"
+      )
     if self.rate_per not in RATE_PER:
       raise ValueError(f"RandomMaskingConfig.rate_per={self.rate_per!r}; expected {RATE_PER}")
     if self.masks_per_response < 1:
-      raise ValueError(f"RandomMaskingConfig.masks_per_response must be >= 1, got "
-                       f"{self.masks_per_response}")
+      raise ValueError(
+          f"RandomMaskingConfig.masks_per_response must be >= 1, got " f"{self.masks_per_response}"
+      )
     if not 0 < self.eps < 1:
       raise ValueError(f"RandomMaskingConfig.eps must be in (0, 1), got {self.eps}")
     if self.beta < 0:
       raise ValueError(f"RandomMaskingConfig.beta must be >= 0, got {self.beta}")
     if self.kl_against not in ("old", "ref"):
-      raise ValueError(f"RandomMaskingConfig.kl_against={self.kl_against!r}; "
-                       "expected 'old' or 'ref'")
+      raise ValueError(
+          f"RandomMaskingConfig.kl_against={self.kl_against!r}; " "expected 'old' or 'ref'"
+      )
     if self.kl_estimator not in KL_ESTIMATORS:
-      raise ValueError(f"RandomMaskingConfig.kl_estimator={self.kl_estimator!r}; expected one "
-                       f"of {KL_ESTIMATORS}")
+      raise ValueError(
+          f"RandomMaskingConfig.kl_estimator={self.kl_estimator!r}; expected one "
+          f"of {KL_ESTIMATORS}"
+      )
 
 
 def draw_masks(key, shape, cfg: RandomMaskingConfig):
@@ -94,10 +100,16 @@ def _single_round_rows(traj, c):
   steps = np.asarray(traj.raw_step_map if traj.raw_step_map is not None else traj.step_map)
   s = max(1, int(steps.max()) if steps.size else 1)
   if c.block_causal:
-    return build_block_rows(traj, block_size=c.block_size, mask_id=c.mask_token_id,
-                            pad_id=c.pad_token_id, shrink=c.block_size)
-  return build_full_attention_rows(traj, mask_id=c.mask_token_id, pad_id=c.pad_token_id,
-                                   shrink=s, max_steps=s)
+    return build_block_rows(
+        traj,
+        block_size=c.block_size,
+        mask_id=c.mask_token_id,
+        pad_id=c.pad_token_id,
+        shrink=c.block_size,
+    )
+  return build_full_attention_rows(
+      traj, mask_id=c.mask_token_id, pad_id=c.pad_token_id, shrink=s, max_steps=s
+  )
 
 
 def build_batch(traj, advantages, key, cfg: RandomMaskingConfig, model_config) -> dict:
@@ -125,13 +137,15 @@ def build_batch(traj, advantages, key, cfg: RandomMaskingConfig, model_config) -
   targets = rows["targets"][:, -g:]
   rows["input_ids"][:, -g:] = np.where(masked, c.mask_token_id, targets)
   rows["loss_mask"][:, -g:] &= masked  # base supervises every decoded, kept token
-  rows["advantages"] = np.where(rows["loss_mask"], np.repeat(adv, per)[:, None], 0.0
-                                ).astype(np.float32)
+  rows["advantages"] = np.where(rows["loss_mask"], np.repeat(adv, per)[:, None], 0.0).astype(
+      np.float32
+  )
   rows["step_ids"] = np.where(rows["loss_mask"], rows["step_ids"], 0)
   if not c.block_causal:
     rows["row_norm"] = np.maximum(rows["loss_mask"].sum(-1), 1).astype(np.float32)
   return rows
 
 
-METHOD = register_method(Method("random_masking", RandomMaskingConfig, build_batch,
-                                tracerl.logprob_fn, tracerl.loss_fn))
+METHOD = register_method(
+    Method("random_masking", RandomMaskingConfig, build_batch, tracerl.logprob_fn, tracerl.loss_fn)
+)

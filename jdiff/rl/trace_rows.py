@@ -31,7 +31,9 @@ def _groups(steps: np.ndarray, shrink: int):
   group is predicted from the state just before its first step (§5.2).
   """
   ids = np.unique(steps[steps > 0])
-  return [(int(ids[i]), int(ids[min(i + shrink, len(ids)) - 1])) for i in range(0, len(ids), shrink)]
+  return [
+      (int(ids[i]), int(ids[min(i + shrink, len(ids)) - 1])) for i in range(0, len(ids), shrink)
+  ]
 
 
 def _response_advantages(advantages, b: int, g: int):
@@ -69,13 +71,26 @@ def _l1(lengths: np.ndarray, g: int, l1: str) -> float:
 def _trajectory_arrays(traj):
   tokens = _as_np(traj.raw_tokens if traj.raw_tokens is not None else traj.tokens)
   steps = _as_np(traj.raw_step_map if traj.raw_step_map is not None else traj.step_map)
-  return (np.asarray(traj.prompt_ids), np.asarray(traj.prompt_mask, bool), tokens,
-          steps.astype(np.int32), np.asarray(traj.lengths, np.int32))
+  return (
+      np.asarray(traj.prompt_ids),
+      np.asarray(traj.prompt_mask, bool),
+      tokens,
+      steps.astype(np.int32),
+      np.asarray(traj.lengths, np.int32),
+  )
 
 
-def build_block_rows(traj, *, block_size: int, mask_id: int, pad_id: int, shrink: int = 1,
-                     advantages: Optional[np.ndarray] = None, post_num: Optional[int] = None,
-                     l1: str = "gen_length") -> Dict[str, np.ndarray]:
+def build_block_rows(
+    traj,
+    *,
+    block_size: int,
+    mask_id: int,
+    pad_id: int,
+    shrink: int = 1,
+    advantages: Optional[np.ndarray] = None,
+    post_num: Optional[int] = None,
+    l1: str = "gen_length",
+) -> Dict[str, np.ndarray]:
   """Rows for block models. ``advantages``: ``[B]`` per response (scalar) or ``[B, G]``.
 
   ``post_num``: pads supervised per response (see :func:`_trained`); ``l1``: the ``row_norm``
@@ -95,12 +110,17 @@ def build_block_rows(traj, *, block_size: int, mask_id: int, pad_id: int, shrink
   n = p + g + blk + g
   rows = nb * rounds
   out = dict(
-      input_ids=np.full((rows, n), pad_id, np.int32), positions=np.zeros((rows, n), np.int32),
-      noisy=np.zeros((rows, n), bool), valid=np.zeros((rows, n), bool),
-      targets=np.full((rows, n), pad_id, np.int32), loss_mask=np.zeros((rows, n), bool),
-      step_ids=np.zeros((rows, n), np.int32), advantages=np.zeros((rows, n), np.float32),
+      input_ids=np.full((rows, n), pad_id, np.int32),
+      positions=np.zeros((rows, n), np.int32),
+      noisy=np.zeros((rows, n), bool),
+      valid=np.zeros((rows, n), bool),
+      targets=np.full((rows, n), pad_id, np.int32),
+      loss_mask=np.zeros((rows, n), bool),
+      step_ids=np.zeros((rows, n), np.int32),
+      advantages=np.zeros((rows, n), np.float32),
       response_index=np.repeat(np.arange(nb, dtype=np.int32), rounds),
-      row_norm=np.full((rows,), _l1(lengths, g, l1), np.float32))
+      row_norm=np.full((rows,), _l1(lengths, g, l1), np.float32),
+  )
   noisy_start = p + g
   for b in range(nb):
     plen = int(pmask[b].sum())
@@ -111,13 +131,15 @@ def build_block_rows(traj, *, block_size: int, mask_id: int, pad_id: int, shrink
     trained = _trained(toks[b], kept, pad_id, post_num)
     tail_start = (plen // blk) * blk
     # Shared by every round: the clean prompt and response, the prompt-tail window slots.
-    base_ids = np.concatenate([pids[b], toks[b], pids[b, p - blk:], toks[b]])
-    base_pos = np.concatenate([ppos, rpos, ppos[p - blk:], rpos])
-    tail_valid = pmask[b, p - blk:] & (ppos[p - blk:] >= tail_start)
+    base_ids = np.concatenate([pids[b], toks[b], pids[b, p - blk :], toks[b]])
+    base_pos = np.concatenate([ppos, rpos, ppos[p - blk :], rpos])
+    tail_valid = pmask[b, p - blk :] & (ppos[p - blk :] >= tail_start)
     base_valid = np.concatenate([pmask[b], kept & decoded, tail_valid, decoded])
     resp_blocks = rpos // blk
-    groups = {k: _groups(np.where(resp_blocks == k, steps[b], 0), shrink)
-              for k in np.unique(resp_blocks[decoded])}
+    groups = {
+        k: _groups(np.where(resp_blocks == k, steps[b], 0), shrink)
+        for k in np.unique(resp_blocks[decoded])
+    }
     adv = _response_advantages(advantages, b, g)
     for r in range(rounds):
       row = b * rounds + r
@@ -132,24 +154,30 @@ def build_block_rows(traj, *, block_size: int, mask_id: int, pad_id: int, shrink
           supervised |= in_k & (steps[b] >= first) & (steps[b] <= last)
           step_ids = np.where(in_k & (steps[b] >= first) & (steps[b] <= last), last, step_ids)
       ids = base_ids.copy()
-      ids[noisy_start + blk:] = np.where(masked, mask_id, toks[b])
+      ids[noisy_start + blk :] = np.where(masked, mask_id, toks[b])
       out["input_ids"][row] = ids
       out["positions"][row] = base_pos
       out["noisy"][row, noisy_start:] = True
       out["valid"][row] = base_valid
-      out["targets"][row, noisy_start + blk:] = toks[b]
-      out["loss_mask"][row, noisy_start + blk:] = supervised & trained
-      out["step_ids"][row, noisy_start + blk:] = step_ids
+      out["targets"][row, noisy_start + blk :] = toks[b]
+      out["loss_mask"][row, noisy_start + blk :] = supervised & trained
+      out["step_ids"][row, noisy_start + blk :] = step_ids
       if adv is not None:
-        out["advantages"][row, noisy_start + blk:] = adv
+        out["advantages"][row, noisy_start + blk :] = adv
   out["blocks"] = out["positions"] // blk
   return out
 
 
-def build_full_attention_rows(traj, *, mask_id: int, pad_id: int, shrink: int = 8,
-                              max_steps: Optional[int] = None,
-                              advantages: Optional[np.ndarray] = None,
-                              post_num: Optional[int] = None) -> Dict[str, np.ndarray]:
+def build_full_attention_rows(
+    traj,
+    *,
+    mask_id: int,
+    pad_id: int,
+    shrink: int = 8,
+    max_steps: Optional[int] = None,
+    advantages: Optional[np.ndarray] = None,
+    post_num: Optional[int] = None,
+) -> Dict[str, np.ndarray]:
   """Rows for full-attention models (Dream, LLaDA): one per group of ``shrink`` steps;
   ``post_num`` as in :func:`build_block_rows`."""
   if shrink < 1:
@@ -162,11 +190,15 @@ def build_full_attention_rows(traj, *, mask_id: int, pad_id: int, shrink: int = 
   per = max(1, math.ceil(max_steps / shrink))
   rows, n = nb * per, p + g
   out = dict(
-      input_ids=np.full((rows, n), pad_id, np.int32), positions=np.zeros((rows, n), np.int32),
-      valid=np.zeros((rows, n), bool), targets=np.full((rows, n), pad_id, np.int32),
-      loss_mask=np.zeros((rows, n), bool), step_ids=np.zeros((rows, n), np.int32),
+      input_ids=np.full((rows, n), pad_id, np.int32),
+      positions=np.zeros((rows, n), np.int32),
+      valid=np.zeros((rows, n), bool),
+      targets=np.full((rows, n), pad_id, np.int32),
+      loss_mask=np.zeros((rows, n), bool),
+      step_ids=np.zeros((rows, n), np.int32),
       advantages=np.zeros((rows, n), np.float32),
-      response_index=np.repeat(np.arange(nb, dtype=np.int32), per))
+      response_index=np.repeat(np.arange(nb, dtype=np.int32), per),
+  )
   for b in range(nb):
     plen = int(pmask[b].sum())
     ppos = np.maximum(np.cumsum(pmask[b]) - 1, 0)

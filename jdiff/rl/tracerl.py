@@ -51,13 +51,16 @@ class TraceRLConfig:
     if self.kl_against not in ("old", "ref"):
       raise ValueError(f"TraceRLConfig.kl_against={self.kl_against!r}; expected 'old' or 'ref'")
     if self.kl_estimator not in KL_ESTIMATORS:
-      raise ValueError(f"TraceRLConfig.kl_estimator={self.kl_estimator!r}; expected one of "
-                       f"{KL_ESTIMATORS}")
+      raise ValueError(
+          f"TraceRLConfig.kl_estimator={self.kl_estimator!r}; expected one of " f"{KL_ESTIMATORS}"
+      )
     # Only the stop token can be a pad inside a response's kept span (the trajectory holds no
     # decoded pads after it), so counts above 1 would silently act as 1.
     if self.post_num not in (0, 1) or isinstance(self.post_num, bool):
-      raise ValueError(f"config.method.post_num={self.post_num!r}: expected 0 (the stop token "
-                       "is not trained when pad == EOS) or 1 (it is)")
+      raise ValueError(
+          f"config.method.post_num={self.post_num!r}: expected 0 (the stop token "
+          "is not trained when pad == EOS) or 1 (it is)"
+      )
     if self.l1 not in ("gen_length", "longest"):
       raise ValueError(f"config.method.l1={self.l1!r}: expected 'gen_length' or 'longest'")
 
@@ -67,13 +70,26 @@ def build_batch(traj, advantages, key, cfg: TraceRLConfig, model_config) -> dict
   del key  # TraceRL rows are deterministic given the trajectory
   c = model_config
   if c.block_causal:
-    rows = build_block_rows(traj, block_size=c.block_size, mask_id=c.mask_token_id,
-                            pad_id=c.pad_token_id, shrink=cfg.shrink, advantages=advantages,
-                            post_num=cfg.post_num, l1=cfg.l1)
+    rows = build_block_rows(
+        traj,
+        block_size=c.block_size,
+        mask_id=c.mask_token_id,
+        pad_id=c.pad_token_id,
+        shrink=cfg.shrink,
+        advantages=advantages,
+        post_num=cfg.post_num,
+        l1=cfg.l1,
+    )
   else:
-    rows = build_full_attention_rows(traj, mask_id=c.mask_token_id, pad_id=c.pad_token_id,
-                                     shrink=cfg.shrink, max_steps=cfg.max_steps,
-                                     advantages=advantages, post_num=cfg.post_num)
+    rows = build_full_attention_rows(
+        traj,
+        mask_id=c.mask_token_id,
+        pad_id=c.pad_token_id,
+        shrink=cfg.shrink,
+        max_steps=cfg.max_steps,
+        advantages=advantages,
+        post_num=cfg.post_num,
+    )
     rows["row_norm"] = np.maximum(rows["loss_mask"].sum(-1), 1).astype(np.float32)
   return rows
 
@@ -89,22 +105,42 @@ def attention_mask(batch, model_config):
 def logprob_fn(model, batch, cfg: TraceRLConfig):
   """log π(target) at every position of every row ``[R, N]`` (float32, chunked vocab)."""
   mask = attention_mask(batch, model.config)
-  return model_token_logprobs(model, batch["input_ids"], batch["positions"], mask,
-                              batch["targets"], cfg.chunk_size)
+  return model_token_logprobs(
+      model, batch["input_ids"], batch["positions"], mask, batch["targets"], cfg.chunk_size
+  )
 
 
 def loss_fn(model, batch, cfg: TraceRLConfig):
   logp = logprob_fn(model, batch, cfg)
   normalization = cfg.normalization or (
-      "per_row_sum_over_length" if model.config.block_causal else "per_row_mean")
+      "per_row_sum_over_length" if model.config.block_causal else "per_row_mean"
+  )
   ref = batch.get("ref_logp") if cfg.kl_against == "ref" else None
   loss, metrics = clipped_policy_loss(
-      logp, batch["old_logp"], batch["advantages"], batch["loss_mask"], eps_low=cfg.eps,
-      kl_coef=cfg.beta, ref_logp=ref, normalization=normalization,
-      row_norm=batch.get("row_norm"), log_ratio_clip=cfg.log_ratio_clip,
-      kl_estimator=cfg.kl_estimator, weights=batch_weights(batch))
+      logp,
+      batch["old_logp"],
+      batch["advantages"],
+      batch["loss_mask"],
+      eps_low=cfg.eps,
+      kl_coef=cfg.beta,
+      ref_logp=ref,
+      normalization=normalization,
+      row_norm=batch.get("row_norm"),
+      log_ratio_clip=cfg.log_ratio_clip,
+      kl_estimator=cfg.kl_estimator,
+      weights=batch_weights(batch),
+  )
   return loss, metrics
 
 
-METHOD = register_method(Method("tracerl", TraceRLConfig, build_batch, logprob_fn, loss_fn,
-                                value_model=True, step_weighted=True))
+METHOD = register_method(
+    Method(
+        "tracerl",
+        TraceRLConfig,
+        build_batch,
+        logprob_fn,
+        loss_fn,
+        value_model=True,
+        step_weighted=True,
+    )
+)

@@ -63,8 +63,9 @@ def _per_response(batch, key, num_responses, g):
   return out, trained
 
 
-def returns_and_advantages(batch, old_values_rows, rewards, num_responses: int, g: int,
-                           cfg: ValueConfig):
+def returns_and_advantages(
+    batch, old_values_rows, rewards, num_responses: int, g: int, cfg: ValueConfig
+):
   """Outcome-mode token rewards -> (returns ``[B, G]``, advantages ``[B, G]``, values ``[B, G]``).
 
   ``rewards``: the responses' z-scored rewards ``[B]`` (placed on the last trace step).
@@ -72,8 +73,14 @@ def returns_and_advantages(batch, old_values_rows, rewards, num_responses: int, 
   step_ids, trained = _per_response(batch, "step_ids", num_responses, g)
   values = tokens_from_rows(old_values_rows, batch, num_responses, g)
   token_rewards = outcome_token_rewards(step_ids, trained, jnp.asarray(rewards, jnp.float32))
-  returns, adv = trace_gae(jnp.asarray(step_ids), token_rewards, jnp.asarray(values),
-                           jnp.asarray(trained), cfg.gamma, cfg.lam)
+  returns, adv = trace_gae(
+      jnp.asarray(step_ids),
+      token_rewards,
+      jnp.asarray(values),
+      jnp.asarray(trained),
+      cfg.gamma,
+      cfg.lam,
+  )
   return np.asarray(returns), np.asarray(adv), values
 
 
@@ -88,5 +95,12 @@ def scatter_to_rows(batch, per_token: np.ndarray, key: str) -> None:
 def value_loss_fn(value_model, batch, cfg: ValueConfig, attention_mask):
   """Clipped value loss on the rows' P positions (needs ``old_values`` and ``returns``)."""
   values = value_fn(value_model, batch, attention_mask)
-  return clipped_value_loss(values, batch["old_values"], batch["returns"], batch["loss_mask"],
-                            eps=cfg.eps, row_norm=batch["row_norm"], weights=batch_weights(batch))
+  return clipped_value_loss(
+      values,
+      batch["old_values"],
+      batch["returns"],
+      batch["loss_mask"],
+      eps=cfg.eps,
+      row_norm=batch["row_norm"],
+      weights=batch_weights(batch),
+  )

@@ -7,9 +7,24 @@
 - :mod:`jdiff.sampling.registry`: the samplers by name (what configs pick).
 """
 
-from jdiff.sampling.common import (Trajectory, filter_logits, gumbel_argmax, left_pad,
-                                   sample_categorical, select_top_n, token_logprob,
-                                   transfer_schedule)
+from jdiff.sampling.common import (
+    Trajectory,
+    filter_logits,
+    gumbel_argmax,
+    left_pad,
+    sample_categorical,
+    select_top_n,
+    token_logprob,
+    transfer_schedule,
+)
 
-__all__ = ["Trajectory", "filter_logits", "gumbel_argmax", "left_pad", "sample_categorical",
-           "select_top_n", "token_logprob", "transfer_schedule"]
+__all__ = [
+    "Trajectory",
+    "filter_logits",
+    "gumbel_argmax",
+    "left_pad",
+    "sample_categorical",
+    "select_top_n",
+    "token_logprob",
+    "transfer_schedule",
+]

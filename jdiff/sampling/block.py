@@ -77,13 +77,28 @@ from jax.sharding import NamedSharding
 
 from jdiff.models import masks
 from jdiff.models.kv_cache import KVCache
-from jdiff.sampling.common import (F32, Trajectory, argmax_first, canvas_positions,
-                                   filter_logits, finish, left_pad, prob_at, row_keys,
-                                   token_logprob, top_p_filter, trajectory_row_specs,
-                                   transfer_schedule)
+from jdiff.sampling.common import (
+    F32,
+    Trajectory,
+    argmax_first,
+    canvas_positions,
+    filter_logits,
+    finish,
+    left_pad,
+    prob_at,
+    row_keys,
+    token_logprob,
+    top_p_filter,
+    trajectory_row_specs,
+    transfer_schedule,
+)
 from jdiff.sampling.block_settings import STRATEGIES, BlockSamplerConfig
-from jdiff.sampling.row_shards import (check_row_threads, in_host_threads, on_row_shards,
-                                       row_shard_axes)
+from jdiff.sampling.row_shards import (
+    check_row_threads,
+    in_host_threads,
+    on_row_shards,
+    row_shard_axes,
+)
 from jdiff.sharding.rules import SAMPLING_RULES, constrain, logical_spec, use_rules
 
 _CACHE_AXES = ("layers", "batch", "kv_heads", "head_dim", "kv_length")
@@ -93,6 +108,7 @@ _PHASES = 4  # cache-size phases of the sampling loop (see _phase_sizes)
 
 class _Static(NamedTuple):
   """The part of a validated config that shapes the program (the jit's static argument)."""
+
   block_length: int
   steps_per_block: int
   gen_length: int
@@ -105,6 +121,7 @@ class _Static(NamedTuple):
 @flax.struct.dataclass
 class _Knobs:
   """The traced part of a config: values only, one compilation serves them all."""
+
   strategy: jax.Array  # int32 index into STRATEGIES
   temperature: jax.Array
   top_p: jax.Array
@@ -113,11 +130,22 @@ class _Knobs:
 
 
 def _split(cfg: BlockSamplerConfig) -> Tuple[_Static, _Knobs]:
-  static = _Static(cfg.block_length, cfg.steps_per_block, cfg.gen_length, cfg.top_k,
-                   cfg.stop_ids, cfg.record_states, cfg.use_cache)
-  knobs = _Knobs(strategy=np.int32(list(STRATEGIES).index(cfg.strategy)),
-                 temperature=np.float32(cfg.temperature), top_p=np.float32(cfg.top_p),
-                 threshold=np.float32(cfg.threshold), eb_threshold=np.float32(cfg.eb_threshold))
+  static = _Static(
+      cfg.block_length,
+      cfg.steps_per_block,
+      cfg.gen_length,
+      cfg.top_k,
+      cfg.stop_ids,
+      cfg.record_states,
+      cfg.use_cache,
+  )
+  knobs = _Knobs(
+      strategy=np.int32(list(STRATEGIES).index(cfg.strategy)),
+      temperature=np.float32(cfg.temperature),
+      top_p=np.float32(cfg.top_p),
+      threshold=np.float32(cfg.threshold),
+      eb_threshold=np.float32(cfg.eb_threshold),
+  )
   return static, knobs
 
 
@@ -175,8 +203,11 @@ def _scatter_where(arr, idx, where, values):
 
 
 def _constrain_cache(cache: KVCache) -> KVCache:
-  return cache.replace(k=constrain(cache.k, _CACHE_AXES), v=constrain(cache.v, _CACHE_AXES),
-                       valid=constrain(cache.valid, ("batch", "kv_length")))
+  return cache.replace(
+      k=constrain(cache.k, _CACHE_AXES),
+      v=constrain(cache.v, _CACHE_AXES),
+      valid=constrain(cache.valid, ("batch", "kv_length")),
+  )
 
 
 def _phase_sizes(p: int, size: int, block: int, phases: int = _PHASES):
@@ -185,8 +216,9 @@ def _phase_sizes(p: int, size: int, block: int, phases: int = _PHASES):
   each a multiple of L. Attention and the cache's layout copies cost per cache slot, so a
   step of an early block should not pay for the whole canvas."""
   first = min(_round_up(p + 1, block), size)
-  sizes = {min(_round_up(first + (size - first) * k // phases, block), size)
-           for k in range(phases + 1)}
+  sizes = {
+      min(_round_up(first + (size - first) * k // phases, block), size) for k in range(phases + 1)
+  }
   return sorted(sizes)
 
 
@@ -194,8 +226,13 @@ def _grow_cache(cache: KVCache, size: int) -> KVCache:
   """The cache with empty (invalid) slots appended up to ``size``."""
   extra = size - cache.size
   pad = [(0, 0)] * 4 + [(0, extra)]  # the slot axis is last
-  return _constrain_cache(KVCache(k=jnp.pad(cache.k, pad), v=jnp.pad(cache.v, pad),
-                                  valid=jnp.pad(cache.valid, [(0, 0), (0, extra)])))
+  return _constrain_cache(
+      KVCache(
+          k=jnp.pad(cache.k, pad),
+          v=jnp.pad(cache.v, pad),
+          valid=jnp.pad(cache.valid, [(0, 0), (0, extra)]),
+      )
+  )
 
 
 def _prefill(model, ids, pmask, ppos, plen, size, block):
@@ -206,8 +243,7 @@ def _prefill(model, ids, pmask, ppos, plen, size, block):
   """
   cache = _constrain_cache(KVCache.init(model.config, ids.shape[0], size))
   write = pmask & (ppos < ((plen // block) * block)[:, None])
-  _, cache = model.backbone(ids, ppos, masks.block_causal(ppos, block, pmask), cache,
-                            store=write)
+  _, cache = model.backbone(ids, ppos, masks.block_causal(ppos, block, pmask), cache, store=write)
   return _constrain_cache(cache)
 
 
@@ -231,6 +267,7 @@ def _cached_window_logits(model, cache, win, win_pos, win_valid, cur, cur_pos, s
   the next block's first step; only an iteration in which some row commits pays for the
   doubled query count.
   """
+
   def denoise(cache):
     mask = masks.with_cache(cache.valid, masks.block_causal(win_pos, block, win_valid))
     logits, _ = model(win, win_pos, mask, cache)
@@ -240,8 +277,13 @@ def _cached_window_logits(model, cache, win, win_pos, win_valid, cur, cur_pos, s
     pos = jnp.concatenate([cur_pos, win_pos], axis=1)
     valid = jnp.concatenate([store, win_valid], axis=1)
     mask = masks.with_cache(cache.valid, masks.block_causal(pos, block, valid))
-    h, cache = model.backbone(jnp.concatenate([cur, win], axis=1), pos, mask, cache,
-                              store=jnp.concatenate([store, jnp.zeros_like(win_valid)], 1))
+    h, cache = model.backbone(
+        jnp.concatenate([cur, win], axis=1),
+        pos,
+        mask,
+        cache,
+        store=jnp.concatenate([store, jnp.zeros_like(win_valid)], 1),
+    )
     return model.logits_from_hidden(h[:, block:]), _constrain_cache(cache)
 
   return jax.lax.cond(jnp.any(store), commit_and_denoise, denoise, cache)
@@ -282,8 +324,9 @@ def _step(model, st: _Static, kn: _Knobs, row_keys, plen, c: _Carry) -> _Carry:
   if c.cache is not None:
     # Slots past the completion are never stored (invisible as keys), as in the prefill.
     store = commit[:, None] & cur_valid
-    logits, cache = _cached_window_logits(model, c.cache, win, win_pos, win_valid, cur,
-                                          cur_pos, store, block)
+    logits, cache = _cached_window_logits(
+        model, c.cache, win, win_pos, win_valid, cur, cur_pos, store, block
+    )
   else:
     logits, cache = _window_logits(model, c, win_pos, win_valid, gen_end, block), None
 
@@ -291,12 +334,15 @@ def _step(model, st: _Static, kn: _Knobs, row_keys, plen, c: _Carry) -> _Carry:
   step_in_block = jnp.where(advance, 0, c.step_in_block)
   schedule = jnp.asarray(transfer_schedule(block, st.steps_per_block))
   n_k = schedule[jnp.minimum(step_in_block, st.steps_per_block - 1)]
-  transfer = jax.lax.switch(kn.strategy, list(STRATEGIES.values()), eligible, conf, dist,
-                            n_k, kn) & eligible
+  transfer = (
+      jax.lax.switch(kn.strategy, list(STRATEGIES.values()), eligible, conf, dist, n_k, kn)
+      & eligible
+  )
   num_steps = c.num_steps + denoise.astype(jnp.int32)
   canvas = _scatter_where(c.canvas, win_pos, transfer, x0)
-  step_map = _scatter_where(c.step_map, win_pos, transfer,
-                            jnp.broadcast_to(num_steps[:, None], win_pos.shape))
+  step_map = _scatter_where(
+      c.step_map, win_pos, transfer, jnp.broadcast_to(num_steps[:, None], win_pos.shape)
+  )
   logprobs = _scatter_where(c.logprobs, win_pos, transfer, token_logprob(logits, x0))
   step_in_block = step_in_block + denoise.astype(jnp.int32)
 
@@ -307,10 +353,19 @@ def _step(model, st: _Static, kn: _Knobs, row_keys, plen, c: _Carry) -> _Carry:
     states = states.at[slot, jnp.arange(states.shape[1])].set(comp, mode="drop")
     states = constrain(states, (None, "batch", "length"))
 
-  return _Carry(canvas=constrain(canvas, _ROW_AXES), step_map=constrain(step_map, _ROW_AXES),
-                logprobs=constrain(logprobs, _ROW_AXES), cache=cache, block_start=block_start,
-                step_in_block=step_in_block, num_steps=num_steps, end=end,
-                done=done, states=states, iteration=c.iteration + 1)
+  return _Carry(
+      canvas=constrain(canvas, _ROW_AXES),
+      step_map=constrain(step_map, _ROW_AXES),
+      logprobs=constrain(logprobs, _ROW_AXES),
+      cache=cache,
+      block_start=block_start,
+      step_in_block=step_in_block,
+      num_steps=num_steps,
+      end=end,
+      done=done,
+      states=states,
+      iteration=c.iteration + 1,
+  )
 
 
 def _generate(model, ids, pmask, key, st: _Static, kn: _Knobs, row_offset=0) -> Trajectory:
@@ -334,16 +389,27 @@ def _generate(model, ids, pmask, key, st: _Static, kn: _Knobs, row_offset=0) -> 
   # and steps per block (S, or up to L for entropy_bounded, which the strategy knob allows).
   max_blocks = (g + block - 2) // block + 1
   max_steps = max_blocks * block
-  states = (jnp.full((max_steps, n_rows, g), mc.mask_token_id, jnp.int32)
-            if st.record_states else None)
+  states = (
+      jnp.full((max_steps, n_rows, g), mc.mask_token_id, jnp.int32) if st.record_states else None
+  )
   zeros = jnp.zeros((n_rows,), jnp.int32)
   carry = _Carry(
-      canvas=constrain(canvas, _ROW_AXES), step_map=jnp.zeros((n_rows, size), jnp.int32),
+      canvas=constrain(canvas, _ROW_AXES),
+      step_map=jnp.zeros((n_rows, size), jnp.int32),
       logprobs=jnp.zeros((n_rows, size), F32),
-      cache=(_prefill(model, ids, pmask, ppos, plen, _phase_sizes(p, size, block)[0], block)
-             if st.use_cache else None),
-      block_start=(plen // block) * block, step_in_block=zeros, num_steps=zeros, end=gen_end,
-      done=jnp.zeros((n_rows,), bool), states=states, iteration=jnp.zeros((), jnp.int32))
+      cache=(
+          _prefill(model, ids, pmask, ppos, plen, _phase_sizes(p, size, block)[0], block)
+          if st.use_cache
+          else None
+      ),
+      block_start=(plen // block) * block,
+      step_in_block=zeros,
+      num_steps=zeros,
+      end=gen_end,
+      done=jnp.zeros((n_rows,), bool),
+      states=states,
+      iteration=jnp.zeros((), jnp.int32),
+  )
 
   keys = row_keys(key, n_rows, row_offset)  # a shard's / group's rows start at row_offset
   max_iters = max_blocks * (block + 1)  # every block: at most L steps + one commit
@@ -363,9 +429,19 @@ def _generate(model, ids, pmask, key, st: _Static, kn: _Knobs, row_offset=0) -> 
   # Completion space: position P_b + j; everything past the kept end is pad / 0, and after
   # a row's last step its state is the final (truncated) completion.
   comp_pos = plen[:, None] + jnp.arange(g, dtype=jnp.int32)
-  return finish(ids, pmask, _gather(c.canvas, comp_pos), _gather(c.step_map, comp_pos),
-                _gather(c.logprobs, comp_pos), c.end - plen, c.num_steps, pad_id,
-                states=c.states, tail_truncated=True, raw_logprobs=False)
+  return finish(
+      ids,
+      pmask,
+      _gather(c.canvas, comp_pos),
+      _gather(c.step_map, comp_pos),
+      _gather(c.logprobs, comp_pos),
+      c.end - plen,
+      c.num_steps,
+      pad_id,
+      states=c.states,
+      tail_truncated=True,
+      raw_logprobs=False,
+  )
 
 
 # --------------------------------------------------------------------------- entry points
@@ -374,40 +450,67 @@ def _out_specs(static: _Static):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "static", "row_axes"))
-def _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, knobs: _Knobs,
-                  static: _Static, row_axes: Tuple[str, ...] = (),
-                  row_offset=0) -> Trajectory:
+def _generate_jit(
+    graphdef,
+    state,
+    prompt_ids,
+    prompt_mask,
+    key,
+    knobs: _Knobs,
+    static: _Static,
+    row_axes: Tuple[str, ...] = (),
+    row_offset=0,
+) -> Trajectory:
   """The sampler; with ``row_axes`` (``row_shards.row_shard_axes``) one loop per row shard.
   ``row_offset``: the global index of the first row (a host thread's group, for its keys)."""
   with use_rules(SAMPLING_RULES):  # the trace must not depend on the caller's rules
+
     def run(shared, rows, row_offset):
       state, key, knobs = shared
       return _generate(nnx.merge(graphdef, state), *rows, key, static, knobs, row_offset)
 
-    return on_row_shards(run, row_axes, _out_specs(static), (state, key, knobs),
-                         (prompt_ids, prompt_mask), row_offset)
+    return on_row_shards(
+        run,
+        row_axes,
+        _out_specs(static),
+        (state, key, knobs),
+        (prompt_ids, prompt_mask),
+        row_offset,
+    )
 
 
-def _dispatch(graphdef, state, prompt_ids, prompt_mask, key, config: BlockSamplerConfig,
-              row_offset: int = 0) -> Trajectory:
+def _dispatch(
+    graphdef, state, prompt_ids, prompt_mask, key, config: BlockSamplerConfig, row_offset: int = 0
+) -> Trajectory:
   """The compiled sampler on a validated config: one call, or one per host-thread group.
   ``row_offset``: the global index of the batch's first row (a rollout micro-batch's)."""
   static, knobs = _split(config)
   n_rows = np.shape(prompt_ids)[0]
   threads = check_row_threads(config.row_threads, n_rows, "BlockSamplerConfig.row_threads")
   if threads == 1:
-    return _generate_jit(graphdef, state, prompt_ids, prompt_mask, key, knobs, static,
-                         row_shard_axes(n_rows, state), np.int32(row_offset))
+    return _generate_jit(
+        graphdef,
+        state,
+        prompt_ids,
+        prompt_mask,
+        key,
+        knobs,
+        static,
+        row_shard_axes(n_rows, state),
+        np.int32(row_offset),
+    )
 
   def call(rows, offset):
-    return _generate_jit(graphdef, state, *rows, key, knobs, static, (),
-                         np.int32(row_offset) + offset)
+    return _generate_jit(
+        graphdef, state, *rows, key, knobs, static, (), np.int32(row_offset) + offset
+    )
 
   return in_host_threads(call, threads, _out_specs(static), (prompt_ids, prompt_mask))
 
 
-def generate_block(graphdef, state, prompt_ids, prompt_mask, key,
-                   config: BlockSamplerConfig) -> Trajectory:
+def generate_block(
+    graphdef, state, prompt_ids, prompt_mask, key, config: BlockSamplerConfig
+) -> Trajectory:
   """The jitted sampler on explicit model state.
 
   ``prompt_ids`` ``[B, P]`` int32 and ``prompt_mask`` ``[B, P]`` bool (left-padded; positions
@@ -427,8 +530,16 @@ def _place_batch(x: np.ndarray):
   return jax.device_put(x, NamedSharding(mesh, spec))
 
 
-def sample(model, prompt_ids, prompt_mask, key, config: BlockSamplerConfig, *,
-           bucket: int = 16, row_offset: int = 0) -> Trajectory:
+def sample(
+    model,
+    prompt_ids,
+    prompt_mask,
+    key,
+    config: BlockSamplerConfig,
+    *,
+    bucket: int = 16,
+    row_offset: int = 0,
+) -> Trajectory:
   """Samples completions for a batch of prompts with block diffusion.
 
   ``prompt_ids``: a left-padded ``[B, P]`` array with its bool ``prompt_mask``, or (with
@@ -441,8 +552,10 @@ def sample(model, prompt_ids, prompt_mask, key, config: BlockSamplerConfig, *,
   config = config.validate(model.config)  # before anything is traced or compiled
   if prompt_mask is None:
     if not isinstance(prompt_ids, Sequence) or not len(prompt_ids):
-      raise ValueError("prompt_ids must be a non-empty list of token-id lists, or an array "
-                       "passed together with prompt_mask")
+      raise ValueError(
+          "prompt_ids must be a non-empty list of token-id lists, or an array "
+          "passed together with prompt_mask"
+      )
     pad_id = model.config.pad_token_id or 0
     ids, pmask, _ = left_pad(prompt_ids, pad_id, bucket=max(int(bucket), 1))
   else:
@@ -450,8 +563,8 @@ def sample(model, prompt_ids, prompt_mask, key, config: BlockSamplerConfig, *,
     as_rows = lambda x, t: x.astype(t) if isinstance(x, jax.Array) else np.asarray(x, t)  # noqa
     ids, pmask = as_rows(prompt_ids, np.int32), as_rows(prompt_mask, bool)
     if ids.ndim != 2 or ids.shape != pmask.shape:
-      raise ValueError(f"prompt_ids {ids.shape} and prompt_mask {pmask.shape} must both be "
-                       "[B, P]")
+      raise ValueError(
+          f"prompt_ids {ids.shape} and prompt_mask {pmask.shape} must both be " "[B, P]"
+      )
   graphdef, state = nnx.split(model)
-  return _dispatch(graphdef, state, _place_batch(ids), _place_batch(pmask), key, config,
-                   row_offset)
+  return _dispatch(graphdef, state, _place_batch(ids), _place_batch(pmask), key, config, row_offset)

@@ -14,10 +14,10 @@ import jax.numpy as jnp
 from jdiff.models.config import ModelConfig
 from jdiff.sampling.common import F32, config_error, is_positive_int, select_top_n
 
-
 # --------------------------------------------------------------------------- strategies
 # Each takes (eligible [B, L] bool, confidence [B, L], logits [B, L, V] of the sampling
 # distribution, n_k [B], knobs) and returns the bool [B, L] set of masks to unmask this step.
+
 
 def _sequential(eligible, conf, dist, n, kn):
   del conf, dist, kn
@@ -64,6 +64,7 @@ class BlockSamplerConfig:
   traced values, so changing them never recompiles. ``row_threads`` only splits the batch
   among host threads (each group's shape is compiled once).
   """
+
   gen_length: int = 256  # completion length G
   block_length: Optional[int] = None  # None: the model's block_size (the only allowed value)
   steps_per_block: int = 4  # S: steps per block of the transfer schedule
@@ -82,8 +83,10 @@ class BlockSamplerConfig:
   # loops can (see ``row_shards.in_host_threads``).
   row_threads: int = 1
   # Former setting names, for the error a config that still uses one gets.
-  RENAMED: ClassVar[Dict[str, str]] = {"max_tokens": "gen_length",
-                                       "denoising_steps": "steps_per_block"}
+  RENAMED: ClassVar[Dict[str, str]] = {
+      "max_tokens": "gen_length",
+      "denoising_steps": "steps_per_block",
+  }
 
   def __post_init__(self):
     if self.stop_ids is not None:  # lists would make the config unhashable
@@ -94,16 +97,17 @@ class BlockSamplerConfig:
     """The most blocks a completion touches: blocks sit at absolute positions, so a
     completion whose prompt ends inside a block starts in that block."""
     if self.block_length is None:
-      raise ValueError("BlockSamplerConfig.block_length=None: validate(model_config) sets it "
-                       "to the model's block_size")
+      raise ValueError(
+          "BlockSamplerConfig.block_length=None: validate(model_config) sets it "
+          "to the model's block_size"
+      )
     return (self.gen_length + self.block_length - 2) // self.block_length + 1
 
   @property
   def total_steps(self) -> int:
     """The most decoding steps a full decode takes: ``steps_per_block`` per block
     (``entropy_bounded`` steps until the block is full: up to ``block_length``)."""
-    per_block = (self.block_length if self.strategy == "entropy_bounded"
-                 else self.steps_per_block)
+    per_block = self.block_length if self.strategy == "entropy_bounded" else self.steps_per_block
     return per_block * self.num_blocks
 
   def validate(self, model_config: Optional[ModelConfig] = None) -> "BlockSamplerConfig":
@@ -115,15 +119,18 @@ class BlockSamplerConfig:
     mc = model_config
     name = type(self).__name__
     if mc.family != "sdar" or not mc.block_causal or not mc.block_size:
-      raise ValueError(f"{name}: the block sampler needs an sdar/trado model, not "
-                       f"{mc.family!r}")
+      raise ValueError(
+          f"{name}: the block sampler needs an sdar/trado model, not " f"{mc.family!r}"
+      )
     if mc.mask_token_id is None:
       raise ValueError(f"{name}: the model config has no mask_token_id")
     block = mc.block_size if self.block_length is None else self.block_length
     if block != mc.block_size:
-      raise ValueError(f"{name}.block_length={block} must equal the model's block_size="
-                       f"{mc.block_size}: blocks sit at absolute positions and training "
-                       "rebuilds the sampler's states with the model's block-causal mask")
+      raise ValueError(
+          f"{name}.block_length={block} must equal the model's block_size="
+          f"{mc.block_size}: blocks sit at absolute positions and training "
+          "rebuilds the sampler's states with the model's block-causal mask"
+      )
     if self.steps_per_block > block:
       raise config_error(self, "steps_per_block", f"must be in [1, block_length={block}]")
     if self.top_k > mc.vocab_size:
@@ -136,14 +143,17 @@ class BlockSamplerConfig:
 
   def _validate_fields(self) -> None:
     """The checks that need no model."""
+
     def bad(field, why):
       raise config_error(self, field, why)
+
     if not is_positive_int(self.gen_length):
       bad("gen_length", "must be a positive int")
     if self.block_length is not None and not is_positive_int(self.block_length):
       bad("block_length", "must be None (the model's block_size) or a positive int")
     if not is_positive_int(self.steps_per_block) or (
-        self.block_length is not None and self.steps_per_block > self.block_length):
+        self.block_length is not None and self.steps_per_block > self.block_length
+    ):
       bad("steps_per_block", f"must be in [1, block_length={self.block_length}]")
     if self.strategy not in STRATEGIES:
       bad("strategy", f"expected one of {sorted(STRATEGIES)}")

@@ -55,12 +55,23 @@ def trajectory_row_specs(record_states: bool, raw_logprobs: bool):
   """``row_shards``' ``out_specs`` for a Trajectory: ``specs(batch)`` puts ``batch`` where
   each field has rows (the second axis of ``states``); fields a sampler leaves None stay
   None."""
+
   def specs(batch):
     rows = P(batch)
-    return Trajectory(prompt_ids=rows, prompt_mask=rows, tokens=rows, step_map=rows,
-                      logprobs=rows, lengths=rows, num_steps=rows,
-                      states=P(None, batch) if record_states else None, raw_tokens=rows,
-                      raw_step_map=rows, raw_logprobs=rows if raw_logprobs else None)
+    return Trajectory(
+        prompt_ids=rows,
+        prompt_mask=rows,
+        tokens=rows,
+        step_map=rows,
+        logprobs=rows,
+        lengths=rows,
+        num_steps=rows,
+        states=P(None, batch) if record_states else None,
+        raw_tokens=rows,
+        raw_step_map=rows,
+        raw_logprobs=rows if raw_logprobs else None,
+    )
+
   return specs
 
 
@@ -76,8 +87,9 @@ def row_keys(key: jax.Array, n_rows: int, row_offset=0) -> jax.Array:
   return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)
 
 
-def canvas_positions(valid: jax.Array, padding_blind: bool = False,
-                     pad_position: int = 0) -> jax.Array:
+def canvas_positions(
+    valid: jax.Array, padding_blind: bool = False, pad_position: int = 0
+) -> jax.Array:
   """Positions of a left-padded canvas: each real token's count of real tokens before it
   (pads get ``pad_position``), so a padded row sees the positions it has alone; or the
   physical ``arange`` with ``padding_blind`` (LLaDA's official code)."""
@@ -97,8 +109,19 @@ def stop_lengths(canvas: jax.Array, stop_ids) -> jax.Array:
   return jnp.where(jnp.any(is_stop, -1), jnp.argmax(is_stop, -1) + 1, g).astype(jnp.int32)
 
 
-def finish(prompt_ids, prompt_mask, canvas, step_map, logprobs, lengths, num_steps, pad_id: int,
-           states=None, tail_truncated: bool = False, raw_logprobs: bool = True) -> Trajectory:
+def finish(
+    prompt_ids,
+    prompt_mask,
+    canvas,
+    step_map,
+    logprobs,
+    lengths,
+    num_steps,
+    pad_id: int,
+    states=None,
+    tail_truncated: bool = False,
+    raw_logprobs: bool = True,
+) -> Trajectory:
   """The trajectory of a decoded completion canvas ``[B, G]``: tokens after ``lengths`` become
   ``pad_id`` with step 0 and log-prob 0, the untouched canvas is kept as ``raw_*``, and a
   row's recorded ``states`` after its last step (``k >= num_steps``) repeat its final
@@ -109,11 +132,19 @@ def finish(prompt_ids, prompt_mask, canvas, step_map, logprobs, lengths, num_ste
     tail = tokens if tail_truncated else canvas
     later = jnp.arange(states.shape[0])[:, None, None] >= num_steps[None, :, None]
     states = jnp.where(later, tail[None], states)
-  return Trajectory(prompt_ids=prompt_ids, prompt_mask=prompt_mask, tokens=tokens,
-                    step_map=jnp.where(after, 0, step_map),
-                    logprobs=jnp.where(after, 0.0, logprobs), lengths=lengths,
-                    num_steps=num_steps, states=states, raw_tokens=canvas,
-                    raw_step_map=step_map, raw_logprobs=logprobs if raw_logprobs else None)
+  return Trajectory(
+      prompt_ids=prompt_ids,
+      prompt_mask=prompt_mask,
+      tokens=tokens,
+      step_map=jnp.where(after, 0, step_map),
+      logprobs=jnp.where(after, 0.0, logprobs),
+      lengths=lengths,
+      num_steps=num_steps,
+      states=states,
+      raw_tokens=canvas,
+      raw_step_map=step_map,
+      raw_logprobs=logprobs if raw_logprobs else None,
+  )
 
 
 def transfer_schedule(num_masked: int, steps: int) -> np.ndarray:
@@ -132,8 +163,9 @@ def transfer_schedule_dynamic(num_masked: jax.Array, steps: int) -> jax.Array:
   return base[:, None] + (idx[None, :] < rem[:, None]).astype(jnp.int32)
 
 
-def filter_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0) -> jax.Array:
+def filter_logits(
+    logits: jax.Array, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> jax.Array:
   """Temperature -> top-k -> top-p on float32 logits (filtered entries become -inf).
 
   ``temperature`` must be > 0 here; greedy decoding is handled by the callers.
@@ -158,8 +190,9 @@ def top_p_filter(logits: jax.Array, top_p) -> jax.Array:
   return jnp.where(logits < cutoff, NEG_INF, logits)
 
 
-def sample_categorical(key: jax.Array, logits: jax.Array, temperature: float = 1.0,
-                       top_k: int = 0, top_p: float = 1.0):
+def sample_categorical(
+    key: jax.Array, logits: jax.Array, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+):
   """Samples ids from the filtered distribution; returns (ids, prob of the sampled id).
 
   ``temperature == 0`` is greedy (argmax; probability from the temperature-1 softmax).

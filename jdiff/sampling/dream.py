@@ -74,9 +74,18 @@ import numpy as np
 from flax import nnx
 
 from jdiff.models import masks as masks_lib
-from jdiff.sampling.common import (F32, Trajectory, canvas_positions, config_error,
-                                   filter_logits, finish, row_keys, select_top_n, stop_lengths,
-                                   token_logprob)
+from jdiff.sampling.common import (
+    F32,
+    Trajectory,
+    canvas_positions,
+    config_error,
+    filter_logits,
+    finish,
+    row_keys,
+    select_top_n,
+    stop_lengths,
+    token_logprob,
+)
 from jdiff.sharding.rules import SAMPLING_RULES, use_rules
 
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
@@ -96,8 +105,11 @@ def _conf_entropy(probs, ids):
 
 
 # Unmasking strategies by name (``alg``); ``origin`` needs no confidence.
-CONFIDENCE = {"maskgit_plus": _conf_maskgit_plus, "topk_margin": _conf_topk_margin,
-              "entropy": _conf_entropy}
+CONFIDENCE = {
+    "maskgit_plus": _conf_maskgit_plus,
+    "topk_margin": _conf_topk_margin,
+    "entropy": _conf_entropy,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,10 +134,13 @@ class DreamSamplerConfig:
   def validate(self, model_config=None) -> "DreamSamplerConfig":
     """Raises ValueError naming the offending field; runs before anything is traced.
     ``model_config`` (optional) is checked to be a model this sampler decodes."""
+
     def bad(field, msg):
       raise config_error(self, field, msg)
+
     def is_int(v):
       return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
     for f in ("gen_length", "steps"):
       if not is_int(getattr(self, f)) or getattr(self, f) <= 0:
         bad(f, "must be a positive int")
@@ -191,11 +206,13 @@ DreamTrajectory = Trajectory
 
 def _check_model(mc):
   if mc.block_causal:
-    raise ValueError(f"DreamSamplerConfig: the dream sampler needs a bidirectional model, not "
-                     f"{mc.family!r}")
+    raise ValueError(
+        f"DreamSamplerConfig: the dream sampler needs a bidirectional model, not " f"{mc.family!r}"
+    )
   if mc.mask_token_id is None or mc.eos_token_id is None:
-    raise ValueError("DreamSamplerConfig: the model config needs mask_token_id and "
-                     "eos_token_id for sampling")
+    raise ValueError(
+        "DreamSamplerConfig: the model config needs mask_token_id and " "eos_token_id for sampling"
+    )
 
 
 @flax.struct.dataclass
@@ -221,8 +238,17 @@ def shift_logits(logits: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "ids"))
-def _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, row_offset=0, *,
-                cfg: DreamSamplerConfig, ids: _Ids) -> DreamTrajectory:
+def _sample_jit(
+    graphdef,
+    state,
+    prompt_ids,
+    prompt_mask,
+    key,
+    row_offset=0,
+    *,
+    cfg: DreamSamplerConfig,
+    ids: _Ids,
+) -> DreamTrajectory:
   """The sampler; ``row_offset`` (traced): the global index of the first row, for its keys."""
   model = nnx.merge(graphdef, state)
   b, p = prompt_ids.shape
@@ -246,8 +272,12 @@ def _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, row_offset=0, *,
     logits = model.logits_from_hidden(h)  # [B, W, V] float32, already shifted
     step_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, c.iteration)))(keys)
     k_tok, k_pos = step_keys[:, 0], step_keys[:, 1]
-    filtered = filter_logits(logits.at[..., ids.mask].set(-jnp.inf),
-                             temperature if temperature > 0 else 1.0, top_k, top_p)
+    filtered = filter_logits(
+        logits.at[..., ids.mask].set(-jnp.inf),
+        temperature if temperature > 0 else 1.0,
+        top_k,
+        top_p,
+    )
     if temperature > 0:
       new = jax.vmap(jax.random.categorical)(k_tok, filtered).astype(jnp.int32)
     else:
@@ -270,10 +300,20 @@ def _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, row_offset=0, *,
     canvas = put(c.canvas, new_win)
     committed = jnp.any(transfer, axis=-1)
     num_steps = c.num_steps + committed.astype(jnp.int32)
-    step_map = put(c.step_map, jnp.where(transfer, num_steps[:, None],
-                                         jax.lax.dynamic_slice_in_dim(c.step_map, start, w, 1)))
-    logprobs = put(c.logprobs, jnp.where(transfer, token_logprob(logits, new),
-                                         jax.lax.dynamic_slice_in_dim(c.logprobs, start, w, 1)))
+    step_map = put(
+        c.step_map,
+        jnp.where(
+            transfer, num_steps[:, None], jax.lax.dynamic_slice_in_dim(c.step_map, start, w, 1)
+        ),
+    )
+    logprobs = put(
+        c.logprobs,
+        jnp.where(
+            transfer,
+            token_logprob(logits, new),
+            jax.lax.dynamic_slice_in_dim(c.logprobs, start, w, 1),
+        ),
+    )
     done = c.done | ~jnp.any(canvas == ids.mask, axis=-1)
     if cfg.stop_at_eos:
       done = done | (last & jnp.any(jnp.isin(new_win, stops), axis=-1))
@@ -281,25 +321,46 @@ def _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, row_offset=0, *,
     if states is not None:  # row b's canvas after its own k-th step (rows not stepping: dropped)
       slot = jnp.where(committed, num_steps - 1, cfg.steps)
       states = states.at[slot, jnp.arange(b)].set(canvas, mode="drop")
-    return _Carry(iteration=c.iteration + 1, canvas=canvas, step_map=step_map,
-                  logprobs=logprobs, num_steps=num_steps, done=done, states=states)
+    return _Carry(
+        iteration=c.iteration + 1,
+        canvas=canvas,
+        step_map=step_map,
+        logprobs=logprobs,
+        num_steps=num_steps,
+        done=done,
+        states=states,
+    )
 
   def cond(c: _Carry):
     return (c.iteration < cfg.steps) & ~jnp.all(c.done)
 
-  init = _Carry(iteration=jnp.zeros((), jnp.int32),
-                canvas=jnp.full((b, g), ids.mask, jnp.int32),
-                step_map=jnp.zeros((b, g), jnp.int32), logprobs=jnp.zeros((b, g), F32),
-                num_steps=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool),
-                states=(jnp.zeros((cfg.steps, b, g), jnp.int32) if cfg.record_states else None))
+  init = _Carry(
+      iteration=jnp.zeros((), jnp.int32),
+      canvas=jnp.full((b, g), ids.mask, jnp.int32),
+      step_map=jnp.zeros((b, g), jnp.int32),
+      logprobs=jnp.zeros((b, g), F32),
+      num_steps=jnp.zeros((b,), jnp.int32),
+      done=jnp.zeros((b,), bool),
+      states=(jnp.zeros((cfg.steps, b, g), jnp.int32) if cfg.record_states else None),
+  )
   c = jax.lax.while_loop(cond, body, init)
   # A row's states after its last step repeat its final canvas.
-  return finish(prompt_ids, prompt_mask, c.canvas, c.step_map, c.logprobs,
-                stop_lengths(c.canvas, ids.stops), c.num_steps, ids.pad, states=c.states)
+  return finish(
+      prompt_ids,
+      prompt_mask,
+      c.canvas,
+      c.step_map,
+      c.logprobs,
+      stop_lengths(c.canvas, ids.stops),
+      c.num_steps,
+      ids.pad,
+      states=c.states,
+  )
 
 
-def sample(model, prompt_ids, prompt_mask, key: Optional[jax.Array],
-           config: DreamSamplerConfig) -> DreamTrajectory:
+def sample(
+    model, prompt_ids, prompt_mask, key: Optional[jax.Array], config: DreamSamplerConfig
+) -> DreamTrajectory:
   """Runs Dream's sampler on a left-padded batch (``prompt_ids``/``prompt_mask`` ``[B, P]``).
 
   Compiles once per (model graph, B, P, config); ``key`` may be None (PRNGKey(0)).
@@ -308,8 +369,16 @@ def sample(model, prompt_ids, prompt_mask, key: Optional[jax.Array],
   return sample_state(graphdef, state, prompt_ids, prompt_mask, key, config)
 
 
-def sample_state(graphdef, state, prompt_ids, prompt_mask, key: Optional[jax.Array],
-                 config: DreamSamplerConfig, *, row_offset: int = 0) -> DreamTrajectory:
+def sample_state(
+    graphdef,
+    state,
+    prompt_ids,
+    prompt_mask,
+    key: Optional[jax.Array],
+    config: DreamSamplerConfig,
+    *,
+    row_offset: int = 0,
+) -> DreamTrajectory:
   """:func:`sample` on a split model (what an RL loop holds between updates).
 
   ``row_offset``: the global index of the batch's first row when it is a slice of a larger
@@ -318,22 +387,40 @@ def sample_state(graphdef, state, prompt_ids, prompt_mask, key: Optional[jax.Arr
   mc = nnx.merge(graphdef, state).config
   cfg = config.validate(mc)
   # A jax.Array stays where it lies: a multi-process global batch cannot be read on one host.
-  pm = (prompt_mask.astype(bool) if isinstance(prompt_mask, jax.Array)
-        else np.asarray(prompt_mask, bool))
+  pm = (
+      prompt_mask.astype(bool)
+      if isinstance(prompt_mask, jax.Array)
+      else np.asarray(prompt_mask, bool)
+  )
   if pm.ndim != 2 or pm.shape != np.shape(prompt_ids):
-    raise ValueError(f"prompt_ids {np.shape(prompt_ids)} and prompt_mask {pm.shape} must both "
-                     f"be [B, P]")
+    raise ValueError(
+        f"prompt_ids {np.shape(prompt_ids)} and prompt_mask {pm.shape} must both " f"be [B, P]"
+    )
   if pm.shape[1] == 0 or not bool(pm[:, -1].all()):
     raise ValueError("prompts must be left-padded and non-empty (last column all real tokens)")
   if pm.shape[1] + cfg.gen_length > mc.max_position_embeddings:
-    raise ValueError(f"prompt length {pm.shape[1]} + gen_length {cfg.gen_length} exceeds the "
-                     f"model's max_position_embeddings={mc.max_position_embeddings}")
+    raise ValueError(
+        f"prompt length {pm.shape[1]} + gen_length {cfg.gen_length} exceeds the "
+        f"model's max_position_embeddings={mc.max_position_embeddings}"
+    )
   pad = mc.pad_token_id if mc.pad_token_id is not None else mc.eos_token_id
-  ids = _Ids(mask=int(mc.mask_token_id), pad=int(pad), shift=bool(mc.shift_logits),
-             stops=tuple(sorted({int(mc.eos_token_id), *map(int, cfg.stop_ids)})))
+  ids = _Ids(
+      mask=int(mc.mask_token_id),
+      pad=int(pad),
+      shift=bool(mc.shift_logits),
+      stops=tuple(sorted({int(mc.eos_token_id), *map(int, cfg.stop_ids)})),
+  )
   if key is None:
     key = jax.random.PRNGKey(0)
   # Always traced under the sampling layout, so a cached trace never depends on the caller.
   with use_rules(SAMPLING_RULES):
-    return _sample_jit(graphdef, state, jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(pm),
-                       key, np.int32(row_offset), cfg=cfg, ids=ids)
+    return _sample_jit(
+        graphdef,
+        state,
+        jnp.asarray(prompt_ids, jnp.int32),
+        jnp.asarray(pm),
+        key,
+        np.int32(row_offset),
+        cfg=cfg,
+        ids=ids,
+    )

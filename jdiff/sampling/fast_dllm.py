@@ -79,8 +79,7 @@ def refresh(model, mode: str, canvas, positions, attn, valid, start: int, block_
   raise ValueError(f"cache mode {mode!r} keeps no KV cache")
 
 
-def cached_hidden(model, mode: str, canvas, positions, cache, start: int,
-                  block_length: int):
+def cached_hidden(model, mode: str, canvas, positions, cache, start: int, block_length: int):
   """Hidden states ``[B, block_length, D]`` of the block at static physical ``start`` from
   the cache: ``prefix`` runs the whole suffix ``[start, N)`` against the cached prefix (its
   width shrinks from block to block, each block has its own static shape), ``dual`` only the

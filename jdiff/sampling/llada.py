@@ -73,13 +73,30 @@ from flax import nnx
 from jdiff.models import masks as masks_lib
 from jdiff.sampling import fast_dllm
 from jdiff.sampling import schedules as sched
-from jdiff.sampling.common import (F32, Trajectory, canvas_positions, config_error, finish,
-                                   gumbel_argmax, is_positive_int, prob_at, select_top_n,
-                                   stop_lengths, token_logprob, trajectory_row_specs,
-                                   transfer_schedule)
-from jdiff.sampling.row_shards import (check_row_threads, check_rows_per_loop, in_host_threads,
-                                       in_row_groups, on_row_shards, row_shard_axes,
-                                       shard_count)
+from jdiff.sampling.common import (
+    F32,
+    Trajectory,
+    canvas_positions,
+    config_error,
+    finish,
+    gumbel_argmax,
+    is_positive_int,
+    prob_at,
+    select_top_n,
+    stop_lengths,
+    token_logprob,
+    trajectory_row_specs,
+    transfer_schedule,
+)
+from jdiff.sampling.row_shards import (
+    check_row_threads,
+    check_rows_per_loop,
+    in_host_threads,
+    in_row_groups,
+    on_row_shards,
+    row_shard_axes,
+    shard_count,
+)
 from jdiff.sharding.rules import SAMPLING_RULES, use_rules
 
 REMASKING = ("low_confidence", "random")
@@ -89,6 +106,7 @@ _DEFAULT_GAMMA = {"uniform": "linear", "ass": "ass"}  # eoser=True picks the pap
 @dataclasses.dataclass(frozen=True)
 class LLaDASamplerConfig:
   """Settings of :func:`sample`; hashable, so one compiled program serves each setting."""
+
   gen_length: int = 128
   block_length: int = 32  # ASS: only fixes the number of blocks, gen_length // block_length
   steps: int = 64
@@ -134,8 +152,10 @@ class LLaDASamplerConfig:
   def validate(self, model_config=None) -> "LLaDASamplerConfig":
     """Raises ValueError naming the offending field; runs before anything is traced.
     ``model_config`` (optional) is checked to be a model this sampler decodes."""
+
     def bad(field, why):
       raise config_error(self, field, why)
+
     for f in ("gen_length", "block_length", "steps"):
       if not isinstance(getattr(self, f), (int, np.integer)) or getattr(self, f) <= 0:
         bad(f, "must be a positive int")
@@ -200,25 +220,34 @@ class _Carry:
   states: Optional[jax.Array] = None
 
 
-def sample(model, prompt_ids, prompt_mask, key, config: LLaDASamplerConfig, *,
-           row_offset: int = 0) -> LLaDATrajectory:
+def sample(
+    model, prompt_ids, prompt_mask, key, config: LLaDASamplerConfig, *, row_offset: int = 0
+) -> LLaDATrajectory:
   """Samples ``config.gen_length`` tokens after each left-padded prompt ``[B, P]``.
   ``row_offset``: the global index of the first row when the batch is a slice of a larger
   one (row b draws with row ``row_offset + b``'s keys; traced, so no recompile)."""
   graphdef, state = nnx.split(model)
-  return sample_state(graphdef, state, prompt_ids, prompt_mask, key, config,
-                      row_offset=row_offset)
+  return sample_state(graphdef, state, prompt_ids, prompt_mask, key, config, row_offset=row_offset)
 
 
-def sample_state(graphdef, state, prompt_ids, prompt_mask, key, config: LLaDASamplerConfig,
-                 *, row_offset: int = 0) -> LLaDATrajectory:
+def sample_state(
+    graphdef,
+    state,
+    prompt_ids,
+    prompt_mask,
+    key,
+    config: LLaDASamplerConfig,
+    *,
+    row_offset: int = 0,
+) -> LLaDATrajectory:
   """:func:`sample` on a split model (what an RL loop holds between updates)."""
   config.validate(nnx.merge(graphdef, state).config)
   prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
   if prompt_ids.ndim != 2:
     raise ValueError(f"prompt_ids must be [B, P], got shape {prompt_ids.shape}")
-  prompt_mask = (jnp.ones(prompt_ids.shape, bool) if prompt_mask is None
-                 else jnp.asarray(prompt_mask, bool))
+  prompt_mask = (
+      jnp.ones(prompt_ids.shape, bool) if prompt_mask is None else jnp.asarray(prompt_mask, bool)
+  )
   if prompt_mask.shape != prompt_ids.shape:
     raise ValueError(f"prompt_mask shape {prompt_mask.shape} != prompt_ids {prompt_ids.shape}")
   n_rows = prompt_ids.shape[0]
@@ -229,8 +258,16 @@ def sample_state(graphdef, state, prompt_ids, prompt_mask, key, config: LLaDASam
     if threads == 1:
       row_axes = row_shard_axes(n_rows, state)
       check_rows_per_loop(config.rows_per_loop, n_rows, shard_count(row_axes), owner)
-      return _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, np.int32(row_offset),
-                         config=config, row_axes=row_axes)
+      return _sample_jit(
+          graphdef,
+          state,
+          prompt_ids,
+          prompt_mask,
+          key,
+          np.int32(row_offset),
+          config=config,
+          row_axes=row_axes,
+      )
     check_rows_per_loop(config.rows_per_loop, n_rows, threads, owner, "host threads")
     # Every thread count shares the compiled program of its group's shape.
     one = dataclasses.replace(config, row_threads=1)
@@ -246,30 +283,35 @@ def _out_specs(config: LLaDASamplerConfig):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "config", "row_axes"))
-def _sample_jit(graphdef, state, prompt_ids, prompt_mask, key, row_offset=0, *, config,
-                row_axes=()):
+def _sample_jit(
+    graphdef, state, prompt_ids, prompt_mask, key, row_offset=0, *, config, row_axes=()
+):
   """The sampler; with ``row_axes`` (``row_shards.row_shard_axes``) one loop per row shard
   (per group of ``config.rows_per_loop`` rows of it). ``row_offset``: the global index of
   the first row (a host thread's group, for its keys)."""
+
   def one_loop(shared, rows, row_offset):
     state, key = shared
     return _run(nnx.merge(graphdef, state), *rows, key, config, row_offset)
 
   def run(shared, rows, row_offset):
-    return in_row_groups(one_loop, config.rows_per_loop, _out_specs(config), shared, rows,
-                         row_offset)
+    return in_row_groups(
+        one_loop, config.rows_per_loop, _out_specs(config), shared, rows, row_offset
+    )
 
-  return on_row_shards(run, row_axes, _out_specs(config), (state, key),
-                       (prompt_ids, prompt_mask), row_offset)
+  return on_row_shards(
+      run, row_axes, _out_specs(config), (state, key), (prompt_ids, prompt_mask), row_offset
+  )
 
 
 def _check_model(mc):
   if mc.block_causal or mc.shift_logits:
-    raise ValueError(f"LLaDASamplerConfig: the llada sampler needs a bidirectional, unshifted "
-                     f"model (llada), not {mc.family!r}")
+    raise ValueError(
+        f"LLaDASamplerConfig: the llada sampler needs a bidirectional, unshifted "
+        f"model (llada), not {mc.family!r}"
+    )
   if mc.mask_token_id is None or mc.eos_token_id is None:
-    raise ValueError("LLaDASamplerConfig: the model config needs mask_token_id and "
-                     "eos_token_id")
+    raise ValueError("LLaDASamplerConfig: the model config needs mask_token_id and " "eos_token_id")
 
 
 def _position_keys(keys, rows: jax.Array, cols: jax.Array) -> jax.Array:
@@ -279,8 +321,9 @@ def _position_keys(keys, rows: jax.Array, cols: jax.Array) -> jax.Array:
   return jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(cols))(per_row)
 
 
-def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig,
-         row_offset=0) -> LLaDATrajectory:
+def _run(
+    model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig, row_offset=0
+) -> LLaDATrajectory:
   """The sampler on rows ``[row_offset, row_offset + B)`` of the batch (a row shard's)."""
   mc = model.config
   _check_model(mc)
@@ -293,12 +336,12 @@ def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig,
   # Logits are only needed on the current block: a window of the widest block's size.
   width = bk if c.schedule == "uniform" else plan.max_block_size
   max_steps = g if use_threshold else plan.num_steps
-  counts, starts, ends = (jnp.asarray(a) for a in (
-      plan.counts, plan.block_start, plan.block_end))
+  counts, starts, ends = (jnp.asarray(a) for a in (plan.counts, plan.block_start, plan.block_end))
   gammas = None
   if c.gamma_name is not None:
-    gammas = jnp.asarray(sched.gamma_schedule(c.gamma_name, plan.num_steps, c.eos_min_gamma,
-                                              c.eos_max_gamma))
+    gammas = jnp.asarray(
+        sched.gamma_schedule(c.gamma_name, plan.num_steps, c.eos_min_gamma, c.eos_max_gamma)
+    )
 
   rows = row_offset + jnp.arange(b, dtype=jnp.int32)  # global row indices (keys)
   valid = jnp.concatenate([prompt_mask, jnp.ones((b, g), bool)], axis=1)
@@ -311,9 +354,12 @@ def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig,
     # Only the window's hidden states: the last layer and the LM head skip the other rows.
     if c.cfg_scale > 0:
       uncond = jnp.where(valid & (jnp.arange(p + g) < p), mask_id, canvas)
-      h, _ = model.backbone(jnp.concatenate([canvas, uncond]),
-                            jnp.concatenate([positions, positions]),
-                            jnp.concatenate([attn, attn]), window=(p + ws, width))
+      h, _ = model.backbone(
+          jnp.concatenate([canvas, uncond]),
+          jnp.concatenate([positions, positions]),
+          jnp.concatenate([attn, attn]),
+          window=(p + ws, width),
+      )
     else:
       h, _ = model.backbone(canvas, positions, attn, window=(p + ws, width))
     lg = model.logits_from_hidden(h)
@@ -341,7 +387,8 @@ def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig,
     else:
       pos_keys = _position_keys(kg, rows, cols)
       xhat = jax.vmap(jax.vmap(gumbel_argmax, (0, 0, None)), (0, 0, None))(
-          pos_keys, guided, c.temperature)
+          pos_keys, guided, c.temperature
+      )
     if c.remasking == "low_confidence":
       conf = prob_at(guided.astype(F32), xhat)
     else:
@@ -371,9 +418,15 @@ def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig,
     if states is not None:  # row r's (k+1)-th step goes to states[k, r]
       slot = jnp.where(decoded, nsteps - 1, states.shape[0])
       states = states.at[slot, jnp.arange(b)].set(comp, mode="drop")
-    return cr.replace(iteration=cr.iteration + 1, canvas=comp, step_map=step_map,
-                      logprobs=logprobs, num_steps=nsteps,
-                      done=~jnp.any(comp == mask_id, axis=-1), states=states)
+    return cr.replace(
+        iteration=cr.iteration + 1,
+        canvas=comp,
+        step_map=step_map,
+        logprobs=logprobs,
+        num_steps=nsteps,
+        done=~jnp.any(comp == mask_id, axis=-1),
+        states=states,
+    )
 
   def block_open(comp, bs, be):
     """Whether any row still has a mask in ``[bs, be)`` (threshold decoding moves the batch
@@ -392,8 +445,10 @@ def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig,
     cr = decode(cr, logits, guided, bs, be, ws, count)
     if use_threshold:
       is_open = block_open(cr.canvas, bs, be)
-      cr = cr.replace(block=jnp.where(is_open, cr.block, cr.block + 1),
-                      step_in_block=jnp.where(is_open, cr.step_in_block + 1, 0))
+      cr = cr.replace(
+          block=jnp.where(is_open, cr.block, cr.block + 1),
+          step_in_block=jnp.where(is_open, cr.step_in_block + 1, 0),
+      )
     return cr
 
   def cond(cr: _Carry):
@@ -402,11 +457,16 @@ def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig,
 
   zero = jnp.zeros((), jnp.int32)
   init = _Carry(
-      iteration=zero, block=zero, step_in_block=zero,
-      canvas=jnp.full((b, g), mask_id, jnp.int32), step_map=jnp.zeros((b, g), jnp.int32),
+      iteration=zero,
+      block=zero,
+      step_in_block=zero,
+      canvas=jnp.full((b, g), mask_id, jnp.int32),
+      step_map=jnp.zeros((b, g), jnp.int32),
       logprobs=jnp.zeros((b, g), F32),
-      num_steps=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool),
-      states=jnp.zeros((max_steps, b, g), jnp.int32) if c.record_states else None)
+      num_steps=jnp.zeros((b,), jnp.int32),
+      done=jnp.zeros((b,), bool),
+      states=jnp.zeros((max_steps, b, g), jnp.int32) if c.record_states else None,
+  )
   if c.cache == "none":
     out = jax.lax.while_loop(cond, body, init)
     return _finish(out, prompt_ids, prompt_mask, eos, pad_id)
@@ -447,5 +507,14 @@ def _run(model, prompt_ids, prompt_mask, key, c: LLaDASamplerConfig,
 
 def _finish(out: _Carry, prompt_ids, prompt_mask, eos: int, pad_id: int) -> LLaDATrajectory:
   """Truncates after the first EOS and assembles the trajectory."""
-  return finish(prompt_ids, prompt_mask, out.canvas, out.step_map, out.logprobs,
-                stop_lengths(out.canvas, (eos,)), out.num_steps, pad_id, states=out.states)
+  return finish(
+      prompt_ids,
+      prompt_mask,
+      out.canvas,
+      out.step_map,
+      out.logprobs,
+      stop_lengths(out.canvas, (eos,)),
+      out.num_steps,
+      pad_id,
+      states=out.states,
+  )

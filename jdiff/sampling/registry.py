@@ -21,16 +21,19 @@ class SamplerEntry(NamedTuple):
 
 def _block():
   from jdiff.sampling import block
+
   return SamplerEntry(block.BlockSamplerConfig, block.sample)
 
 
 def _llada():
   from jdiff.sampling import llada
+
   return SamplerEntry(llada.LLaDASamplerConfig, llada.sample)
 
 
 def _dream():
   from jdiff.sampling import dream
+
   return SamplerEntry(dream.DreamSamplerConfig, dream.sample)
 
 
@@ -59,14 +62,20 @@ def make_config(name: str, settings: Mapping[str, Any]):
   unknown = sorted(set(settings) - fields)
   if unknown:
     renamed = getattr(cls, "RENAMED", {})
-    said = ", ".join(f"{k!r} (renamed {renamed[k]})" if k in renamed else repr(k)
-                     for k in unknown)
+    said = ", ".join(f"{k!r} (renamed {renamed[k]})" if k in renamed else repr(k) for k in unknown)
     raise ValueError(f"sampler {name!r} has no setting {said}; known: {sorted(fields)}")
   return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in settings.items()})
 
 
-def sample(name: str, model, prompt_ids: np.ndarray, prompt_mask: np.ndarray, key, config,
-           row_offset: int = 0):
+def sample(
+    name: str,
+    model,
+    prompt_ids: np.ndarray,
+    prompt_mask: np.ndarray,
+    key,
+    config,
+    row_offset: int = 0,
+):
   """``row_offset``: the global index of the batch's first row (a micro-batch of a larger
   batch draws what those rows draw in one call)."""
   if row_offset:

@@ -76,8 +76,14 @@ def _split_over(tree, axes) -> bool:
   return False
 
 
-def on_row_shards(fn: Callable, axes: Tuple[str, ...], out_specs: Callable[[object], object],
-                  shared, rows, row_offset=0):
+def on_row_shards(
+    fn: Callable,
+    axes: Tuple[str, ...],
+    out_specs: Callable[[object], object],
+    shared,
+    rows,
+    row_offset=0,
+):
   """``fn(shared, rows, row_offset)``, run on every shard of ``rows`` split over ``axes``
   (from :func:`row_shard_axes`), or once on the whole batch when ``axes`` is empty.
 
@@ -96,12 +102,18 @@ def on_row_shards(fn: Callable, axes: Tuple[str, ...], out_specs: Callable[[obje
     local_rows = jax.tree.leaves(rows)[0].shape[0]
     return fn(shared, rows, row_offset + jax.lax.axis_index(axes) * local_rows)
 
-  return jax.shard_map(local, in_specs=(P(), P(batch)), out_specs=out_specs(batch),
-                       axis_names=set(axes), check_vma=False)(shared, rows)
+  return jax.shard_map(
+      local,
+      in_specs=(P(), P(batch)),
+      out_specs=out_specs(batch),
+      axis_names=set(axes),
+      check_vma=False,
+  )(shared, rows)
 
 
-def check_rows_per_loop(rows_per_loop: Optional[int], n_rows: int, n_shards: int,
-                        owner: str, split: str = "data shards") -> None:
+def check_rows_per_loop(
+    rows_per_loop: Optional[int], n_rows: int, n_shards: int, owner: str, split: str = "data shards"
+) -> None:
   """Raises ValueError naming ``owner`` (``"<Config>.rows_per_loop"``) unless
   ``rows_per_loop`` (None or a positive int, as the config validated) divides each of the
   ``n_shards`` groups' ``n_rows / n_shards`` rows or covers them all (one loop, as a smaller
@@ -110,8 +122,11 @@ def check_rows_per_loop(rows_per_loop: Optional[int], n_rows: int, n_shards: int
     return
   local = n_rows // max(n_shards, 1)
   if rows_per_loop < local and local % rows_per_loop:
-    where = (f"each of the {n_shards} {split}' {local} rows" if n_shards > 1
-             else f"the batch of {n_rows} rows")
+    where = (
+        f"each of the {n_shards} {split}' {local} rows"
+        if n_shards > 1
+        else f"the batch of {n_rows} rows"
+    )
     raise ValueError(f"{owner}={rows_per_loop!r}: must divide {where} (or be >= it)")
 
 
@@ -121,8 +136,9 @@ def shard_count(axes: Tuple[str, ...]) -> int:
   return math.prod(mesh_shape[a] for a in axes)
 
 
-def in_row_groups(fn: Callable, rows_per_loop: Optional[int], out_specs: Callable, shared,
-                  rows, row_offset):
+def in_row_groups(
+    fn: Callable, rows_per_loop: Optional[int], out_specs: Callable, shared, rows, row_offset
+):
   """``fn(shared, rows, row_offset)`` on consecutive groups of ``rows_per_loop`` rows, one
   group after another (a ``lax.map``, so ``fn`` is compiled once), outputs reassembled in
   row order; ``fn`` on all rows at once when ``rows_per_loop`` is None or covers them all.
@@ -141,7 +157,7 @@ def in_row_groups(fn: Callable, rows_per_loop: Optional[int], out_specs: Callabl
 
   def merge(axis, leaf):  # the leaf's row axis comes after the leading group axis
     leaf = jnp.moveaxis(leaf, 0, axis)  # [.., groups, rows_per_loop, ..]
-    return leaf.reshape(leaf.shape[:axis] + (n_rows,) + leaf.shape[axis + 2:])
+    return leaf.reshape(leaf.shape[:axis] + (n_rows,) + leaf.shape[axis + 2 :])
 
   return jax.tree.map(merge, _row_axes(out_specs), out)
 
@@ -149,8 +165,9 @@ def in_row_groups(fn: Callable, rows_per_loop: Optional[int], out_specs: Callabl
 def _row_axes(out_specs: Callable):
   """The row axis of every output leaf, from :func:`on_row_shards`'s ``out_specs``."""
   marker = "rows"
-  return jax.tree.map(lambda spec: list(spec).index(marker), out_specs(marker),
-                      is_leaf=lambda x: isinstance(x, P))
+  return jax.tree.map(
+      lambda spec: list(spec).index(marker), out_specs(marker), is_leaf=lambda x: isinstance(x, P)
+  )
 
 
 def check_row_threads(row_threads: int, n_rows: int, owner: str) -> int:
@@ -165,13 +182,16 @@ def check_row_threads(row_threads: int, n_rows: int, owner: str) -> int:
   if threads <= 1:
     return 1
   if n_rows % threads:
-    raise ValueError(f"{owner}={row_threads!r}: must divide the batch of {n_rows} rows (or "
-                     "be >= it)")
+    raise ValueError(
+        f"{owner}={row_threads!r}: must divide the batch of {n_rows} rows (or " "be >= it)"
+    )
   mesh = jax.sharding.get_abstract_mesh()
   if mesh is not None and not mesh.empty and mesh.size > 1:
-    raise ValueError(f"{owner}={row_threads!r}: host threads run on one device; under a "
-                     f"mesh of {mesh.size} devices every data shard already runs its own "
-                     "loop (use 1)")
+    raise ValueError(
+        f"{owner}={row_threads!r}: host threads run on one device; under a "
+        f"mesh of {mesh.size} devices every data shard already runs its own "
+        "loop (use 1)"
+    )
   return threads
 
 
@@ -191,11 +211,12 @@ def in_host_threads(call: Callable, threads: int, out_specs: Callable, rows):
   if threads <= 1:
     return call(rows, 0)
   size = jax.tree.leaves(rows)[0].shape[0] // threads
-  groups = [jax.tree.map(lambda a, i=i: a[i * size:(i + 1) * size], rows)
-            for i in range(threads)]
+  groups = [jax.tree.map(lambda a, i=i: a[i * size : (i + 1) * size], rows) for i in range(threads)]
   pool = _pool(threads)
-  futures = [pool.submit(contextvars.copy_context().run, _ready, call, group, np.int32(i * size))
-             for i, group in enumerate(groups)]
+  futures = [
+      pool.submit(contextvars.copy_context().run, _ready, call, group, np.int32(i * size))
+      for i, group in enumerate(groups)
+  ]
   outs = [f.result() for f in futures]
   axes = _row_axes(out_specs)  # static, as leaves + structure: a dict tree is not hashable
   return _concat_rows(outs, tuple(jax.tree.leaves(axes)), jax.tree.structure(axes))

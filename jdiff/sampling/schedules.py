@@ -33,6 +33,7 @@ from jdiff.sampling.common import transfer_schedule
 @dataclasses.dataclass(frozen=True)
 class StepPlan:
   """Per-step block bounds and commit counts of a whole rollout (all arrays ``[S]``)."""
+
   counts: np.ndarray  # int32: tokens committed at step s
   block_start: np.ndarray  # int32: completion-relative start of the eligible block
   block_end: np.ndarray  # int32: its end (exclusive)
@@ -67,8 +68,12 @@ def _plan(blocks: List[Tuple[int, int, np.ndarray]]) -> StepPlan:
       starts.append(start)
       ends.append(end)
       first.append(i == 0)
-  return StepPlan(np.asarray(counts, np.int32), np.asarray(starts, np.int32),
-                  np.asarray(ends, np.int32), np.asarray(first, bool))
+  return StepPlan(
+      np.asarray(counts, np.int32),
+      np.asarray(starts, np.int32),
+      np.asarray(ends, np.int32),
+      np.asarray(first, bool),
+  )
 
 
 # ----------------------------------------------------------------------------- uniform
@@ -87,8 +92,9 @@ def uniform_plan(gen_length: int, num_blocks: int, steps: int) -> StepPlan:
   if steps <= 0 or steps % num_blocks:
     raise ValueError(f"steps={steps} is not divisible by the number of blocks {num_blocks}")
   size, per_block = gen_length // num_blocks, steps // num_blocks
-  return _plan([(b * size, (b + 1) * size, transfer_schedule(size, per_block))
-                for b in range(num_blocks)])
+  return _plan(
+      [(b * size, (b + 1) * size, transfer_schedule(size, per_block)) for b in range(num_blocks)]
+  )
 
 
 # ----------------------------------------------------------------------------- ASS
@@ -108,7 +114,7 @@ def ass_step_sizes(gen_length: int) -> np.ndarray:
   ``r = L − 2^S``), so the counts sum to L. L=256: 1,2,4,8,16,32,64,129; L=128: …,32,65.
   """
   s_total = ass_num_steps(gen_length)
-  sizes = [2 ** s for s in range(s_total - 1)] + [gen_length - 2 ** (s_total - 1) + 1]
+  sizes = [2**s for s in range(s_total - 1)] + [gen_length - 2 ** (s_total - 1) + 1]
   return np.asarray(sizes, np.int32)
 
 
@@ -126,11 +132,13 @@ def ass_block_sizes(gen_length: int, num_blocks: int) -> List[Tuple[int, List[in
   """
   s_total = ass_num_steps(gen_length)
   if not 1 <= num_blocks <= s_total:
-    raise ValueError(f"ASS with gen_length={gen_length} has {s_total} steps and supports "
-                     f"1..{s_total} blocks, got {num_blocks}")
+    raise ValueError(
+        f"ASS with gen_length={gen_length} has {s_total} steps and supports "
+        f"1..{s_total} blocks, got {num_blocks}"
+    )
   sizes = ass_step_sizes(gen_length)
   c = s_total - num_blocks  # the first block uses steps 0..c
-  blocks = [(int(np.sum(sizes[:c + 1])), list(range(c + 1)))]
+  blocks = [(int(np.sum(sizes[: c + 1])), list(range(c + 1)))]
   blocks += [(int(sizes[s]), [s]) for s in range(c + 1, s_total)]
   return blocks
 
@@ -144,8 +152,10 @@ def ass_plan(gen_length: int, num_blocks: int, steps: int) -> StepPlan:
   """
   s_total = ass_num_steps(gen_length)
   if steps != s_total:
-    raise ValueError(f"steps={steps}: the ASS schedule needs steps = floor(log2(gen_length)) = "
-                     f"{s_total} for gen_length={gen_length}")
+    raise ValueError(
+        f"steps={steps}: the ASS schedule needs steps = floor(log2(gen_length)) = "
+        f"{s_total} for gen_length={gen_length}"
+    )
   sizes = ass_step_sizes(gen_length)
   blocks, start = [], 0
   for size, block_steps in ass_block_sizes(gen_length, num_blocks):
@@ -187,7 +197,7 @@ def ass_gamma(num_steps: int, gamma_min: float, gamma_max: float) -> np.ndarray:
   0.01, γ_max = 1 and S = 7: γ(0) ≈ 0.0177, γ(6) ≈ 0.992.
   """
   s = np.arange(num_steps, dtype=np.float64)
-  frac = (2.0 ** (s + 1) - 1.0) / 2.0 ** num_steps
+  frac = (2.0 ** (s + 1) - 1.0) / 2.0**num_steps
   return (gamma_min + (gamma_max - gamma_min) * frac).astype(np.float32)
 
 

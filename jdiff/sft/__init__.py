@@ -64,5 +64,17 @@ register("sft_llada", llada_sft.build_batch, llada_sft.loss_fn)
 register("sft_semi_ar", semi_ar_sft.build_batch, semi_ar_sft.loss_fn)
 register("trace_sft", trace_sft.build_batch, trace_sft.loss_fn)
 
-__all__ = ["OBJECTIVES", "SFTObjective", "block_sft", "common", "get", "llada_sft", "make_rows",
-           "names", "options", "register", "semi_ar_sft", "trace_sft"]
+__all__ = [
+    "OBJECTIVES",
+    "SFTObjective",
+    "block_sft",
+    "common",
+    "get",
+    "llada_sft",
+    "make_rows",
+    "names",
+    "options",
+    "register",
+    "semi_ar_sft",
+    "trace_sft",
+]

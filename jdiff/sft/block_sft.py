@@ -43,9 +43,19 @@ NOISES = ("t", "uniform_0.1_0.9")
 WEIGHTINGS = ("inverse_t", "none")
 
 
-def build_batch(rows: Mapping[str, jax.Array], key: jax.Array, cfg, *, t_per: str = "block",
-                noise: str = "t", weighting: str = "inverse_t", t_min: float = 1e-3,
-                t_max: float = 1.0, block_size=None, min_one_masked: bool = True) -> dict:
+def build_batch(
+    rows: Mapping[str, jax.Array],
+    key: jax.Array,
+    cfg,
+    *,
+    t_per: str = "block",
+    noise: str = "t",
+    weighting: str = "inverse_t",
+    t_min: float = 1e-3,
+    t_max: float = 1.0,
+    block_size=None,
+    min_one_masked: bool = True,
+) -> dict:
   """SFT rows (see :mod:`jdiff.sft.common`) -> an x_t ⊕ x_0 batch, all leaves ``[B, ...]``.
 
   ``cfg``: the model config (``mask_token_id``, ``block_size``). Options are static.
@@ -114,8 +124,14 @@ def attention_mask(batch: Mapping[str, jax.Array]) -> jax.Array:
 def loss_fn(model, batch: Mapping[str, jax.Array], *, chunk_size: int = common.DEFAULT_CHUNK):
   """Mean over rows of ``Σ w_j·CE_j / #response tokens``; float32 ``(loss, metrics)``."""
   targets = batch["targets"]
-  nll = common.token_nll(model, batch["tokens"], batch["positions"], attention_mask(batch),
-                         targets, chunk_size=chunk_size)
+  nll = common.token_nll(
+      model,
+      batch["tokens"],
+      batch["positions"],
+      attention_mask(batch),
+      targets,
+      chunk_size=chunk_size,
+  )
   per_row = common.safe_div(common.weighted_sum(nll, batch["weight"], axis=-1), batch["norm"])
   loss = jnp.mean(per_row)
   metrics = common.masked_metrics(nll, batch["masked"], batch["norm"])

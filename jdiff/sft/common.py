@@ -27,9 +27,16 @@ from jdiff.models.logprobs import DEFAULT_CHUNK, model_token_logprobs
 F32 = jnp.float32
 
 
-def make_rows(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], length: int,
-              *, pad_id: int, eos_id: Optional[int] = None, pad_in_loss: bool = True,
-              prompt_width: Optional[int] = None) -> dict:
+def make_rows(
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    length: int,
+    *,
+    pad_id: int,
+    eos_id: Optional[int] = None,
+    pad_in_loss: bool = True,
+    prompt_width: Optional[int] = None,
+) -> dict:
   """Token-id lists -> SFT rows (numpy, static ``[B, length]``).
 
   Args:
@@ -60,13 +67,17 @@ def make_rows(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int
     end = start + len(p) + len(r)
     if end > length:
       raise ValueError(f"sample {i} needs {end} tokens > length={length}")
-    tokens[i, start:start + len(p)] = p
-    tokens[i, start + len(p):end] = r
-    prompt_mask[i, start:start + len(p)] = True
-    loss_mask[i, start + len(p):(length if pad_in_loss else end)] = True
+    tokens[i, start : start + len(p)] = p
+    tokens[i, start + len(p) : end] = r
+    prompt_mask[i, start : start + len(p)] = True
+    loss_mask[i, start + len(p) : (length if pad_in_loss else end)] = True
     positions[i, start:] = np.arange(length - start)
-  return {"tokens": tokens, "prompt_mask": prompt_mask, "loss_mask": loss_mask,
-          "positions": positions}
+  return {
+      "tokens": tokens,
+      "prompt_mask": prompt_mask,
+      "loss_mask": loss_mask,
+      "positions": positions,
+  }
 
 
 def unpack_rows(rows: Mapping[str, jax.Array]):
@@ -91,8 +102,15 @@ def force_one(key: jax.Array, candidates: jax.Array, chosen: jax.Array) -> jax.A
   return chosen | (pick & candidates & need[..., None])
 
 
-def token_nll(model, tokens: jax.Array, positions: jax.Array, mask: jax.Array,
-              targets: jax.Array, *, chunk_size: int = DEFAULT_CHUNK) -> jax.Array:
+def token_nll(
+    model,
+    tokens: jax.Array,
+    positions: jax.Array,
+    mask: jax.Array,
+    targets: jax.Array,
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> jax.Array:
   """float32 ``-log p(targets)`` ``[B, T']`` from one forward pass.
 
   ``targets[:, j]`` is scored against the prediction for position j of ``tokens``; a
@@ -118,10 +136,20 @@ def masked_metrics(nll: jax.Array, masked: jax.Array, scored: jax.Array) -> dict
   """Unweighted mean NLL over masked tokens and the masked fraction of scorable tokens
   (``scored``: a mask or per-row counts, summed)."""
   n_masked = jnp.sum(masked, dtype=F32)
-  return {"nll": safe_div(weighted_sum(nll, masked), n_masked),
-          "masked_frac": safe_div(n_masked, jnp.sum(scored, dtype=F32)),
-          "num_masked": n_masked}
+  return {
+      "nll": safe_div(weighted_sum(nll, masked), n_masked),
+      "masked_frac": safe_div(n_masked, jnp.sum(scored, dtype=F32)),
+      "num_masked": n_masked,
+  }
 
 
-__all__ = ["DEFAULT_CHUNK", "force_one", "make_rows", "masked_metrics", "safe_div", "token_nll",
-           "unpack_rows", "weighted_sum"]
+__all__ = [
+    "DEFAULT_CHUNK",
+    "force_one",
+    "make_rows",
+    "masked_metrics",
+    "safe_div",
+    "token_nll",
+    "unpack_rows",
+    "weighted_sum",
+]

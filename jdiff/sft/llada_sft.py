@@ -34,8 +34,14 @@ from jdiff.sft import common
 F32 = jnp.float32
 
 
-def build_batch(rows: Mapping[str, jax.Array], key: jax.Array, cfg, *, eps: float = 1e-3,
-                min_one_masked: bool = False) -> dict:
+def build_batch(
+    rows: Mapping[str, jax.Array],
+    key: jax.Array,
+    cfg,
+    *,
+    eps: float = 1e-3,
+    min_one_masked: bool = False,
+) -> dict:
   """SFT rows -> a masked batch, all leaves ``[B, L]`` except ``norm`` ``[B]``.
 
   Keys: ``tokens`` (x_t), ``positions``, ``valid``, ``targets`` (x_0), ``masked``, ``t`` (the
@@ -72,8 +78,14 @@ def attention_mask(batch: Mapping[str, jax.Array]) -> jax.Array:
 
 def loss_fn(model, batch: Mapping[str, jax.Array], *, chunk_size: int = common.DEFAULT_CHUNK):
   """``Σ_batch masked CE/p / Σ_batch norm``; float32 ``(loss, metrics)``."""
-  nll = common.token_nll(model, batch["tokens"], batch["positions"], attention_mask(batch),
-                         batch["targets"], chunk_size=chunk_size)
+  nll = common.token_nll(
+      model,
+      batch["tokens"],
+      batch["positions"],
+      attention_mask(batch),
+      batch["targets"],
+      chunk_size=chunk_size,
+  )
   loss = common.safe_div(common.weighted_sum(nll, batch["weight"]), jnp.sum(batch["norm"]))
   metrics = common.masked_metrics(nll, batch["masked"], batch["norm"])
   metrics["loss"] = loss

@@ -39,9 +39,17 @@ F32 = jnp.float32
 DEFAULT_BLOCK = 16  # TraceRL's sft_dream default
 
 
-def build_batch(rows: Mapping[str, jax.Array], key: jax.Array, cfg, *, block_size=None,
-                num_blocks=None, p_low: float = 0.1, p_high: float = 0.9,
-                min_one_masked: bool = True) -> dict:
+def build_batch(
+    rows: Mapping[str, jax.Array],
+    key: jax.Array,
+    cfg,
+    *,
+    block_size=None,
+    num_blocks=None,
+    p_low: float = 0.1,
+    p_high: float = 0.9,
+    min_one_masked: bool = True,
+) -> dict:
   """SFT rows ``[B, L]`` -> ``B·K`` semi-AR rows ``[B·K, L]`` (``K = num_blocks``).
 
   Keys: ``tokens`` (noisy), ``positions``, ``valid``, ``targets`` (clean), ``masked`` (the
@@ -90,8 +98,14 @@ def attention_mask(batch: Mapping[str, jax.Array]) -> jax.Array:
 def loss_fn(model, batch: Mapping[str, jax.Array], *, chunk_size: int = common.DEFAULT_CHUNK):
   """Mean over non-empty rows of the mean masked NLL; float32 ``(loss, metrics)``."""
   masked = batch["masked"]
-  nll = common.token_nll(model, batch["tokens"], batch["positions"], attention_mask(batch),
-                         batch["targets"], chunk_size=chunk_size)
+  nll = common.token_nll(
+      model,
+      batch["tokens"],
+      batch["positions"],
+      attention_mask(batch),
+      batch["targets"],
+      chunk_size=chunk_size,
+  )
   count = jnp.sum(masked, axis=-1, dtype=F32)
   per_row = common.safe_div(common.weighted_sum(nll, masked, axis=-1), count)
   has = (count > 0).astype(F32)

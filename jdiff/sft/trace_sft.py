@@ -35,13 +35,22 @@ from jdiff.rl.losses import _row_reduce
 from jdiff.sampling.common import Trajectory
 
 TRAJECTORIES_FILE = "trace_sft_trajectories.jsonl"
-ROW_KEYS = ("input_ids", "positions", "valid", "targets", "loss_mask", "row_norm", "blocks",
-            "noisy")
+ROW_KEYS = (
+    "input_ids",
+    "positions",
+    "valid",
+    "targets",
+    "loss_mask",
+    "row_norm",
+    "blocks",
+    "noisy",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class TraceCollectConfig:
   """``config.sft.trace``: how the preferred trajectories are collected and sliced."""
+
   samples_per_prompt: int = 1  # trajectories sampled per training prompt
   min_reward: Optional[float] = None  # keep reward >= this; None: the task's correct ones
   num_prompts: int = 0  # training prompts sampled (0 = all)
@@ -63,8 +72,9 @@ class TraceCollectConfig:
         raise ValueError(f"config.sft.trace.{f}={getattr(self, f)} must be >= 0")
 
 
-def keep_mask(rewards: np.ndarray, correct: Callable[[np.ndarray], np.ndarray],
-              min_reward: Optional[float]) -> np.ndarray:
+def keep_mask(
+    rewards: np.ndarray, correct: Callable[[np.ndarray], np.ndarray], min_reward: Optional[float]
+) -> np.ndarray:
   """Which trajectories are preferred: reward >= ``min_reward``, or the task's ``correct``."""
   rewards = np.asarray(rewards, np.float64)
   if min_reward is None:
@@ -77,14 +87,25 @@ def _records(traj, rewards, keep, idx, prompt_ids) -> List[dict]:
   out = []
   for row in np.flatnonzero(keep):
     n = int(lengths[row])
-    out.append(dict(prompt_index=int(idx[row]), prompt_ids=list(map(int, prompt_ids[row])),
-                    tokens=tokens[row, :n].tolist(), step_map=steps[row, :n].tolist(),
-                    reward=float(rewards[row])))
+    out.append(
+        dict(
+            prompt_index=int(idx[row]),
+            prompt_ids=list(map(int, prompt_ids[row])),
+            tokens=tokens[row, :n].tolist(),
+            step_map=steps[row, :n].tolist(),
+            reward=float(rewards[row]),
+        )
+    )
   return out
 
 
-def collect(sample_rows: Callable, correct: Callable, prompt_ids: List[List[int]],
-            cc: TraceCollectConfig, key) -> Tuple[List[dict], Dict[str, float]]:
+def collect(
+    sample_rows: Callable,
+    correct: Callable,
+    prompt_ids: List[List[int]],
+    cc: TraceCollectConfig,
+    key,
+) -> Tuple[List[dict], Dict[str, float]]:
   """Samples ``samples_per_prompt`` trajectories per prompt and keeps the preferred ones.
 
   ``sample_rows(idx, key) -> (trajectory on the host, rewards [len(idx)])`` decodes and scores
@@ -100,29 +121,38 @@ def collect(sample_rows: Callable, correct: Callable, prompt_ids: List[List[int]
     ids = [prompt_ids[i] for i in idx]
     traj, rewards = sample_rows(idx, jax.random.fold_in(key, start))
     keep = keep_mask(rewards, correct, cc.min_reward)
-    keep[len(real) * g:] = False  # the padding rows of the last call
+    keep[len(real) * g :] = False  # the padding rows of the last call
     records += _records(traj, rewards, keep, idx, ids)
     sampled += len(real) * g
-  stats = {"trace_prompts": n, "trace_sampled": sampled, "trace_kept": len(records),
-           "trace_acceptance": len(records) / max(sampled, 1)}
+  stats = {
+      "trace_prompts": n,
+      "trace_sampled": sampled,
+      "trace_kept": len(records),
+      "trace_acceptance": len(records) / max(sampled, 1),
+  }
   return records, stats
 
 
 def collected(workdir: str, make: Callable[[], Tuple[List[dict], dict]], log=print):
   """The workdir's collected set, or ``make()``'s, saved atomically; (records, stats)."""
   from jdiff.train.pairs import read_pairs, save_pairs  # generic atomic jsonl read/write
+
   path = os.path.join(workdir, TRAJECTORIES_FILE)
   if os.path.exists(path):
     records = read_pairs(path)
     log(f"trace sft: reusing {len(records)} trajectories from {path}")
     return records, {"trace_kept": len(records), "trace_reused": True}
   records, stats = make()
-  log(f"trace sft: kept {stats['trace_kept']} of {stats['trace_sampled']} trajectories "
-      f"({stats['trace_prompts']} prompts, acceptance {stats['trace_acceptance']:.3f})")
+  log(
+      f"trace sft: kept {stats['trace_kept']} of {stats['trace_sampled']} trajectories "
+      f"({stats['trace_prompts']} prompts, acceptance {stats['trace_acceptance']:.3f})"
+  )
   if not records:
-    raise ValueError("trace sft: no trajectory passed the reward threshold; warm-start the "
-                     "model (config.sft.trace.warm_start_steps) or lower config.sft.trace."
-                     "min_reward")
+    raise ValueError(
+        "trace sft: no trajectory passed the reward threshold; warm-start the "
+        "model (config.sft.trace.warm_start_steps) or lower config.sft.trace."
+        "min_reward"
+    )
   os.makedirs(workdir, exist_ok=True)
   save_pairs(path, records)
   return records, stats
@@ -137,12 +167,18 @@ def as_trajectory(records: List[dict], pad_id: int, gen_width: Optional[int] = N
   toks, steps = np.full((b, g), pad_id, np.int32), np.zeros((b, g), np.int32)
   for i, r in enumerate(records):
     pl, n = len(r["prompt_ids"]), len(r["tokens"])
-    pids[i, p - pl:], pmask[i, p - pl:] = r["prompt_ids"], True
+    pids[i, p - pl :], pmask[i, p - pl :] = r["prompt_ids"], True
     toks[i, :n], steps[i, :n] = r["tokens"], r["step_map"]
   lengths = np.array([len(r["tokens"]) for r in records], np.int32)
-  return Trajectory(prompt_ids=pids, prompt_mask=pmask, tokens=toks, step_map=steps,
-                    logprobs=np.zeros((b, g), np.float32), lengths=lengths,
-                    num_steps=steps.max(-1))
+  return Trajectory(
+      prompt_ids=pids,
+      prompt_mask=pmask,
+      tokens=toks,
+      step_map=steps,
+      logprobs=np.zeros((b, g), np.float32),
+      lengths=lengths,
+      num_steps=steps.max(-1),
+  )
 
 
 def build_rows(traj, model_config, cc: TraceCollectConfig) -> Dict[str, np.ndarray]:
@@ -171,5 +207,14 @@ def loss_fn(model, batch) -> Tuple[jax.Array, dict]:
   return loss, {"nll": jnp.sum(nll * mask) / n, "num_supervised": jnp.sum(mask)}
 
 
-__all__ = ["TRAJECTORIES_FILE", "TraceCollectConfig", "as_trajectory", "build_batch",
-           "build_rows", "collect", "collected", "keep_mask", "loss_fn"]
+__all__ = [
+    "TRAJECTORIES_FILE",
+    "TraceCollectConfig",
+    "as_trajectory",
+    "build_batch",
+    "build_rows",
+    "collect",
+    "collected",
+    "keep_mask",
+    "loss_fn",
+]

@@ -12,8 +12,11 @@ from jax.sharding import Mesh, NamedSharding
 from jdiff.sharding.rules import MESH_AXES, MeshAxes, active_rules, logical_spec
 
 
-def make_mesh(shape: Sequence[int] = (-1, 1, 1), axis_names: Sequence[str] = MESH_AXES,
-              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+def make_mesh(
+    shape: Sequence[int] = (-1, 1, 1),
+    axis_names: Sequence[str] = MESH_AXES,
+    devices: Optional[Sequence[jax.Device]] = None,
+) -> Mesh:
   """A ``('data','fsdp','tensor')`` mesh; one entry of ``shape`` may be -1 (fill the rest)."""
   devices = list(jax.devices() if devices is None else devices)
   shape = list(shape)
@@ -33,8 +36,7 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), axis_names: Sequence[str] = MES
   return Mesh(arr, tuple(axis_names))
 
 
-def state_shardings(state: nnx.State, mesh: Mesh,
-                    rules: Optional[Mapping[str, MeshAxes]] = None):
+def state_shardings(state: nnx.State, mesh: Mesh, rules: Optional[Mapping[str, MeshAxes]] = None):
   """A pytree of NamedSharding matching ``state``, from each Param's ``logical_axes``."""
   rules = active_rules() if rules is None else rules
   mesh_shape = dict(mesh.shape)

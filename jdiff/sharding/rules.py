@@ -62,9 +62,12 @@ def _axis_size(mesh_shape: Mapping[str, int], axes: MeshAxes) -> int:
   return size
 
 
-def logical_spec(names: Sequence[Optional[str]], shape: Optional[Sequence[int]] = None,
-                 mesh_shape: Optional[Mapping[str, int]] = None,
-                 rules: Optional[Mapping[str, MeshAxes]] = None) -> P:
+def logical_spec(
+    names: Sequence[Optional[str]],
+    shape: Optional[Sequence[int]] = None,
+    mesh_shape: Optional[Mapping[str, int]] = None,
+    rules: Optional[Mapping[str, MeshAxes]] = None,
+) -> P:
   """PartitionSpec for an array whose dims carry the logical ``names``.
 
   With ``shape`` and ``mesh_shape`` given, dims not divisible by their mesh axes are
@@ -116,6 +119,7 @@ def sampling_rules(config):
   """The weight layout rollouts and evals use, from ``config.mesh.sampling_layout``."""
   layout = config.get("mesh", {}).get("sampling_layout", "gathered")
   if layout not in SAMPLING_LAYOUTS:
-    raise ValueError(f"config.mesh.sampling_layout={layout!r}; expected one of "
-                     f"{sorted(SAMPLING_LAYOUTS)}")
+    raise ValueError(
+        f"config.mesh.sampling_layout={layout!r}; expected one of " f"{sorted(SAMPLING_LAYOUTS)}"
+    )
   return SAMPLING_LAYOUTS[layout]

@@ -177,8 +177,14 @@ def remove_stale_tmp_dirs(directory: str) -> None:
 class Checkpointer:
   """Orbax ``CheckpointManager`` under ``directory/checkpoints`` (see the module docstring)."""
 
-  def __init__(self, directory: str, max_to_keep: Optional[int] = 3, save_interval_steps: int = 1,
-               async_save: bool = False, read_only: bool = False):
+  def __init__(
+      self,
+      directory: str,
+      max_to_keep: Optional[int] = 3,
+      save_interval_steps: int = 1,
+      async_save: bool = False,
+      read_only: bool = False,
+  ):
     self.directory = os.path.join(os.path.abspath(os.fspath(directory)), "checkpoints")
     self.read_only = read_only
     if not read_only:  # every process of a run opens its writer here, so all reach the barrier
@@ -188,11 +194,19 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(  # read-only: no pruning, no saves
         max_to_keep=None if read_only else max_to_keep,
         save_interval_steps=0 if read_only else save_interval_steps,
-        enable_async_checkpointing=async_save, create=not read_only, read_only=read_only)
+        enable_async_checkpointing=async_save,
+        create=not read_only,
+        read_only=read_only,
+    )
     self._mngr = ocp.CheckpointManager(self.directory, options=options)
 
-  def save(self, step: int, items: Mapping[str, Any], meta: Optional[Mapping[str, Any]] = None,
-           force: bool = False) -> bool:
+  def save(
+      self,
+      step: int,
+      items: Mapping[str, Any],
+      meta: Optional[Mapping[str, Any]] = None,
+      force: bool = False,
+  ) -> bool:
     """Saves ``items`` (name -> pytree) and JSON ``meta`` as ``step``; every process calls it.
 
     Returns False when ``save_interval_steps`` skips the step (``force=True`` saves anyway).
@@ -216,8 +230,9 @@ class Checkpointer:
     args[INDEX] = ocp.args.JsonSave(index)
     return self._mngr.save(int(step), args=ocp.args.Composite(**args), force=force)
 
-  def restore(self, step: Optional[int] = None, targets: Optional[Mapping[str, Any]] = None
-              ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  def restore(
+      self, step: Optional[int] = None, targets: Optional[Mapping[str, Any]] = None
+  ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Returns ``(items, meta)`` of ``step`` (default: the latest finalised one).
 
     ``targets`` (name -> concrete or abstract pytree, leaves optionally sharded) fixes the

@@ -23,10 +23,10 @@ def section_to(cls, section, where: str, skip=()):
   values = {k: v for k, v in section.items() if k not in skip}
   unknown = sorted(set(values) - fields)
   if unknown:
-    raise ValueError(f"{where} has unknown key(s) {unknown}; {cls.__name__} accepts "
-                     f"{sorted(fields)}")
+    raise ValueError(
+        f"{where} has unknown key(s) {unknown}; {cls.__name__} accepts " f"{sorted(fields)}"
+    )
   return cls(**values)
-
 
 
 def _err(key: str, why: str) -> ValueError:
@@ -36,9 +36,11 @@ def _err(key: str, why: str) -> ValueError:
 def _keys(section: Any, known: Iterable[str], where: str) -> None:
   unknown = sorted(set(section) - set(known))
   if unknown:
-    raise _err(f"{where}.{unknown[0]}" if where else unknown[0],
-               f"unknown key(s) {unknown} in config{'.' + where if where else ''}; known: "
-               f"{sorted(known)}")
+    raise _err(
+        f"{where}.{unknown[0]}" if where else unknown[0],
+        f"unknown key(s) {unknown} in config{'.' + where if where else ''}; known: "
+        f"{sorted(known)}",
+    )
 
 
 def _positive(section: Mapping, key: str, where: str, allow_zero: bool = False) -> int:
@@ -52,6 +54,7 @@ def _positive(section: Mapping, key: str, where: str, allow_zero: bool = False) 
 
 def _optim(section: Any, where: str) -> None:
   from jdiff.train.optim import DEFAULTS, make_optimizer
+
   _keys(section, set(DEFAULTS) | {"learning_rate"}, where)
   try:
     make_optimizer(dict(section))
@@ -73,6 +76,7 @@ def schema(cls) -> set:
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
   """``config.model``."""
+
   checkpoint: str = ""  # a local HF or jdiff checkpoint directory; empty: the preset
   tokenizer: str = ""
   family: str = ""  # llada | dream | sdar; empty: the preset's (or the checkpoint's)
@@ -95,6 +99,7 @@ REWARD_TEXTS = ("to_eos", "whole")  # config.task.reward_text
 @dataclasses.dataclass(frozen=True)
 class TaskSection:
   """``config.task``."""
+
   name: str = ""
   num_train: int = 0
   num_eval: int = 0
@@ -115,6 +120,7 @@ class TaskSection:
 @dataclasses.dataclass(frozen=True)
 class DataSection:
   """``config.data``."""
+
   max_prompt_len: int = 0
   use_chat_template: bool = False
 
@@ -122,6 +128,7 @@ class DataSection:
 @dataclasses.dataclass(frozen=True)
 class SFTSection:
   """``config.sft``: the warm start (and scripts/sft.py)."""
+
   steps: int = 0
   batch_size: int = 0
   max_len: int = 0
@@ -136,6 +143,7 @@ class SFTSection:
 @dataclasses.dataclass(frozen=True)
 class EvalSection:
   """``config.eval``."""
+
   batch_size: int = 0
   sampler: Any = None
   threshold: Any = None
@@ -144,6 +152,7 @@ class EvalSection:
 @dataclasses.dataclass(frozen=True)
 class CheckpointSection:
   """``config.checkpoint``."""
+
   every: int = 0
   max_to_keep: int = 0
 
@@ -151,6 +160,7 @@ class CheckpointSection:
 @dataclasses.dataclass(frozen=True)
 class MeshSection:
   """``config.mesh``."""
+
   shape: Any = (-1, 1, 1)  # (data, fsdp, tensor), at most one -1
   axis_names: Any = None
   sampling_layout: str = "gathered"
@@ -160,6 +170,7 @@ class MeshSection:
 class ValueSection:
   """``config.value``: the switch and optimizer of TraceRL's value model; its loss settings
   are :class:`jdiff.rl.value.ValueConfig`'s fields."""
+
   enabled: bool = False
   optim: Any = None
 
@@ -167,6 +178,7 @@ class ValueSection:
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
   """``config.rl``: the online loop's schedule (see configs/tracerl.py)."""
+
   steps: int = 20
   prompts_per_step: int = 8
   group_size: int = 8  # responses per prompt (the advantage groups)
@@ -189,13 +201,16 @@ class RLConfig:
   def __post_init__(self):
     rows, rb = int(self.prompts_per_step) * int(self.group_size), int(self.rollout_batch)
     if rb < 0 or (0 < rb < rows and rows % rb):
-      raise ValueError(f"config.rl.rollout_batch={rb} must be 0 or divide the "
-                       f"{rows} rows of a step (prompts_per_step x group_size)")
+      raise ValueError(
+          f"config.rl.rollout_batch={rb} must be 0 or divide the "
+          f"{rows} rows of a step (prompts_per_step x group_size)"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
 class OfflineConfig:
   """``config.offline``: where the pairs come from and how they are trained on."""
+
   pairs_path: str = ""  # local pairs file; empty = sample them from the warm-started policy
   field_map: Any = None  # {"prompt"|"chosen"|"rejected": "<column>"} for pairs_path
   num_prompts: int = 0  # training prompts used to build pairs (0 = all)
@@ -215,9 +230,11 @@ class OfflineConfig:
     if self.group_size < 2 and not self.pairs_path:
       raise ValueError("config.offline.group_size must be >= 2 to pair completions")
     if self.pairs_per_step % self.grad_accum:
-      raise ValueError(f"config.offline.pairs_per_step={self.pairs_per_step} must be divisible "
-                       f"by config.offline.grad_accum={self.grad_accum} (pairs stay together "
-                       "in a micro-batch)")
+      raise ValueError(
+          f"config.offline.pairs_per_step={self.pairs_per_step} must be divisible "
+          f"by config.offline.grad_accum={self.grad_accum} (pairs stay together "
+          "in a micro-batch)"
+      )
 
 
 def offline_config(config) -> OfflineConfig:
@@ -240,13 +257,29 @@ def mesh_shape(shape) -> tuple:
   return shape
 
 
-TOP_LEVEL = {"seed", "tensorboard", "sampler", "method", "value", "optim", "offline", "model",
-             "task", "data", "sft", "eval", "rl", "checkpoint", "mesh"}
+TOP_LEVEL = {
+    "seed",
+    "tensorboard",
+    "sampler",
+    "method",
+    "value",
+    "optim",
+    "offline",
+    "model",
+    "task",
+    "data",
+    "sft",
+    "eval",
+    "rl",
+    "checkpoint",
+    "mesh",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   """A whole config, typed: one dataclass per section (None for an absent optional one)."""
+
   kind: str  # "rl" (online or offline) or "sft"
   seed: int
   model: ModelSection
@@ -277,8 +310,15 @@ class RunConfig:
     task = _task(config.task)
     data = _section(DataSection, config.data, "data")
     _positive(config.data, "max_prompt_len", "data")
-    parts = dict(kind=kind, seed=config.get("seed", 0), model=model, model_config=model_cfg,
-                 family=family, task=task, data=data)
+    parts = dict(
+        kind=kind,
+        seed=config.get("seed", 0),
+        model=model,
+        model_config=model_cfg,
+        family=family,
+        task=task,
+        data=data,
+    )
     parts.update(_common(config, kind, model_cfg, family))
     if kind == "sft":
       if "sft" not in config:
@@ -291,6 +331,7 @@ def _model(mc) -> Tuple[ModelSection, Any, str]:
   """The section, and the architecture the sampler and method settings are checked against:
   the preset's (``model.preset`` names the expected architecture even with a checkpoint)."""
   from jdiff.models.config import DTYPES, PRESETS, REMAT_POLICIES, preset
+
   section = _section(ModelSection, mc, "model")
   for k in ("param_dtype", "dtype"):
     if mc.get(k) and mc.get(k) not in DTYPES:
@@ -310,6 +351,7 @@ def _model(mc) -> Tuple[ModelSection, Any, str]:
     raise _err("model.family", f"{family!r}; expected llada, dream or sdar")
   if mc.get("lora") is not None:
     from jdiff.models.lora import LoraConfig
+
     LoraConfig.from_section(mc.lora)  # raises naming config.model.lora.<key>
   return section, cfg, family or (cfg.family if cfg is not None else "")
 
@@ -317,6 +359,7 @@ def _model(mc) -> Tuple[ModelSection, Any, str]:
 def _task(tc) -> TaskSection:
   from jdiff.rewards import available_rewards
   from jdiff.tasks import TASKS
+
   section = _section(TaskSection, tc, "task")
   if tc.get("name") not in TASKS:
     raise _err("task.name", f"unknown task {tc.get('name')!r}; available: {sorted(TASKS)}")
@@ -338,6 +381,7 @@ def _reward_switches(section: TaskSection, spec) -> None:
   ``max_tokens`` (else the switch would silently do nothing)."""
   import inspect
   from jdiff.rewards import get_reward
+
   if section.reward_text not in REWARD_TEXTS:
     raise _err("task.reward_text", f"{section.reward_text!r}; expected one of {REWARD_TEXTS}")
   if not isinstance(section.length_penalty, bool):
@@ -346,17 +390,22 @@ def _reward_switches(section: TaskSection, spec) -> None:
     return
   spec = [spec] if isinstance(spec, str) or callable(spec) else list(spec)
   fns = [get_reward(r) if isinstance(r, str) else r for r in spec]
+
   def reads(fn):
     params = inspect.signature(fn).parameters.values()
     return any(p.name == "max_tokens" or p.kind is p.VAR_KEYWORD for p in params)
+
   if not any(reads(fn) for fn in fns):
-    raise _err("task.length_penalty", f"no reward in {spec} takes max_tokens / "
-               "response_length (the math reward does)")
+    raise _err(
+        "task.length_penalty",
+        f"no reward in {spec} takes max_tokens / " "response_length (the math reward does)",
+    )
 
 
 def _sampler(sc, where: str, model_cfg, family: str):
   """(name, sampler config) checked by the sampler itself against the model config."""
   from jdiff.sampling import registry as samplers
+
   name = sc.get("name") or samplers.DEFAULT_FOR_FAMILY.get(family)
   if name is None:
     raise _err(f"{where}.name", "no sampler name and no model family to pick a default")
@@ -372,11 +421,14 @@ def _sampler(sc, where: str, model_cfg, family: str):
 
 def _sft(sc) -> SFTSection:
   from jdiff import sft as sft_lib
+
   section = _section(SFTSection, sc, "sft")
   steps = _positive(sc, "steps", "sft", allow_zero=True)
   if sc.get("objective") not in sft_lib.names():
-    raise _err("sft.objective", f"unknown SFT objective {sc.get('objective')!r}; available: "
-               f"{sft_lib.names()}")
+    raise _err(
+        "sft.objective",
+        f"unknown SFT objective {sc.get('objective')!r}; available: " f"{sft_lib.names()}",
+    )
   if "options" in sc:
     _keys(sc.options or {}, sft_lib.options(sc.objective), "sft.options")
   if "optim" in sc:
@@ -385,6 +437,7 @@ def _sft(sc) -> SFTSection:
     raise _err("sft.trace", f"only the trace_sft objective reads it, not {sc.get('objective')!r}")
   if sc.get("objective") == "trace_sft":
     from jdiff.sft.trace_sft import TraceCollectConfig
+
     section_to(TraceCollectConfig, sc.get("trace") or {}, "config.sft.trace")
   if steps:
     bs = _positive(sc, "batch_size", "sft")
@@ -397,6 +450,7 @@ def _sft(sc) -> SFTSection:
 
 def _mesh(mesh) -> MeshSection:
   from jdiff.sharding.rules import SAMPLING_LAYOUTS
+
   section = _section(MeshSection, mesh, "mesh")
   mesh_shape(mesh.get("shape"))
   layout = mesh.get("sampling_layout", "gathered")
@@ -415,10 +469,14 @@ def _common(config, kind: str, model_cfg, family: str) -> dict:
     parts["sft"] = _sft(config.sft)
     if config.sft.get("steps") and kind == "rl":
       from jdiff.tasks import TASKS
+
       task = TASKS[config.task.name]
       if task.completion is None:
-        raise _err("sft.steps", f"task {task.name!r} has no target completions for the warm "
-                   "start; set 0 (warm-start with scripts/sft.py instead)")
+        raise _err(
+            "sft.steps",
+            f"task {task.name!r} has no target completions for the warm "
+            "start; set 0 (warm-start with scripts/sft.py instead)",
+        )
   if "checkpoint" in config:
     parts["checkpoint"] = _section(CheckpointSection, config.checkpoint, "checkpoint")
     _positive(config.checkpoint, "every", "checkpoint")
@@ -437,10 +495,14 @@ def _common(config, kind: str, model_cfg, family: str) -> dict:
 
 def _method(config):
   from jdiff.rl.method import methods
+
   name = config.method.get("name")
   if "std_normalize" in config.method:
-    raise _err("method.std_normalize", "not a method setting (it did nothing there); the "
-               "advantage's std division is config.rl.std_normalize")
+    raise _err(
+        "method.std_normalize",
+        "not a method setting (it did nothing there); the "
+        "advantage's std division is config.rl.std_normalize",
+    )
   try:
     method = methods.get(name)
   except KeyError as e:
@@ -457,6 +519,7 @@ def _method(config):
 
 def _online(config, method, method_cfg, sampler_cfg) -> dict:
   from jdiff.rl.registry import advantage_estimators
+
   if "rl" not in config:
     raise _err("rl", f"method {method.name!r} is online and needs an rl section")
   rc = config.rl
@@ -469,8 +532,11 @@ def _online(config, method, method_cfg, sampler_cfg) -> dict:
   if rpu % ga:
     raise _err("rl.rows_per_update", f"{rpu} is not a multiple of config.rl.grad_accum={ga}")
   if rpu and not method.step_weighted:
-    raise _err("rl.rows_per_update", f"{rpu}: method {method.name!r} normalises its loss over "
-               "the whole rollout batch; minibatching needs 0")
+    raise _err(
+        "rl.rows_per_update",
+        f"{rpu}: method {method.name!r} normalises its loss over "
+        "the whole rollout batch; minibatching needs 0",
+    )
   _positive(rc, "eval_every", "rl", allow_zero=True)
   responses = rc.prompts_per_step * rc.group_size
   if rc.group_size < 2:
@@ -480,15 +546,21 @@ def _online(config, method, method_cfg, sampler_cfg) -> dict:
   steps = int(method.rows_per_response(method_cfg, sampler_cfg))
   if (responses * steps) % ga:
     what = "responses" if steps == 1 else f"rows ({responses} responses x {steps} steps)"
-    raise _err("rl.grad_accum", f"{ga} does not divide the {responses * steps} {what} per "
-               "step (config.rl.prompts_per_step * config.rl.group_size)")
+    raise _err(
+        "rl.grad_accum",
+        f"{ga} does not divide the {responses * steps} {what} per "
+        "step (config.rl.prompts_per_step * config.rl.group_size)",
+    )
   # (A range outside [0, 1] is allowed: it filters every group, which the loop warns about.)
   if rc.get("filter_groups") and not rc.filter_low <= rc.filter_high:
     raise _err("rl.filter_low", f"{rc.filter_low} > config.rl.filter_high={rc.filter_high}")
   # trace_gae is the value model's token-level estimator, not a group one.
   if section.advantage not in advantage_estimators or section.advantage == "trace_gae":
-    raise _err("rl.advantage", f"unknown group advantage estimator {section.advantage!r}; "
-               f"available: {[n for n in advantage_estimators.names() if n != 'trace_gae']}")
+    raise _err(
+        "rl.advantage",
+        f"unknown group advantage estimator {section.advantage!r}; "
+        f"available: {[n for n in advantage_estimators.names() if n != 'trace_gae']}",
+    )
   return dict(rl=section, **_value(config, method))
 
 
@@ -497,15 +569,18 @@ def _value(config, method) -> dict:
   if value is None:
     return {}
   from jdiff.rl import value as value_lib
+
   _keys(value, schema(ValueSection) | schema(value_lib.ValueConfig), "value")
   optim = value.get("optim")
-  section = ValueSection(enabled=bool(value.get("enabled", False)),
-                         optim=None if optim is None else dict(optim))
+  section = ValueSection(
+      enabled=bool(value.get("enabled", False)), optim=None if optim is None else dict(optim)
+  )
   if not section.enabled:
     return dict(value=section)
   if not method.value_model:
-    raise _err("value.enabled", f"the value model trains on TraceRL rows; method is "
-               f"{method.name!r}")
+    raise _err(
+        "value.enabled", f"the value model trains on TraceRL rows; method is " f"{method.name!r}"
+    )
   vcfg = section_to(value_lib.ValueConfig, value, "config.value", skip=("enabled", "optim"))
   if "optim" in value:
     _optim(value.optim, "value.optim")
@@ -514,8 +589,11 @@ def _value(config, method) -> dict:
 
 def _offline(config) -> dict:
   if "offline" not in config:
-    raise _err("offline", f"method {config.method.name!r} is offline and needs an offline "
-               "section (see configs/dtrpo.py)")
+    raise _err(
+        "offline",
+        f"method {config.method.name!r} is offline and needs an offline "
+        "section (see configs/dtrpo.py)",
+    )
   try:
     oc = offline_config(config)
   except ValueError as e:
@@ -536,8 +614,9 @@ def _rl(cls, config, parts: dict) -> RunConfig:
     raise _err("sampler", "an RL config needs a rollout sampler section")
   sampler = _sampler(config.sampler, "sampler", parts["model_config"], parts["family"])
   parts.update(method=method, method_cfg=method_cfg, sampler=sampler)
-  parts.update(_offline(config) if method.offline
-               else _online(config, method, method_cfg, sampler[1]))
+  parts.update(
+      _offline(config) if method.offline else _online(config, method, method_cfg, sampler[1])
+  )
   run_cfg = cls(**parts)
   method.check(method_cfg, run_cfg, sampler[1], run_cfg.model_config)
   return run_cfg
@@ -552,7 +631,21 @@ def validate_config(config, kind: Optional[str] = None) -> RunConfig:
   return RunConfig.from_config(config, kind)
 
 
-__all__ = ["CheckpointSection", "DataSection", "EvalSection", "MeshSection", "ModelSection",
-           "OfflineConfig", "RLConfig", "RunConfig", "SFTSection", "TaskSection",
-           "ValueSection", "mesh_shape", "offline_config", "schema", "section_to",
-           "validate_config"]
+__all__ = [
+    "CheckpointSection",
+    "DataSection",
+    "EvalSection",
+    "MeshSection",
+    "ModelSection",
+    "OfflineConfig",
+    "RLConfig",
+    "RunConfig",
+    "SFTSection",
+    "TaskSection",
+    "ValueSection",
+    "mesh_shape",
+    "offline_config",
+    "schema",
+    "section_to",
+    "validate_config",
+]

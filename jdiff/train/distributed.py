@@ -28,8 +28,7 @@ from jax.sharding import Mesh, NamedSharding
 from jdiff.sharding.rules import MeshAxes, logical_spec
 
 
-def row_sharding(mesh: Mesh, shape: Sequence[int],
-                 rules: Mapping[str, MeshAxes]) -> NamedSharding:
+def row_sharding(mesh: Mesh, shape: Sequence[int], rules: Mapping[str, MeshAxes]) -> NamedSharding:
   """The leading dim split by the ``"batch"`` rule (replicated when it does not divide)."""
   names = ("batch",) + (None,) * (len(shape) - 1)
   return NamedSharding(mesh, logical_spec(names, tuple(shape), dict(mesh.shape), rules))
@@ -44,8 +43,9 @@ def local_rows(sharding: NamedSharding, shape: Sequence[int]) -> np.ndarray:
   return np.asarray(sorted(rows), np.int64)
 
 
-def rows_to_global(local: np.ndarray, rows: np.ndarray, shape: Sequence[int],
-                   sharding: NamedSharding) -> jax.Array:
+def rows_to_global(
+    local: np.ndarray, rows: np.ndarray, shape: Sequence[int], sharding: NamedSharding
+) -> jax.Array:
   """A global ``shape`` array from this process's rows only (``local[i]`` is row ``rows[i]``)."""
   position = {int(r): i for i, r in enumerate(rows)}
   local = np.asarray(local)
@@ -60,6 +60,7 @@ def rows_to_global(local: np.ndarray, rows: np.ndarray, shape: Sequence[int],
 def to_global(tree: Any, shardings: Any) -> Any:
   """Host arrays, identical on every process, as global arrays; each process materialises
   only the shards its devices hold."""
+
   def one(x, s):
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
@@ -70,6 +71,7 @@ def to_global(tree: Any, shardings: Any) -> Any:
 def to_host(tree: Any) -> Any:
   """Every leaf as a full numpy array on every process (an all-gather where rows live on
   other processes)."""
+
   def one(x):
     if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
@@ -97,8 +99,7 @@ def gather_rows(local: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
   # Sent as raw bytes: JAX (without x64) would turn float64 rewards into float32.
   raw = np.ascontiguousarray(full).view(np.uint8).reshape(n, -1)
   all_raw = np.asarray(multihost_utils.process_allgather(raw))  # [P, n, bytes per row]
-  all_full = all_raw.reshape(all_raw.shape[:2] + (-1,)).view(full.dtype).reshape(
-      (-1,) + full.shape)
+  all_full = all_raw.reshape(all_raw.shape[:2] + (-1,)).view(full.dtype).reshape((-1,) + full.shape)
   all_owned = np.asarray(multihost_utils.process_allgather(owned.astype(np.uint8))) > 0
   if not all_owned.any(0).all():
     raise ValueError(f"rows {np.flatnonzero(~all_owned.any(0))[:8].tolist()} have no owner")
@@ -116,5 +117,13 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
-__all__ = ["barrier", "gather_rows", "is_primary", "local_rows", "row_sharding", "rows_to_global",
-           "to_global", "to_host"]
+__all__ = [
+    "barrier",
+    "gather_rows",
+    "is_primary",
+    "local_rows",
+    "row_sharding",
+    "rows_to_global",
+    "to_global",
+    "to_host",
+]

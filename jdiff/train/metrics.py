@@ -24,6 +24,7 @@ def to_python(metrics: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 class MetricsWriter:
+
   def __init__(self, workdir: str, tensorboard: bool = True):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
@@ -32,6 +33,7 @@ class MetricsWriter:
       os.makedirs(workdir, exist_ok=True)
       if tensorboard:
         from tensorboardX import SummaryWriter
+
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> Dict[str, Any]:

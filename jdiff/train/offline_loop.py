@@ -42,8 +42,15 @@ from jdiff.train import distributed as dist
 from jdiff.train.checkpointing import Checkpointer
 from jdiff.train.config import OfflineConfig
 from jdiff.train.optim import make_optimizer
-from jdiff.train.pairs import (PAIRS_FILE, file_pairs, pair_batch, read_pairs, response_width,
-                               sample_pairs, save_pairs)
+from jdiff.train.pairs import (
+    PAIRS_FILE,
+    file_pairs,
+    pair_batch,
+    read_pairs,
+    response_width,
+    sample_pairs,
+    save_pairs,
+)
 from jdiff.train.rollout import evaluate
 from jdiff.train.run_setup import Run, close_run, epoch_order, open_run, warm_start
 from jdiff.train.runtime import Runtime, policy_runtime
@@ -57,6 +64,7 @@ def _log(msg: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class OfflineContext:
   """What every offline step reads and none changes."""
+
   run: Run
   config: Any
   oc: OfflineConfig
@@ -73,8 +81,17 @@ def _evaluate(r: Run, config, policy: Runtime) -> Optional[Dict[str, float]]:
   if not r.evalset.rows:
     return None
   eval_name, eval_cfg = r.eval_sampler
-  return evaluate(policy.sampling_model(), r.mesh, r.tokenizer, r.task, r.evalset, eval_name,
-                  eval_cfg, config, r.eval_key)
+  return evaluate(
+      policy.sampling_model(),
+      r.mesh,
+      r.tokenizer,
+      r.task,
+      r.evalset,
+      eval_name,
+      eval_cfg,
+      config,
+      r.eval_key,
+  )
 
 
 def _existing_pairs(r: Run, config, oc: OfflineConfig, workdir: str):
@@ -89,8 +106,14 @@ def _existing_pairs(r: Run, config, oc: OfflineConfig, workdir: str):
     raise FileNotFoundError(f"{workdir} has checkpoints but no {PAIRS_FILE}: cannot resume")
   if oc.pairs_path:
     t0 = time.time()
-    pairs, stats = file_pairs(oc.pairs_path, oc.field_map, r.tokenizer, config,
-                              r.model.config.eos_token_id, oc.max_response_len)
+    pairs, stats = file_pairs(
+        oc.pairs_path,
+        oc.field_map,
+        r.tokenizer,
+        config,
+        r.model.config.eos_token_id,
+        oc.max_response_len,
+    )
     return pairs, stats, time.time() - t0
   return None, None, 0.0
 
@@ -103,16 +126,28 @@ def _new_pairs(r: Run, config, oc, policy: Runtime, results: dict, workdir: str,
     t0 = time.time()
     n = int(oc.num_prompts) or len(r.train.require("train").rows)
     sampler_name, sampler_cfg = r.sampler
-    pairs, stats = sample_pairs(policy.sampling_model(), r.mesh, r.tokenizer, r.task,
-                                r.train.rows[:n], r.train.ids[:n], sampler_name, sampler_cfg,
-                                oc, config, jax.random.fold_in(r.key, 2**31 - 2))
+    pairs, stats = sample_pairs(
+        policy.sampling_model(),
+        r.mesh,
+        r.tokenizer,
+        r.task,
+        r.train.rows[:n],
+        r.train.ids[:n],
+        sampler_name,
+        sampler_cfg,
+        oc,
+        config,
+        jax.random.fold_in(r.key, 2**31 - 2),
+    )
     build_s = time.time() - t0
   if stats is not None:  # a new pair set: report and save it
     results.update(stats, pair_build_s=build_s)
     _log(f"pairs: {json.dumps(stats)} ({build_s:.0f}s)")
     if not pairs:
-      raise ValueError("no preference pairs: every sampled group had equal rewards (or the "
-                       "pairs file is empty); raise offline.group_size or sampler temperature")
+      raise ValueError(
+          "no preference pairs: every sampled group had equal rewards (or the "
+          "pairs file is empty); raise offline.group_size or sampler temperature"
+      )
     if dist.is_primary():
       save_pairs(os.path.join(workdir, PAIRS_FILE), pairs)
     dist.barrier("offline_pairs")
@@ -124,14 +159,22 @@ def offline_step(ctx: OfflineContext, policy: Runtime, step: int) -> Tuple[Runti
   r, size, mc = ctx.run, int(ctx.oc.pairs_per_step), ctx.run.model.config
   t1 = time.time()
   idx = epoch_order(len(ctx.pairs), step * size, size, ctx.config.seed)
-  batch = ctx.method.build_batch(pair_batch(ctx.pairs, idx, ctx.width,
-                                            ctx.config.data.max_prompt_len, mc.pad_token_id),
-                                 None, jax.random.fold_in(r.key, step), ctx.method_cfg, mc)
+  batch = ctx.method.build_batch(
+      pair_batch(ctx.pairs, idx, ctx.width, ctx.config.data.max_prompt_len, mc.pad_token_id),
+      None,
+      jax.random.fold_in(r.key, step),
+      ctx.method_cfg,
+      mc,
+  )
   batch["ref_logp"] = policy.scores(batch, params=policy.ref_params)
   policy, m = policy.step(batch)
   row = {k: float(v) for k, v in m.items()}
-  row.update(train_s=time.time() - t1, reward_mean=ctx.reward_mean,
-             rollout_s=ctx.build_s if step == 0 else 0.0, epoch=step * size / len(ctx.pairs))
+  row.update(
+      train_s=time.time() - t1,
+      reward_mean=ctx.reward_mean,
+      rollout_s=ctx.build_s if step == 0 else 0.0,
+      epoch=step * size / len(ctx.pairs),
+  )
   if ctx.oc.eval_every and (step + 1) % int(ctx.oc.eval_every) == 0 and step + 1 < ctx.steps:
     ev = _evaluate(r, ctx.config, policy)
     if ev is not None:
@@ -157,26 +200,41 @@ def _setup(config, workdir: str):
   """Opens the run and builds the pair set and the policy: (context, policy, results)."""
   method = methods.get(config.method.name)
   if not method.offline:
-    raise ValueError(f"config.method.name={config.method.name!r} is an online method; use "
-                     "jdiff.train.rl_loop")
+    raise ValueError(
+        f"config.method.name={config.method.name!r} is an online method; use " "jdiff.train.rl_loop"
+    )
   r = open_run(config, workdir, _log)  # validates every key before anything loads
   oc, method_cfg = r.cfg.offline, r.cfg.method_cfg
   results: Dict[str, Any] = {"dropped_prompts": r.dropped}
   found = _existing_pairs(r, config, oc, workdir)
   model = warm_start(r, config, _log) if r.start is None and config.sft.steps > 0 else r.model
   # The reference is the frozen warm-started policy.
-  policy = policy_runtime(model, make_optimizer(dict(config.optim)), method, method_cfg,
-                          mesh=r.mesh, grad_accum=int(oc.grad_accum),
-                          sample_rules=sampling_rules(config), with_ref=True)
+  policy = policy_runtime(
+      model,
+      make_optimizer(dict(config.optim)),
+      method,
+      method_cfg,
+      mesh=r.mesh,
+      grad_accum=int(oc.grad_accum),
+      sample_rules=sampling_rules(config),
+      with_ref=True,
+  )
   pairs, build_s = _new_pairs(r, config, oc, policy, results, workdir, found)
   policy, start, results = _start(r, config, policy, results)
   steps = math.ceil(int(oc.epochs) * len(pairs) / int(oc.pairs_per_step))
   results["steps"] = steps
-  ctx = OfflineContext(run=r, config=config, oc=oc, method=method, method_cfg=method_cfg,
-                       pairs=pairs, width=response_width(pairs, r.sampler[1], oc),
-                       steps=min(steps, int(oc.max_steps)) if oc.max_steps else steps,
-                       reward_mean=results.get("pair_build_reward_mean", math.nan),
-                       build_s=build_s)
+  ctx = OfflineContext(
+      run=r,
+      config=config,
+      oc=oc,
+      method=method,
+      method_cfg=method_cfg,
+      pairs=pairs,
+      width=response_width(pairs, r.sampler[1], oc),
+      steps=min(steps, int(oc.max_steps)) if oc.max_steps else steps,
+      reward_mean=results.get("pair_build_reward_mean", math.nan),
+      build_s=build_s,
+  )
   return ctx, policy, start, results
 
 
@@ -184,20 +242,29 @@ def run(config, workdir: str) -> Dict[str, Any]:
   """Runs the offline ``config`` (see configs/dtrpo.py) in ``workdir``; returns results."""
   ctx, policy, start, results = _setup(config, workdir)
   r, size = ctx.run, int(ctx.oc.pairs_per_step)
-  for step in tqdm(range(start, ctx.steps), initial=start, total=ctx.steps, desc="offline",
-                   disable=jax.process_index() != 0):
+  for step in tqdm(
+      range(start, ctx.steps),
+      initial=start,
+      total=ctx.steps,
+      desc="offline",
+      disable=jax.process_index() != 0,
+  ):
     policy, row = offline_step(ctx, policy, step)
     r.writer.write(step + 1, row)
     if (step + 1) % int(config.checkpoint.every) == 0 or step + 1 == ctx.steps:
-      r.ckpt.save(step + 1, policy.items("policy"),
-                  meta={"data_position": (step + 1) * size, "seed": config.seed,
-                        "results": results}, force=True)
+      r.ckpt.save(
+          step + 1,
+          policy.items("policy"),
+          meta={"data_position": (step + 1) * size, "seed": config.seed, "results": results},
+          force=True,
+      )
   after = _evaluate(r, config, policy)
   if after is not None:
     results["accuracy_after"] = after["accuracy"]
-    _log(f"eval after: accuracy {after['accuracy']:.3f} reward {after['reward']:.3f}"
-         + (f" (before: {results['accuracy_before']:.3f})" if "accuracy_before" in results
-            else ""))
+    _log(
+        f"eval after: accuracy {after['accuracy']:.3f} reward {after['reward']:.3f}"
+        + (f" (before: {results['accuracy_before']:.3f})" if "accuracy_before" in results else "")
+    )
   return close_run(r, workdir, results, model=policy.sampling_model())
 
 

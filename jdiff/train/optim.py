@@ -13,9 +13,19 @@ import jax
 import optax
 
 SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear")
-DEFAULTS = dict(lr=1e-6, schedule="constant", warmup_steps=0, total_steps=0, b1=0.9, b2=0.999,
-                eps=1e-8, weight_decay=0.0, max_grad_norm=1.0, min_lr_ratio=0.0,
-                decay_matrices_only=True)
+DEFAULTS = dict(
+    lr=1e-6,
+    schedule="constant",
+    warmup_steps=0,
+    total_steps=0,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    weight_decay=0.0,
+    max_grad_norm=1.0,
+    min_lr_ratio=0.0,
+    decay_matrices_only=True,
+)
 
 
 def _get(cfg: Any, key: str):
@@ -51,8 +61,9 @@ def make_schedule(cfg: Any) -> optax.Schedule:
     return optax.join_schedules([warm, optax.constant_schedule(lr)], [warmup])
   if name in ("cosine", "linear"):
     if total <= warmup:
-      raise ValueError(f"optimizer: schedule {name!r} needs total_steps ({total}) > "
-                       f"warmup_steps ({warmup})")
+      raise ValueError(
+          f"optimizer: schedule {name!r} needs total_steps ({total}) > " f"warmup_steps ({warmup})"
+      )
     if name == "cosine":
       decay = optax.cosine_decay_schedule(lr, total - warmup, alpha=end / lr if lr else 0.0)
     else:
@@ -77,8 +88,14 @@ def make_optimizer(cfg: Any = None) -> optax.GradientTransformation:
   schedule = make_schedule(cfg)
   wd = float(_get(cfg, "weight_decay"))
   mask = _decay_mask if (wd and bool(_get(cfg, "decay_matrices_only"))) else None
-  adamw = optax.adamw(schedule, b1=float(_get(cfg, "b1")), b2=float(_get(cfg, "b2")),
-                      eps=float(_get(cfg, "eps")), weight_decay=wd, mask=mask)
+  adamw = optax.adamw(
+      schedule,
+      b1=float(_get(cfg, "b1")),
+      b2=float(_get(cfg, "b2")),
+      eps=float(_get(cfg, "eps")),
+      weight_decay=wd,
+      mask=mask,
+  )
   clip = _get(cfg, "max_grad_norm")
   if clip is None or float(clip) <= 0:
     return adamw

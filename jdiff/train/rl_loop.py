@@ -64,6 +64,7 @@ def _log(msg: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class StepContext:
   """What every RL step reads and none changes."""
+
   run: Run
   config: Any
   rc: RLConfig
@@ -76,13 +77,16 @@ class StepContext:
 @dataclasses.dataclass(frozen=True)
 class RLRuntime:
   """The policy's runtime and, with ``config.value.enabled``, the value model's."""
+
   policy: Runtime
   value: Optional[Runtime] = None
 
   def items(self) -> dict:
     """What a checkpoint stores."""
-    return {**self.policy.items("policy"),
-            **(self.value.items("value") if self.value is not None else {})}
+    return {
+        **self.policy.items("policy"),
+        **(self.value.items("value") if self.value is not None else {}),
+    }
 
   def restored(self, items: dict) -> "RLRuntime":
     value = self.value.restored(items, "value") if self.value is not None else None
@@ -92,23 +96,51 @@ class RLRuntime:
 def build(config, r: Run, model) -> Tuple[StepContext, RLRuntime]:
   """The step context and the initial runtimes for ``model`` (the warm-started policy)."""
   rc, method, method_cfg = r.cfg.rl, r.cfg.method, r.cfg.method_cfg
-  policy = policy_runtime(model, make_optimizer(dict(config.optim)), method, method_cfg,
-                          mesh=r.mesh, grad_accum=int(rc.grad_accum),
-                          sample_rules=sampling_rules(config))
+  policy = policy_runtime(
+      model,
+      make_optimizer(dict(config.optim)),
+      method,
+      method_cfg,
+      mesh=r.mesh,
+      grad_accum=int(rc.grad_accum),
+      sample_rules=sampling_rules(config),
+  )
   vcfg, value = r.cfg.value_cfg, None
   if vcfg is not None:  # config.value.enabled
-    value = value_runtime(model, make_optimizer(dict(config.value.optim)), vcfg, model.config,
-                          mesh=r.mesh, grad_accum=int(rc.grad_accum))
-  ctx = StepContext(run=r, config=config, rc=rc, method=method, method_cfg=method_cfg,
-                    advantage=advantage_estimators.get(rc.advantage), vcfg=vcfg)
+    value = value_runtime(
+        model,
+        make_optimizer(dict(config.value.optim)),
+        vcfg,
+        model.config,
+        mesh=r.mesh,
+        grad_accum=int(rc.grad_accum),
+    )
+  ctx = StepContext(
+      run=r,
+      config=config,
+      rc=rc,
+      method=method,
+      method_cfg=method_cfg,
+      advantage=advantage_estimators.get(rc.advantage),
+      vcfg=vcfg,
+  )
   return ctx, RLRuntime(policy, value)
 
 
 def _evaluate(ctx: StepContext, policy: Runtime) -> Dict[str, float]:
   r = ctx.run
-  (eval_name, eval_cfg) = r.eval_sampler
-  return evaluate(policy.sampling_model(), r.mesh, r.tokenizer, r.task,
-                  r.evalset.require("eval"), eval_name, eval_cfg, ctx.config, r.eval_key)
+  eval_name, eval_cfg = r.eval_sampler
+  return evaluate(
+      policy.sampling_model(),
+      r.mesh,
+      r.tokenizer,
+      r.task,
+      r.evalset.require("eval"),
+      eval_name,
+      eval_cfg,
+      ctx.config,
+      r.eval_key,
+  )
 
 
 def _collect(ctx: StepContext, policy: Runtime, step: int, skey):
@@ -119,13 +151,28 @@ def _collect(ctx: StepContext, policy: Runtime, step: int, skey):
   prompt_ids = [train.ids[i] for i in idx for _ in range(group)]
   rows = [train.rows[i] for i in idx for _ in range(group)]
   sampler_name, sampler_cfg = r.sampler
-  traj, mine = rollout(policy.sampling_model(), r.mesh, sampler_name, sampler_cfg, prompt_ids,
-                       r.model.config.pad_token_id, ctx.config.data.max_prompt_len,
-                       jax.random.fold_in(skey, 0), rollout_batch=int(rc.rollout_batch))
+  traj, mine = rollout(
+      policy.sampling_model(),
+      r.mesh,
+      sampler_name,
+      sampler_cfg,
+      prompt_ids,
+      r.model.config.pad_token_id,
+      ctx.config.data.max_prompt_len,
+      jax.random.fold_in(skey, 0),
+      rollout_batch=int(rc.rollout_batch),
+  )
   traj = dist.to_host(traj)  # the method's batch builder reads whole trajectories
-  rewards = local_rewards(ctx.config.task.get("reward") or r.task.reward, r.tokenizer, r.task,
-                          traj.tokens, traj.lengths, mine, rows,
-                          **reward_options(ctx.config.task, sampler_cfg, traj))
+  rewards = local_rewards(
+      ctx.config.task.get("reward") or r.task.reward,
+      r.tokenizer,
+      r.task,
+      traj.tokens,
+      traj.lengths,
+      mine,
+      rows,
+      **reward_options(ctx.config.task, sampler_cfg, traj),
+  )
   return traj, dist.gather_rows(rewards, mine, len(prompt_ids))
 
 
@@ -133,16 +180,23 @@ def _advantages(ctx: StepContext, rewards, step: int):
   """Per-response advantages and the accuracy filter's keep mask (None without the filter).
   Warns when the kept groups carry no learning signal (every advantage 0)."""
   rc = ctx.rc
-  adv = np.asarray(ctx.advantage(jnp.asarray(rewards, jnp.float32), int(rc.group_size),
-                                 std_normalize=bool(rc.std_normalize)))
+  adv = np.asarray(
+      ctx.advantage(
+          jnp.asarray(rewards, jnp.float32),
+          int(rc.group_size),
+          std_normalize=bool(rc.std_normalize),
+      )
+  )
   keep = None
   if rc.filter_groups:  # group_filter warns when it keeps nothing
     keep = adv_lib.group_filter(rewards, int(rc.group_size), rc.filter_low, rc.filter_high)
   kept = adv if keep is None else adv[keep]
   if kept.size and not np.any(kept != 0):
-    warnings.warn(f"step {step + 1}: no learning signal: every advantage of the "
-                  f"{kept.size} kept responses is 0 (equal rewards within each group)",
-                  stacklevel=2)
+    warnings.warn(
+        f"step {step + 1}: no learning signal: every advantage of the "
+        f"{kept.size} kept responses is 0 (equal rewards within each group)",
+        stacklevel=2,
+    )
   return adv, keep
 
 
@@ -155,13 +209,15 @@ def _train_batch(ctx: StepContext, rt: RLRuntime, traj, rewards, skey, step: int
     if not keep.any():
       return None, None, None, keep
     traj, adv = minibatch.subset_trajectory(traj, keep), adv[keep]
-  batch = ctx.method.build_batch(traj, adv, jax.random.fold_in(skey, 1), ctx.method_cfg,
-                                 ctx.run.model.config)
+  batch = ctx.method.build_batch(
+      traj, adv, jax.random.fold_in(skey, 1), ctx.method_cfg, ctx.run.model.config
+  )
   v_rows, returns = None, None
   if rt.value is not None:
     v_rows = rt.value.scores(batch)  # in rl.grad_accum row chunks, on the host
     returns, tok_adv, _ = value_lib.returns_and_advantages(
-        batch, v_rows, adv, len(adv), traj.tokens.shape[1], ctx.vcfg)
+        batch, v_rows, adv, len(adv), traj.tokens.shape[1], ctx.vcfg
+    )
     value_lib.scatter_to_rows(batch, tok_adv, "advantages")
   batch["old_logp"] = rt.policy.scores(batch)
   if rt.policy.ref_params is not None:
@@ -200,8 +256,9 @@ def _policy_updates(ctx: StepContext, policy: Runtime, batch, keep=None):
   return policy, metrics
 
 
-def _value_update(ctx: StepContext, value: Optional[Runtime], batch, v_rows, returns, step,
-                  keep=None):
+def _value_update(
+    ctx: StepContext, value: Optional[Runtime], batch, v_rows, returns, step, keep=None
+):
   """One pass over the kept rows, minibatched as the policy; the reference counts epochs from
   1 and trains the value model when ``epoch % train_value_every == 0``."""
   if value is None or batch is None or (step + 1) % ctx.vcfg.train_value_every:
@@ -218,11 +275,16 @@ def _value_update(ctx: StepContext, value: Optional[Runtime], batch, v_rows, ret
 
 def _row(ctx: StepContext, traj, rewards, metrics, rollout_s, train_s) -> Dict[str, float]:
   lengths = np.asarray(traj.lengths)
-  row = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
-         "accuracy": float(ctx.run.task.correct(rewards).mean()),
-         "response_length": float(lengths.mean()), "rollout_s": rollout_s,
-         "train_s": train_s, "tokens_per_s": float(lengths.sum()) / max(rollout_s, 1e-9),
-         "optimizer_steps": float(len(metrics))}
+  row = {
+      "reward_mean": float(rewards.mean()),
+      "reward_std": float(rewards.std()),
+      "accuracy": float(ctx.run.task.correct(rewards).mean()),
+      "response_length": float(lengths.mean()),
+      "rollout_s": rollout_s,
+      "train_s": train_s,
+      "tokens_per_s": float(lengths.sum()) / max(rollout_s, 1e-9),
+      "optimizer_steps": float(len(metrics)),
+  }
   for k in (metrics[-1] if metrics else ()):  # policy metrics: the mean over the step's updates
     row[k] = float(np.mean([m[k] for m in metrics]))
   return row
@@ -242,8 +304,10 @@ def rl_step(ctx: StepContext, rt: RLRuntime, step: int) -> Tuple[RLRuntime, Dict
   train_s = time.time() - t1
   skipped = int(sum(float(m.get("skipped", 0.0)) for m in metrics))
   if skipped:  # the update step kept params and optimizer state; say so, don't stop
-    _log(f"step {step + 1}: non-finite loss or gradient in {skipped} of {len(metrics)} "
-         "update(s); skipped, parameters and optimizer state kept")
+    _log(
+        f"step {step + 1}: non-finite loss or gradient in {skipped} of {len(metrics)} "
+        "update(s); skipped, parameters and optimizer state kept"
+    )
   row = _row(ctx, traj, rewards, metrics, rollout_s, train_s)
   row.update(value_metrics)
   row.update(minibatch.drop_report(keep, int(ctx.rc.group_size)))
@@ -276,16 +340,22 @@ def run(config, workdir: str) -> Dict[str, Any]:
   ctx, rt = build(config, r, model)
   rt, start, results = _start(ctx, rt, {"dropped_prompts": r.dropped})
   steps = int(ctx.rc.steps)
-  for step in tqdm(range(start, steps), initial=start, total=steps, desc="rl",
-                   disable=jax.process_index() != 0):
+  for step in tqdm(
+      range(start, steps), initial=start, total=steps, desc="rl", disable=jax.process_index() != 0
+  ):
     rt, row = rl_step(ctx, rt, step)
     r.writer.write(step + 1, row)
     if (step + 1) % int(config.checkpoint.every) == 0 or step + 1 == steps:
-      meta = {"data_position": (step + 1) * int(ctx.rc.prompts_per_step), "seed": config.seed,
-              "results": results}
+      meta = {
+          "data_position": (step + 1) * int(ctx.rc.prompts_per_step),
+          "seed": config.seed,
+          "results": results,
+      }
       r.ckpt.save(step + 1, rt.items(), meta=meta, force=True)
   after = _evaluate(ctx, rt.policy)
   results["accuracy_after"] = after["accuracy"]
-  _log(f"eval after RL: accuracy {after['accuracy']:.3f} reward {after['reward']:.3f}"
-       + (f" (before: {results['accuracy_before']:.3f})" if "accuracy_before" in results else ""))
+  _log(
+      f"eval after RL: accuracy {after['accuracy']:.3f} reward {after['reward']:.3f}"
+      + (f" (before: {results['accuracy_before']:.3f})" if "accuracy_before" in results else "")
+  )
   return close_run(r, workdir, results, model=rt.policy.sampling_model())

@@ -19,16 +19,27 @@ from jdiff.train import distributed as dist
 
 
 def decode(tokenizer, tokens: np.ndarray, lengths: np.ndarray) -> List[str]:
-  return [tokenizer.decode(t[:n].tolist(), skip_special_tokens=True)
-          for t, n in zip(np.asarray(tokens), np.asarray(lengths))]
+  return [
+      tokenizer.decode(t[:n].tolist(), skip_special_tokens=True)
+      for t, n in zip(np.asarray(tokens), np.asarray(lengths))
+  ]
 
 
 def _columns(task, rows):
   return {c: [r[c] for r in rows] for c in task.columns}
 
 
-def rollout(model, mesh, sampler_name, sampler_cfg, prompt_ids, pad_id, prompt_len, key,
-            rollout_batch: int = 0):
+def rollout(
+    model,
+    mesh,
+    sampler_name,
+    sampler_cfg,
+    prompt_ids,
+    pad_id,
+    prompt_len,
+    key,
+    rollout_batch: int = 0,
+):
   """Samples ``prompt_ids`` (the whole global batch, as every process knows it) on ``mesh``.
 
   Each process pads and places only the rows its devices hold. Returns the trajectory as
@@ -38,14 +49,20 @@ def rollout(model, mesh, sampler_name, sampler_cfg, prompt_ids, pad_id, prompt_l
   """
   n, rb = len(prompt_ids), int(rollout_batch)
   if rb <= 0 or rb >= n:
-    return _rollout_rows(model, mesh, sampler_name, sampler_cfg, prompt_ids, pad_id,
-                         prompt_len, key, 0)
+    return _rollout_rows(
+        model, mesh, sampler_name, sampler_cfg, prompt_ids, pad_id, prompt_len, key, 0
+    )
   if n % rb:
     raise ValueError(f"rl.rollout_batch={rb} must divide the rollout's {n} rows")
-  parts = [_rollout_rows(model, mesh, sampler_name, sampler_cfg, prompt_ids[s:s + rb], pad_id,
-                         prompt_len, key, s) for s in range(0, n, rb)]
+  parts = [
+      _rollout_rows(
+          model, mesh, sampler_name, sampler_cfg, prompt_ids[s : s + rb], pad_id, prompt_len, key, s
+      )
+      for s in range(0, n, rb)
+  ]
   return _concat_trajectories([t for t, _ in parts]), np.concatenate(
-      [rows + s for (_, rows), s in zip(parts, range(0, n, rb))])
+      [rows + s for (_, rows), s in zip(parts, range(0, n, rb))]
+  )
 
 
 def _concat_trajectories(trajs):
@@ -53,13 +70,15 @@ def _concat_trajectories(trajs):
   fields = {}
   for name in (f.name for f in dataclasses.fields(trajs[0])):
     leaves = [getattr(t, name) for t in trajs]
-    fields[name] = None if leaves[0] is None else jnp.concatenate(
-        leaves, axis=1 if name == "states" else 0)
+    fields[name] = (
+        None if leaves[0] is None else jnp.concatenate(leaves, axis=1 if name == "states" else 0)
+    )
   return type(trajs[0])(**fields)
 
 
-def _rollout_rows(model, mesh, sampler_name, sampler_cfg, prompt_ids, pad_id, prompt_len, key,
-                  row_offset):
+def _rollout_rows(
+    model, mesh, sampler_name, sampler_cfg, prompt_ids, pad_id, prompt_len, key, row_offset
+):
   shape = (len(prompt_ids), int(prompt_len))
   sharding = dist.row_sharding(mesh, shape, SAMPLING_RULES)
   rows = dist.local_rows(sharding, shape)
@@ -89,8 +108,18 @@ def reward_options(task_section, sampler_cfg, traj, rollouts: bool = True) -> Di
   return out
 
 
-def local_rewards(spec, tokenizer, task, tokens, lengths, rows, task_rows, *,
-                  canvas: Optional[np.ndarray] = None, max_tokens: Optional[int] = None):
+def local_rewards(
+    spec,
+    tokenizer,
+    task,
+    tokens,
+    lengths,
+    rows,
+    task_rows,
+    *,
+    canvas: Optional[np.ndarray] = None,
+    max_tokens: Optional[int] = None,
+):
   """Summed rewards of the local ``rows`` only: the text is decoded and scored where it lives
   (reward functions may be slow, e.g. running code).
 
@@ -105,13 +134,15 @@ def local_rewards(spec, tokenizer, task, tokens, lengths, rows, task_rows, *,
     texts = decode(tokenizer, tokens[rows], lengths[rows])
   columns = _columns(task, [task_rows[i] for i in rows])
   if max_tokens is not None:
-    columns.update(response_length=[int(n) for n in np.asarray(lengths)[rows]],
-                   max_tokens=int(max_tokens))
+    columns.update(
+        response_length=[int(n) for n in np.asarray(lengths)[rows]], max_tokens=int(max_tokens)
+    )
   return compute_rewards(spec, texts, **columns).sum(-1)
 
 
-def evaluate(model, mesh, tokenizer, task, prompts, sampler_name, sampler_cfg, cfg,
-             key) -> Dict[str, float]:
+def evaluate(
+    model, mesh, tokenizer, task, prompts, sampler_name, sampler_cfg, cfg, key
+) -> Dict[str, float]:
   """Accuracy and mean reward over the eval prompts (fixed batches, one compile).
 
   ``model``'s state lies on ``mesh``; None: one device (an unsharded model).
@@ -122,14 +153,27 @@ def evaluate(model, mesh, tokenizer, task, prompts, sampler_name, sampler_cfg, c
   for start in range(0, len(prompts.rows), bs):
     idx = list(range(start, min(start + bs, len(prompts.rows))))
     idx += [idx[-1]] * (bs - len(idx))  # pad the last batch to the compiled size
-    traj, mine = rollout(model, mesh, sampler_name, sampler_cfg, [prompts.ids[i] for i in idx],
-                         model.config.pad_token_id, cfg.data.max_prompt_len,
-                         jax.random.fold_in(key, start))
+    traj, mine = rollout(
+        model,
+        mesh,
+        sampler_name,
+        sampler_cfg,
+        [prompts.ids[i] for i in idx],
+        model.config.pad_token_id,
+        cfg.data.max_prompt_len,
+        jax.random.fold_in(key, start),
+    )
     traj = dist.to_host(traj.replace(states=None))  # states: never scored, possibly large
-    r = local_rewards(task.reward, tokenizer, task,
-                      np.asarray(traj.tokens), np.asarray(traj.lengths), mine,
-                      [prompts.rows[i] for i in idx],
-                      **reward_options(cfg.task, sampler_cfg, traj, rollouts=False))
+    r = local_rewards(
+        task.reward,
+        tokenizer,
+        task,
+        np.asarray(traj.tokens),
+        np.asarray(traj.lengths),
+        mine,
+        [prompts.rows[i] for i in idx],
+        **reward_options(cfg.task, sampler_cfg, traj, rollouts=False),
+    )
     r = dist.gather_rows(r, mine, bs)
     n_real = min(bs, len(prompts.rows) - start)
     rewards.extend(r[:n_real].tolist())

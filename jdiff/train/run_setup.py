@@ -46,8 +46,10 @@ class Prompts:
   def require(self, what: str) -> "Prompts":
     """Itself, or an error when encoding left no prompts (the loops that need them call it)."""
     if not self.rows:
-      raise ValueError(f"no {what} prompts left after encoding (none given, or all longer than "
-                       "config.data.max_prompt_len)")
+      raise ValueError(
+          f"no {what} prompts left after encoding (none given, or all longer than "
+          "config.data.max_prompt_len)"
+      )
     return self
 
   def batch(self, position: int, size: int) -> List[int]:
@@ -63,8 +65,10 @@ def build_mesh(config) -> Mesh:
     raise ValueError(f"config.mesh.shape={shape}: {e}") from None
   if jax.process_count() > 1 and mesh.devices.size != jax.device_count():
     # A process without a device in the mesh could hold no rows of any batch.
-    raise ValueError(f"config.mesh.shape={shape} uses {mesh.devices.size} of "
-                     f"{jax.device_count()} devices; a multi-process mesh must use all of them")
+    raise ValueError(
+        f"config.mesh.shape={shape} uses {mesh.devices.size} of "
+        f"{jax.device_count()} devices; a multi-process mesh must use all of them"
+    )
   return mesh
 
 
@@ -95,12 +99,16 @@ def open_run(config, workdir: str, log) -> Run:
   os.makedirs(workdir, exist_ok=True)
   model, tokenizer = setup.load_policy(config.model, config.seed)
   task, train_rows, eval_rows = setup.task_rows(config.task)
-  encoded = [setup.encode(tokenizer, rows, config.data.max_prompt_len,
-                          config.data.use_chat_template) for rows in (train_rows, eval_rows)]
+  encoded = [
+      setup.encode(tokenizer, rows, config.data.max_prompt_len, config.data.use_chat_template)
+      for rows in (train_rows, eval_rows)
+  ]
   (kept, ids, dropped), (ekept, eids, edropped) = encoded
   if dropped or edropped:
-    log(f"dropped {dropped} train / {edropped} eval prompts longer than "
-        f"{config.data.max_prompt_len} tokens")
+    log(
+        f"dropped {dropped} train / {edropped} eval prompts longer than "
+        f"{config.data.max_prompt_len} tokens"
+    )
   family = model.config.family
   writer = MetricsWriter(workdir, tensorboard=config.get("tensorboard", True))
   if dist.is_primary():
@@ -108,25 +116,45 @@ def open_run(config, workdir: str, log) -> Run:
       f.write(config.to_json_best_effort(indent=2))
   ckpt = Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep)
   key = jax.random.key(config.seed)
-  return Run(cfg=cfg, model=model, tokenizer=tokenizer, task=task,
-             train=Prompts(kept, ids, config.seed),
-             evalset=Prompts(ekept, eids, config.seed), dropped=dropped,
-             eval_dropped=edropped, sampler=setup.sampler_config(config.sampler, family),
-             eval_sampler=setup.sampler_config(config.eval.sampler, family),
-             mesh=build_mesh(config), writer=writer, ckpt=ckpt, start=ckpt.latest_step(),
-             key=key, eval_key=jax.random.fold_in(key, 2**31 - 1))
+  return Run(
+      cfg=cfg,
+      model=model,
+      tokenizer=tokenizer,
+      task=task,
+      train=Prompts(kept, ids, config.seed),
+      evalset=Prompts(ekept, eids, config.seed),
+      dropped=dropped,
+      eval_dropped=edropped,
+      sampler=setup.sampler_config(config.sampler, family),
+      eval_sampler=setup.sampler_config(config.eval.sampler, family),
+      mesh=build_mesh(config),
+      writer=writer,
+      ckpt=ckpt,
+      start=ckpt.latest_step(),
+      key=key,
+      eval_key=jax.random.fold_in(key, 2**31 - 1),
+  )
 
 
 def warm_start(run: Run, config, log) -> Any:
   """``config.sft.steps`` of SFT on the task's target completions (before the first step)."""
   task, mc = run.task, run.model.config
   if task.completion is None:
-    raise ValueError(f"config.sft.steps={config.sft.steps} but task {task.name!r} has no "
-                     "target completions; set config.sft.steps=0 (warm-start with "
-                     "scripts/sft.py and point config.model.checkpoint at its model)")
+    raise ValueError(
+        f"config.sft.steps={config.sft.steps} but task {task.name!r} has no "
+        "target completions; set config.sft.steps=0 (warm-start with "
+        "scripts/sft.py and point config.model.checkpoint at its model)"
+    )
   completions: List[str] = [task.completion(r) for r in run.train.rows]
-  rows = sft_rows(run.tokenizer, run.train.ids, completions, config.sft.max_len,
-                  mc.eos_token_id, mc.pad_token_id, pad_in_loss=config.sft.pad_in_loss)
+  rows = sft_rows(
+      run.tokenizer,
+      run.train.ids,
+      completions,
+      config.sft.max_len,
+      mc.eos_token_id,
+      mc.pad_token_id,
+      pad_in_loss=config.sft.pad_in_loss,
+  )
   model, _ = run_sft(run.model, rows, config.sft, seed=config.seed, log=log)
   return model
 
@@ -142,6 +170,7 @@ def write_model(model, workdir: str, checkpoint: str, tokenizer_dir: str, tokeni
   from jax.experimental import multihost_utils
 
   from jdiff.checkpoint import save_jdiff
+
   out = os.path.join(workdir, MODEL_DIR)
   if jax.process_count() > 1:
     graphdef, state = nnx.split(model)

@@ -25,8 +25,13 @@ from jdiff.rl.method import score_all
 from jdiff.sharding import shard_state, use_rules
 from jdiff.sharding.rules import TRAIN_RULES
 from jdiff.train import distributed as dist
-from jdiff.train.update import (TrainState, batch_shardings, init_train_state, make_update_step,
-                                tree_shardings)
+from jdiff.train.update import (
+    TrainState,
+    batch_shardings,
+    init_train_state,
+    make_update_step,
+    tree_shardings,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +40,7 @@ class Runtime:
 
   ``update(state, batch) -> (state, metrics)`` is the shared update step;
   ``score(params, rest, batch)`` the model's no-grad scoring (log-probs, values)."""
+
   graphdef: Any
   state: TrainState
   update: Callable[..., Any]
@@ -48,23 +54,47 @@ class Runtime:
   score_chunks: int = 1
 
   @classmethod
-  def build(cls, model, optimizer, loss_fn, score_fn, *, mesh: Mesh, grad_accum: int,
-            sample_rules=None, with_ref: bool = False, trainable: Any = nnx.Param) -> "Runtime":
+  def build(
+      cls,
+      model,
+      optimizer,
+      loss_fn,
+      score_fn,
+      *,
+      mesh: Mesh,
+      grad_accum: int,
+      sample_rules=None,
+      with_ref: bool = False,
+      trainable: Any = nnx.Param,
+  ) -> "Runtime":
     """``loss_fn(model, batch)`` and ``score_fn(model, batch)`` over the model ``model``;
     ``trainable`` (an nnx filter) picks the params that train (see ``init_train_state``)."""
-    graphdef, state = init_train_state(model, optimizer, mesh=mesh, rules=TRAIN_RULES,
-                                       trainable=trainable)
-    update = make_update_step(graphdef, optimizer, loss_fn, mesh=mesh, rules=TRAIN_RULES,
-                              grad_accum=grad_accum)
-    score = jax.jit(lambda params, rest, batch: score_fn(nnx.merge(graphdef, params, rest),
-                                                         batch))
+    graphdef, state = init_train_state(
+        model, optimizer, mesh=mesh, rules=TRAIN_RULES, trainable=trainable
+    )
+    update = make_update_step(
+        graphdef, optimizer, loss_fn, mesh=mesh, rules=TRAIN_RULES, grad_accum=grad_accum
+    )
+    score = jax.jit(lambda params, rest, batch: score_fn(nnx.merge(graphdef, params, rest), batch))
     # A re-created optimizer state laid out as the update step's in_shardings expect.
-    fresh = jax.jit(optimizer.init, out_shardings=tree_shardings(
-        jax.eval_shape(optimizer.init, state.params), mesh, TRAIN_RULES))
+    fresh = jax.jit(
+        optimizer.init,
+        out_shardings=tree_shardings(
+            jax.eval_shape(optimizer.init, state.params), mesh, TRAIN_RULES
+        ),
+    )
     ref = reference_params(model, state.params) if with_ref else None
-    return cls(graphdef=graphdef, state=state, update=update, score=score, mesh=mesh,
-               fresh_opt_state=fresh, ref_params=ref, sample_rules=sample_rules,
-               score_chunks=int(grad_accum))
+    return cls(
+        graphdef=graphdef,
+        state=state,
+        update=update,
+        score=score,
+        mesh=mesh,
+        fresh_opt_state=fresh,
+        ref_params=ref,
+        sample_rules=sample_rules,
+        score_chunks=int(grad_accum),
+    )
 
   def replace(self, **changes) -> "Runtime":
     return dataclasses.replace(self, **changes)
@@ -92,15 +122,17 @@ class Runtime:
     return self.replace(state=state), dist.to_host(metrics)
 
   def reset_optimizer(self) -> "Runtime":
-    return self.replace(state=self.state.replace(opt_state=self.fresh_opt_state(
-        self.state.params)))
+    return self.replace(state=self.state.replace(opt_state=self.fresh_opt_state(self.state.params)))
 
   def sampling_model(self):
     """The model for sampling: weights in ``config.mesh.sampling_layout`` (the same arrays,
     not copies, when it agrees with the training layout, e.g. without an fsdp axis)."""
     rules = self.sample_rules
-    return nnx.merge(self.graphdef, shard_state(self.state.params, self.mesh, rules),
-                     shard_state(self.state.rest, self.mesh, rules))
+    return nnx.merge(
+        self.graphdef,
+        shard_state(self.state.params, self.mesh, rules),
+        shard_state(self.state.rest, self.mesh, rules),
+    )
 
   def items(self, name: str) -> dict:
     """What a checkpoint stores: ``{name: state}`` (and ``reference`` when held)."""
@@ -135,30 +167,51 @@ def score_chunks(score, batch: dict, chunks: int):
   if chunks <= 1 or not n or n % chunks:
     return score(batch)
   size = n // chunks
-  parts = [score({k: (v[i:i + size] if np.ndim(v) else v) for k, v in batch.items()})
-           for i in range(0, n, size)]
+  parts = [
+      score({k: (v[i : i + size] if np.ndim(v) else v) for k, v in batch.items()})
+      for i in range(0, n, size)
+  ]
   return np.concatenate([np.asarray(p) for p in parts], axis=0)
 
 
-def policy_runtime(model, optimizer, method, method_cfg, *, mesh: Mesh, grad_accum: int,
-                   sample_rules, with_ref: Optional[bool] = None) -> Runtime:
+def policy_runtime(
+    model,
+    optimizer,
+    method,
+    method_cfg,
+    *,
+    mesh: Mesh,
+    grad_accum: int,
+    sample_rules,
+    with_ref: Optional[bool] = None,
+) -> Runtime:
   """The policy's runtime for ``method`` (its loss and log-prob functions). A LoRA model
   trains (and weight-decays) its adapters only; its reference is the adapter disabled."""
   with_ref = method.needs_ref(method_cfg) if with_ref is None else with_ref
-  return Runtime.build(model, optimizer, functools.partial(method.loss_fn, cfg=method_cfg),
-                       lambda m, b: method.logprob_fn(m, b, method_cfg), mesh=mesh,
-                       grad_accum=grad_accum, sample_rules=sample_rules, with_ref=with_ref,
-                       trainable=trainable_filter(model))
+  return Runtime.build(
+      model,
+      optimizer,
+      functools.partial(method.loss_fn, cfg=method_cfg),
+      lambda m, b: method.logprob_fn(m, b, method_cfg),
+      mesh=mesh,
+      grad_accum=grad_accum,
+      sample_rules=sample_rules,
+      with_ref=with_ref,
+      trainable=trainable_filter(model),
+  )
 
 
-def value_runtime(policy_model, optimizer, vcfg, model_config, *, mesh: Mesh,
-                  grad_accum: int) -> Runtime:
+def value_runtime(
+    policy_model, optimizer, vcfg, model_config, *, mesh: Mesh, grad_accum: int
+) -> Runtime:
   """TraceRL's value model (built from the policy), its clipped loss and value scores."""
   from jdiff.models.transformer import ValueModel
   from jdiff.rl import value as value_lib
   from jdiff.rl.tracerl import attention_mask
+
   mc = model_config
   loss = lambda m, b: value_lib.value_loss_fn(m, b, vcfg, attention_mask(b, mc))  # noqa: E731
   score = lambda m, b: value_lib.value_fn(m, b, attention_mask(b, mc))  # noqa: E731
-  return Runtime.build(ValueModel.from_policy(policy_model), optimizer, loss, score, mesh=mesh,
-                       grad_accum=grad_accum)
+  return Runtime.build(
+      ValueModel.from_policy(policy_model), optimizer, loss, score, mesh=mesh, grad_accum=grad_accum
+  )

@@ -25,10 +25,15 @@ from jdiff.models.lora import LoraConfig, apply_lora
 from jdiff.sampling import registry as samplers
 from jdiff.tasks import Task, get_task
 
-
 # config.model keys that override the preset's / checkpoint's ModelConfig fields when set.
-MODEL_OVERRIDES = ("param_dtype", "dtype", "remat", "attention_impl", "attention_chunk_q",
-                   "attention_chunk_k")
+MODEL_OVERRIDES = (
+    "param_dtype",
+    "dtype",
+    "remat",
+    "attention_impl",
+    "attention_chunk_q",
+    "attention_chunk_k",
+)
 
 
 def load_policy(mc, seed: int = 0):
@@ -40,7 +45,8 @@ def load_policy(mc, seed: int = 0):
     raise ValueError(
         f"config.model.checkpoint is empty, but this config trains a real model "
         f"(preset {mc.get('preset')!r}, model.require_checkpoint=True) and does not fall back "
-        "to the embedded default: pass --config.model.checkpoint=/path/to/local/hf_dir")
+        "to the embedded default: pass --config.model.checkpoint=/path/to/local/hf_dir"
+    )
   if mc.get("checkpoint"):
     path = os.path.expanduser(mc.checkpoint)
     if not os.path.isdir(path):
@@ -51,8 +57,13 @@ def load_policy(mc, seed: int = 0):
   tokenizer = build_char_tokenizer()
   ids = special_token_ids(tokenizer)
   vocab = -(-len(tokenizer) // 64) * 64  # round up: a friendlier matmul width
-  overrides = dict(vocab_size=vocab, mask_token_id=ids["mask"], eos_token_id=ids["eos"],
-                   pad_token_id=ids["pad"], bos_token_id=None)
+  overrides = dict(
+      vocab_size=vocab,
+      mask_token_id=ids["mask"],
+      eos_token_id=ids["eos"],
+      pad_token_id=ids["pad"],
+      bos_token_id=None,
+  )
   for k in MODEL_OVERRIDES:
     if mc.get(k):
       overrides[k] = mc.get(k)
@@ -72,8 +83,11 @@ def task_rows(tc) -> Tuple[Task, List[Dict[str, Any]], List[Dict[str, Any]]]:
   if tc.get("train_path"):
     field_map = dict(tc.get("field_map") or {})
     train = load_prompts(tc.train_path, field_map=field_map, limit=tc.get("num_train") or None)
-    evals = (load_prompts(tc.eval_path, field_map=field_map, limit=tc.get("num_eval") or None)
-             if tc.get("eval_path") else [])
+    evals = (
+        load_prompts(tc.eval_path, field_map=field_map, limit=tc.get("num_eval") or None)
+        if tc.get("eval_path")
+        else []
+    )
     return task, train, evals
   if task.generate is None:
     raise ValueError(f"task {tc.name!r} has no generator: set config.task.train_path")
@@ -85,8 +99,13 @@ def task_rows(tc) -> Tuple[Task, List[Dict[str, Any]], List[Dict[str, Any]]]:
 
 def encode(tokenizer, rows, max_prompt_len: int, use_chat_template: bool, system=None):
   """Prompt ids for each row; over-long prompts are dropped and counted."""
-  kept, ids, dropped = encode_prompt_rows(tokenizer, rows, max_prompt_len=max_prompt_len,
-                                          use_chat_template=use_chat_template, system=system)
+  kept, ids, dropped = encode_prompt_rows(
+      tokenizer,
+      rows,
+      max_prompt_len=max_prompt_len,
+      use_chat_template=use_chat_template,
+      system=system,
+  )
   return kept, ids, dropped
 
 
@@ -94,5 +113,3 @@ def sampler_config(sc, family: str):
   name = sc.get("name") or samplers.DEFAULT_FOR_FAMILY[family]
   settings = {k: v for k, v in sc.items() if k != "name"}
   return name, samplers.make_config(name, settings)
-
-

@@ -41,12 +41,15 @@ STEP_WEIGHT_KEY = "row_weight"
 
 def _summed_metric(name: str) -> bool:
   return name.endswith("loss") or name == "num_tokens"
+
+
 LossFn = Callable[[nnx.Module, Any], Tuple[jax.Array, Mapping[str, jax.Array]]]
 
 
 @flax.struct.dataclass
 class TrainState:
   """Trainable state of one model; its ``graphdef`` is kept outside (closed over by jit)."""
+
   params: nnx.State  # the trainable variables (init_train_state: every nnx.Param by default)
   opt_state: Any  # optax state for ``params``
   step: jax.Array  # int32 scalar: update calls so far (skipped ones included)
@@ -87,8 +90,13 @@ def batch_shardings(batch: Any, mesh: Mesh, rules=None) -> Any:
   return jax.tree.map(one, batch)
 
 
-def init_train_state(model: nnx.Module, optimizer: optax.GradientTransformation,
-                     mesh: Optional[Mesh] = None, rules=None, trainable: Any = nnx.Param):
+def init_train_state(
+    model: nnx.Module,
+    optimizer: optax.GradientTransformation,
+    mesh: Optional[Mesh] = None,
+    rules=None,
+    trainable: Any = nnx.Param,
+):
   """Splits ``model`` into ``(graphdef, TrainState)``.
 
   ``trainable`` (an nnx filter, default every ``nnx.Param``) picks ``state.params``: only
@@ -103,8 +111,9 @@ def init_train_state(model: nnx.Module, optimizer: optax.GradientTransformation,
 
   def make(params, rest):
     params, rest = jax.tree.map(jnp.copy, (params, rest))
-    return TrainState(params=params, opt_state=optimizer.init(params),
-                      step=jnp.zeros((), jnp.int32), rest=rest)
+    return TrainState(
+        params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32), rest=rest
+    )
 
   if mesh is None:
     return graphdef, jax.jit(make)(params, rest)
@@ -136,8 +145,17 @@ class UpdateStep:
   compile checks); ``lower(state, batch)`` lowers it.
   """
 
-  def __init__(self, graphdef, optimizer, loss_fn: LossFn, *, mesh: Optional[Mesh] = None,
-               rules=None, grad_accum: int = 1, donate: bool = True):
+  def __init__(
+      self,
+      graphdef,
+      optimizer,
+      loss_fn: LossFn,
+      *,
+      mesh: Optional[Mesh] = None,
+      rules=None,
+      grad_accum: int = 1,
+      donate: bool = True,
+  ):
     if int(grad_accum) < 1:
       raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
     self.graphdef, self.optimizer, self.loss_fn = graphdef, optimizer, loss_fn
@@ -163,8 +181,10 @@ class UpdateStep:
       micro = jax.tree.map(lambda x: _split_micro(x, n), batch)
       first = jax.tree.map(lambda x: x[0], micro)
       shapes = jax.eval_shape(self._loss_and_grads, state.params, state.rest, first)
-      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, F32 if jnp.issubdtype(
-          s.dtype, jnp.floating) else s.dtype), shapes)
+      zeros = jax.tree.map(
+          lambda s: jnp.zeros(s.shape, F32 if jnp.issubdtype(s.dtype, jnp.floating) else s.dtype),
+          shapes,
+      )
 
       def body(acc, mb):
         out = self._loss_and_grads(state.params, state.rest, mb)
@@ -182,8 +202,11 @@ class UpdateStep:
     updates, new_opt = self.optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-    new_state = state.replace(params=keep(new_params, state.params),
-                              opt_state=keep(new_opt, state.opt_state), step=state.step + 1)
+    new_state = state.replace(
+        params=keep(new_params, state.params),
+        opt_state=keep(new_opt, state.opt_state),
+        step=state.step + 1,
+    )
     metrics = dict(metrics)
     metrics.update(loss=loss, grad_norm=grad_norm, skipped=1.0 - ok.astype(F32))
     return new_state, metrics
@@ -198,8 +221,11 @@ class UpdateStep:
     return stack
 
   def jitted(self, state: TrainState, batch):
-    key = (jax.tree.structure(state), jax.tree.structure(batch),
-           tuple((np.shape(x), str(jnp.result_type(x))) for x in jax.tree.leaves(batch)))
+    key = (
+        jax.tree.structure(state),
+        jax.tree.structure(batch),
+        tuple((np.shape(x), str(jnp.result_type(x))) for x in jax.tree.leaves(batch)),
+    )
     fn = self._cache.get(key)
     if fn is None:
       donate = (0,) if self.donate else ()
@@ -208,9 +234,12 @@ class UpdateStep:
       else:
         state_sh = tree_shardings(jax.eval_shape(lambda s: s, state), self.mesh, self.rules)
         batch_sh = batch_shardings(batch, self.mesh, self.rules)
-        fn = jax.jit(self._update, in_shardings=(state_sh, batch_sh),
-                     out_shardings=(state_sh, NamedSharding(self.mesh, P())),
-                     donate_argnums=donate)
+        fn = jax.jit(
+            self._update,
+            in_shardings=(state_sh, batch_sh),
+            out_shardings=(state_sh, NamedSharding(self.mesh, P())),
+            donate_argnums=donate,
+        )
       self._cache[key] = fn
     return fn
 
@@ -224,18 +253,32 @@ class UpdateStep:
       return fn(state, batch)
 
 
-def make_update_step(graphdef, optimizer: optax.GradientTransformation, loss_fn: LossFn, *,
-                     mesh: Optional[Mesh] = None, rules=None, grad_accum: int = 1,
-                     donate: bool = True) -> UpdateStep:
+def make_update_step(
+    graphdef,
+    optimizer: optax.GradientTransformation,
+    loss_fn: LossFn,
+    *,
+    mesh: Optional[Mesh] = None,
+    rules=None,
+    grad_accum: int = 1,
+    donate: bool = True,
+) -> UpdateStep:
   """Builds the jitted, sharded, donating ``update(state, batch) -> (state, metrics)``.
 
   ``loss_fn(model, batch) -> (scalar loss, {name: scalar})`` must be pure (changes it makes
   to non-Param variables are dropped). Metrics are averaged over micro-batches; ``loss``,
   ``grad_norm`` (before clipping) and ``skipped`` are added.
   """
-  return UpdateStep(graphdef, optimizer, loss_fn, mesh=mesh, rules=rules,
-                    grad_accum=grad_accum, donate=donate)
+  return UpdateStep(
+      graphdef, optimizer, loss_fn, mesh=mesh, rules=rules, grad_accum=grad_accum, donate=donate
+  )
 
 
-__all__ = ["TrainState", "UpdateStep", "batch_shardings", "init_train_state", "make_update_step",
-           "tree_shardings"]
+__all__ = [
+    "TrainState",
+    "UpdateStep",
+    "batch_shardings",
+    "init_train_state",
+    "make_update_step",
+    "tree_shardings",
+]

@@ -109,8 +109,7 @@ def test_unknown_model_type_lists_supported(sdar_copy):
 
 
 def test_stock_qwen3_needs_family(sdar_copy):
-  _edit_config(sdar_copy, model_type="qwen3", architectures=["Qwen3ForCausalLM"],
-               block_size=None)
+  _edit_config(sdar_copy, model_type="qwen3", architectures=["Qwen3ForCausalLM"], block_size=None)
   with pytest.raises(CheckpointError) as e:
     from_pretrained(sdar_copy)
   assert "family=" in str(e.value) and "sdar" in str(e.value)
@@ -194,8 +193,9 @@ def _save_tokenizer(directory):
   del vocab["w0"], vocab[f"w{hf_fixtures.EOS_ID}"], vocab[f"w{TOKENIZER_MASK_ID}"]
   tok = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="[PAD]"))
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
-  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, mask_token="[MASK]",
-                                              eos_token="[EOS]", pad_token="[PAD]")
+  fast = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tok, mask_token="[MASK]", eos_token="[EOS]", pad_token="[PAD]"
+  )
   fast.save_pretrained(directory)
 
 

@@ -16,8 +16,7 @@ import hf_fixtures
 from jdiff.checkpoint import export_hf, from_pretrained, import_hf, load_tokenizer
 from jdiff.data.char_tokenizer import build_char_tokenizer
 
-_AUTO_MAP = {"AutoConfig": "configuration_x.XConfig",
-             "AutoModel": "modeling_x.XModel"}
+_AUTO_MAP = {"AutoConfig": "configuration_x.XConfig", "AutoModel": "modeling_x.XModel"}
 
 
 def _read(directory):
@@ -38,9 +37,16 @@ def _edited_copy(src, dst, drop=(), **extra):
 
 
 # SDAR's released config.json has no pad_token_id; LLaDA's and Dream's have one.
-@pytest.mark.parametrize("family,drop", [("llada", ()), ("dream", ()), ("sdar", ()),
-                                         ("sdar", ("pad_token_id",)),
-                                         ("llada", ("pad_token_id",))])
+@pytest.mark.parametrize(
+    "family,drop",
+    [
+        ("llada", ()),
+        ("dream", ()),
+        ("sdar", ()),
+        ("sdar", ("pad_token_id",)),
+        ("llada", ("pad_token_id",)),
+    ],
+)
 def test_import_export_gives_back_config_json(family, drop, hf_checkpoints, tmp_path):
   src = str(tmp_path / "src")
   original = _edited_copy(hf_checkpoints(family).path, src, drop, auto_map=_AUTO_MAP)
@@ -68,15 +74,17 @@ def test_changed_fields_are_written_and_others_kept(hf_checkpoints, tmp_path):
   assert cj["block_size"] == 8 and cj["bos_token_id"] == 7
   assert "pad_token_id" not in cj
   assert {k: v for k, v in cj.items() if k not in ("block_size", "bos_token_id")} == {
-      k: v for k, v in original.items() if k not in ("block_size", "bos_token_id")}
+      k: v for k, v in original.items() if k not in ("block_size", "bos_token_id")
+  }
 
 
 def _checkpoint_with_auto_map(directory):
   tok = build_char_tokenizer()
   tok.save_pretrained(directory)
   with open(os.path.join(directory, "config.json"), "w") as f:
-    json.dump({"model_type": "sdar", "architectures": ["SDARForCausalLM"],
-               "auto_map": _AUTO_MAP}, f)
+    json.dump(
+        {"model_type": "sdar", "architectures": ["SDARForCausalLM"], "auto_map": _AUTO_MAP}, f
+    )
   path = os.path.join(directory, "tokenizer_config.json")
   with open(path) as f:
     tc = json.load(f)

@@ -45,8 +45,7 @@ def _assert_same_tensors(a, b):
 
 
 def _flat(model):
-  return {".".join(map(str, p)): np.asarray(v[...]) for p, v in
-          nnx.to_flat_state(nnx.state(model))}
+  return {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model))}
 
 
 def _assert_same_state(a, b):
@@ -132,8 +131,10 @@ def test_import_export_import_is_bit_identical(imported, tmp_path):
   assert sorted(a) == sorted(b)
   for k in a:
     assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
-  with open(os.path.join(jdir, "jdiff_config.json")) as f1, \
-       open(os.path.join(jdir2, "jdiff_config.json")) as f2:
+  with (
+      open(os.path.join(jdir, "jdiff_config.json")) as f1,
+      open(os.path.join(jdir2, "jdiff_config.json")) as f2,
+  ):
     assert json.load(f1)["config"] == json.load(f2)["config"]
 
 
@@ -143,8 +144,7 @@ def test_bf16_roundtrip_is_bit_identical(family, hf_checkpoints, tmp_path):
   src = str(tmp_path / "bf16")
   os.makedirs(src)
   sd = {k: v.to(torch.bfloat16).contiguous() for k, v in _hf_tensors(ckpt.path).items()}
-  safetensors.torch.save_file(sd, os.path.join(src, "model.safetensors"),
-                              metadata={"format": "pt"})
+  safetensors.torch.save_file(sd, os.path.join(src, "model.safetensors"), metadata={"format": "pt"})
   with open(os.path.join(ckpt.path, "config.json")) as f:
     cj = json.load(f)
   cj["torch_dtype"] = "bfloat16"
@@ -187,13 +187,16 @@ def test_sharded_input_loads_identically(hf_dir, tmp_path):
   weight_map = {}
   for i, group in enumerate(shards):
     fname = f"model-{i + 1:05d}-of-00003.safetensors"
-    safetensors.torch.save_file({n: tensors[n] for n in group}, os.path.join(src, fname),
-                                metadata={"format": "pt"})
+    safetensors.torch.save_file(
+        {n: tensors[n] for n in group}, os.path.join(src, fname), metadata={"format": "pt"}
+    )
     weight_map.update({n: fname for n in group})
   with open(os.path.join(src, "model.safetensors.index.json"), "w") as f:
     json.dump({"metadata": {"total_size": 0}, "weight_map": weight_map}, f)
-  with open(os.path.join(hf_dir.path, "config.json")) as f, \
-       open(os.path.join(src, "config.json"), "w") as g:
+  with (
+      open(os.path.join(hf_dir.path, "config.json")) as f,
+      open(os.path.join(src, "config.json"), "w") as g,
+  ):
     g.write(f.read())
   _assert_same_state(from_pretrained(src), from_pretrained(hf_dir.path))
 
@@ -222,7 +225,6 @@ def test_save_jdiff_reproduces_model(hf_dir, jdiff_models, tmp_path):
   again = from_pretrained(out)
   assert type(again) is type(model) and again.config == model.config
   _assert_same_state(again, model)
-
 
 
 @functools.partial(jax.jit, static_argnums=0)

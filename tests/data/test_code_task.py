@@ -22,7 +22,7 @@ def test_rows_are_deterministic_and_consistent():
     assert row["task"] == "code" and row["prompt"].startswith("f(x) = x ")
     assert len(row["tests"]) == 3
     for test in row["tests"]:
-      call, want = test[len("assert f("):].split(")==")
+      call, want = test[len("assert f(") :].split(")==")
       assert _by_hand(row["expression"], int(call)) == int(want)
   with pytest.raises(ValueError, match="num_ops"):
     synthetic.code_functions(1, 0, num_ops=0)
@@ -51,7 +51,7 @@ def test_rewards_run_in_the_sandbox():
   np.testing.assert_array_equal(rewards, [1.0, 0.0, 0.0, 0.0])
   assert list(task.correct(rewards)) == [True, False, False, False]
   # Partly right: one of three tests passes.
-  x0, y0 = rows[0]["tests"][0][len("assert f("):].split(")==")
+  x0, y0 = rows[0]["tests"][0][len("assert f(") :].split(")==")
   partial = f"```python\nf=lambda x:{y0} if x=={x0} else 10**9\n```"
   got = compute_rewards(task.reward, [partial], tests=[rows[0]["tests"]]).sum(-1)
   np.testing.assert_allclose(got, [1 / 3])

@@ -23,19 +23,32 @@ def _case(seed):
 def test_matches_attention_over_concatenated_keys():
   for seed in range(3):
     q, k, v, ck, cv, mask = _case(seed)
-    want = attention(jnp.asarray(q), jnp.concatenate([ck, k], 1), jnp.concatenate([cv, v], 1),
-                     jnp.asarray(mask))
+    want = attention(
+        jnp.asarray(q), jnp.concatenate([ck, k], 1), jnp.concatenate([cv, v], 1), jnp.asarray(mask)
+    )
     heads_first = lambda a: jnp.asarray(a).transpose(0, 2, 3, 1)  # noqa: E731 [B, KV, HD, S]
-    got = attention_with_cache(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), heads_first(ck),
-                               heads_first(cv), jnp.asarray(mask))
+    got = attention_with_cache(
+        jnp.asarray(q),
+        jnp.asarray(k),
+        jnp.asarray(v),
+        heads_first(ck),
+        heads_first(cv),
+        jnp.asarray(mask),
+    )
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
 
 
 def test_blocked_query_is_uniform_over_all_keys():
   q, k, v, ck, cv, mask = _case(0)
   heads_first = lambda a: jnp.asarray(a).transpose(0, 2, 3, 1)  # noqa: E731
-  got = attention_with_cache(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), heads_first(ck),
-                             heads_first(cv), jnp.asarray(mask))
+  got = attention_with_cache(
+      jnp.asarray(q),
+      jnp.asarray(k),
+      jnp.asarray(v),
+      heads_first(ck),
+      heads_first(cv),
+      jnp.asarray(mask),
+  )
   values = np.concatenate([cv[0], v[0]], 0)  # [S + T, KV, HD]
   want = np.repeat(values.mean(0), H // KV, axis=0)  # query head h reads KV head h // g
   np.testing.assert_allclose(np.asarray(got)[0, 1], want, rtol=1e-5, atol=1e-6)

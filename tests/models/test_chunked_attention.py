@@ -36,10 +36,16 @@ def _cases(n):
   return [
       ("bidirectional", masks.spec_bidirectional(valid), masks.bidirectional(valid)),
       ("block_causal", masks.spec_block_causal(pos, 4, valid), masks.block_causal(pos, 4, valid)),
-      ("xt_x0", masks.spec_xt_x0(pos[:, : n // 2], 4, valid[:, : n // 2]),
-       masks.xt_x0(pos[:, : n // 2], 4, valid[:, : n // 2])),
-      ("mixed", masks.spec_block_diffusion(blocks, noisy, valid),
-       masks.block_diffusion(blocks, noisy, valid)),
+      (
+          "xt_x0",
+          masks.spec_xt_x0(pos[:, : n // 2], 4, valid[:, : n // 2]),
+          masks.xt_x0(pos[:, : n // 2], 4, valid[:, : n // 2]),
+      ),
+      (
+          "mixed",
+          masks.spec_block_diffusion(blocks, noisy, valid),
+          masks.block_diffusion(blocks, noisy, valid),
+      ),
   ]
 
 
@@ -88,8 +94,10 @@ def test_backbone_chunked_equals_dense_on_training_layout():
   n = 10
   dense_cfg = preset("tiny_sdar")
   model = DiffusionLM(dense_cfg, rngs=nnx.Rngs(0))
-  chunked = DiffusionLM(dense_cfg.replace(attention_impl="chunked", attention_chunk_q=6,
-                                          attention_chunk_k=8), rngs=nnx.Rngs(0))
+  chunked = DiffusionLM(
+      dense_cfg.replace(attention_impl="chunked", attention_chunk_q=6, attention_chunk_k=8),
+      rngs=nnx.Rngs(0),
+  )
   rng = np.random.default_rng(3)
   tokens = jnp.asarray(rng.integers(0, 128, size=(B, 2 * n)), jnp.int32)
   pos = np.tile(np.arange(n), (B, 1))
@@ -161,8 +169,12 @@ def test_tile_table_is_the_dense_mask_reduced_over_tiles(chunks):
   for _, spec, dense_mask in _cases(18):
     m = np.asarray(dense_mask)
     nq, nk = -(-18 // cq), -(-18 // ck)
-    want = np.array([[m[:, i * cq:(i + 1) * cq, j * ck:(j + 1) * ck].any() for j in range(nk)]
-                     for i in range(nq)])
+    want = np.array(
+        [
+            [m[:, i * cq : (i + 1) * cq, j * ck : (j + 1) * ck].any() for j in range(nk)]
+            for i in range(nq)
+        ]
+    )
     np.testing.assert_array_equal(np.asarray(tile_table(spec, cq, ck)), want)
 
 

@@ -45,8 +45,7 @@ def _ids(shape, seed):
 
 def _assert_valid(cache, n):
   """Exactly the slots of positions < n hold a token, in every row."""
-  np.testing.assert_array_equal(np.asarray(cache.valid),
-                                np.broadcast_to(np.arange(S) < n, (NB, S)))
+  np.testing.assert_array_equal(np.asarray(cache.valid), np.broadcast_to(np.arange(S) < n, (NB, S)))
 
 
 def _check(name, ours, ref, record):
@@ -77,8 +76,8 @@ def test_sdar_block_decode_equals_full_forward(sdar, record_diff):
 
   k = 2  # prefill two whole blocks with store=True
   cache = jdiff.KVCache.init(model.config, NB, S)
-  logits, cache = _call(graphdef, state, ids[:, :k * BS], pos[:, :k * BS], None, cache, True)
-  _check("sdar/kv_prefill", logits, ref[:, :k * BS], record_diff)
+  logits, cache = _call(graphdef, state, ids[:, : k * BS], pos[:, : k * BS], None, cache, True)
+  _check("sdar/kv_prefill", logits, ref[:, : k * BS], record_diff)
   _assert_valid(cache, k * BS)
   for j in range(k, S // BS):
     sl = slice(j * BS, (j + 1) * BS)
@@ -90,7 +89,7 @@ def test_sdar_block_decode_equals_full_forward(sdar, record_diff):
   kept = cache.keep(np.broadcast_to(np.arange(S) < 3 * BS, (NB, S)))
   _assert_valid(kept, 3 * BS)
   ids2 = ids.copy()
-  ids2[:, 3 * BS:] = _ids((NB, S - 3 * BS), 1)
+  ids2[:, 3 * BS :] = _ids((NB, S - 3 * BS), 1)
   ref2 = hf_fixtures.torch_logits(ckpt.torch_model, ids2, causal, pos)
   sl = slice(3 * BS, 4 * BS)
   assert np.abs(ref2[:, sl] - ref[:, sl]).max() > 1e-3  # the new tokens change the block
@@ -117,8 +116,9 @@ def test_sdar_left_padded_batch(sdar, record_diff):
   lp = pads.max() + k * BS  # physical prefill length covering k blocks in every row
   write = valid[:, :lp] & (pos[:, :lp] < k * BS)
   cache = jdiff.KVCache.init(model.config, NB, S)
-  logits, cache = _call_write(graphdef, state, ids[:, :lp], pos[:, :lp], valid[:, :lp], cache,
-                              write)
+  logits, cache = _call_write(
+      graphdef, state, ids[:, :lp], pos[:, :lp], valid[:, :lp], cache, write
+  )
   _assert_valid(cache, k * BS)
   rows = write
   _check("sdar/kv_padded_prefill", np.asarray(logits)[rows], ref[:, :lp][rows], record_diff)
@@ -149,8 +149,7 @@ def test_prefix_cache_full_attention(family, hf_checkpoints, jdiff_models, recor
 
   cache = jdiff.KVCache.init(model.config, NB, n)
   # K/V of the prefix from a forward of the prefix alone (native = bidirectional).
-  logits, cache = _call(graphdef, state, ids[:, :n_prefix], pos[:, :n_prefix], None, cache,
-                        True)
+  logits, cache = _call(graphdef, state, ids[:, :n_prefix], pos[:, :n_prefix], None, cache, True)
   _check(f"{family}/prefix_cache_prefix", logits, ref[:, :n_prefix], record_diff)
   logits, _ = _call(graphdef, state, ids[:, n_prefix:], pos[:, n_prefix:], None, cache, True)
   _check(f"{family}/prefix_cache_suffix", logits, ref[:, n_prefix:], record_diff)

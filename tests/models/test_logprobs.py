@@ -35,8 +35,9 @@ def test_model_token_logprobs_matches_full_logits(name, start, width):
     m = nnx.merge(graphdef, state)
     logits, _ = m(tokens)
     want = _plain(logits, targets, start, m.config.shift_logits)
-    got, ent = lp_lib.model_token_logprobs(m, tokens, None, None, targets, 48,
-                                           return_entropy=True, start=start)
+    got, ent = lp_lib.model_token_logprobs(
+        m, tokens, None, None, targets, 48, return_entropy=True, start=start
+    )
     return want, got, ent
 
   want, got, ent = run(state)
@@ -56,8 +57,9 @@ def test_token_logprobs_slices_before_the_head():
   for start in (0, 2, T - 3):
     for shift in (False, True):
       got = lp_lib.token_logprobs(h, w, tgt, start=start, shift=shift, chunk_size=16)
-      np.testing.assert_allclose(np.asarray(got), np.asarray(_plain(logits, tgt, start, shift)),
-                                 rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(
+          np.asarray(got), np.asarray(_plain(logits, tgt, start, shift)), rtol=1e-5, atol=1e-6
+      )
 
 
 def test_predicting_hidden_rows_and_bounds():

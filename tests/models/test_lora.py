@@ -14,8 +14,16 @@ from flax import nnx
 import hf_fixtures
 import jdiff
 from jdiff.checkpoint import export_hf, from_pretrained
-from jdiff.models.lora import (TARGETS, LoraConfig, LoraParam, apply_lora, has_lora,
-                               lora_reference, merge_lora, merged_weight)
+from jdiff.models.lora import (
+    TARGETS,
+    LoraConfig,
+    LoraParam,
+    apply_lora,
+    has_lora,
+    lora_reference,
+    merge_lora,
+    merged_weight,
+)
 from jdiff.train.update import init_train_state, make_update_step
 
 B, T = 2, 8
@@ -73,12 +81,15 @@ def test_config_validation():
   assert not LoraConfig().enabled
   cfg = LoraConfig.from_section({"rank": 8, "alpha": 16.0, "targets": ["wq", "wv"]})
   assert cfg.targets == ("wq", "wv") and cfg.enabled
-  for section, key in (({"rank": -1}, "rank"), ({"rank": 4, "alpha": 0}, "alpha"),
-                       ({"rank": 4, "targets": ["q_proj"]}, "targets"),
-                       ({"rank": 4, "targets": "wq"}, "targets"),
-                       ({"rank": 4, "quantize_base": "int8"}, "quantize_base"),
-                       ({"rank": 4, "dropout": 0.05}, "dropout"),
-                       ({"rank": 4, "lr": 1e-4}, "lr")):
+  for section, key in (
+      ({"rank": -1}, "rank"),
+      ({"rank": 4, "alpha": 0}, "alpha"),
+      ({"rank": 4, "targets": ["q_proj"]}, "targets"),
+      ({"rank": 4, "targets": "wq"}, "targets"),
+      ({"rank": 4, "quantize_base": "int8"}, "quantize_base"),
+      ({"rank": 4, "dropout": 0.05}, "dropout"),
+      ({"rank": 4, "lr": 1e-4}, "lr"),
+  ):
     with pytest.raises(ValueError, match=rf"config\.model\.lora\.{key}"):
       LoraConfig.from_section(section)
 
@@ -109,14 +120,16 @@ def test_adapter_forward_equals_merged_weights():
   for name, w in _by_hand_merged(model, cfg).items():
     getattr(plain.backbone.layers, name)[...] = jnp.asarray(w, jnp.float32)
   want = logits(plain, tokens)
-  np.testing.assert_allclose(logits(model, tokens), want, rtol=1e-4,
-                             atol=1e-5 * np.abs(want).max())
+  np.testing.assert_allclose(logits(model, tokens), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
   merged = merge_lora(model)
   assert not has_lora(merged)
   for name in cfg.targets:
-    np.testing.assert_allclose(np.asarray(getattr(merged.backbone.layers, name)[...]),
-                               np.asarray(getattr(plain.backbone.layers, name)[...]),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(getattr(merged.backbone.layers, name)[...]),
+        np.asarray(getattr(plain.backbone.layers, name)[...]),
+        rtol=1e-5,
+        atol=1e-7,
+    )
 
 
 def _loss(model, batch):
@@ -135,8 +148,11 @@ def test_one_update_changes_only_adapters():
   state, metrics = update(state, {"tokens": _tokens(model.config)})
   assert float(metrics["skipped"]) == 0
   after = dict(nnx.to_flat_state(nnx.state(nnx.merge(graphdef, state.params, state.rest))))
-  changed = {".".join(map(str, p)) for p, v in after.items()
-             if not np.array_equal(np.asarray(v[...]), before[p])}
+  changed = {
+      ".".join(map(str, p))
+      for p, v in after.items()
+      if not np.array_equal(np.asarray(v[...]), before[p])
+  }
   # Every B moves (its gradient is non-zero); A's gradient is 0 while B = 0, so only weight
   # decay would move it, and with decay on the adapters alone it does.
   assert changed == names
@@ -166,8 +182,7 @@ def test_qlora_base_is_close_to_float_base(qtype):
   assert 0 < rel < 0.25, rel
   # Exactly the plain model on the dequantised weights (what merge_lora exports).
   merged = merge_lora(model)
-  np.testing.assert_allclose(logits(merged, tokens), got, rtol=1e-5,
-                             atol=1e-6 * np.abs(got).max())
+  np.testing.assert_allclose(logits(merged, tokens), got, rtol=1e-5, atol=1e-6 * np.abs(got).max())
 
 
 @pytest.mark.parametrize("family", ["llada", "sdar"])
@@ -177,8 +192,10 @@ def test_export_of_lora_model_loads_in_transformers(family, hf_checkpoints, tmp_
   model = _randomise_b(apply_lora(model, LoraConfig(rank=4, alpha=8.0)))
   out = str(tmp_path / "hf")
   export_hf(model, out)
-  with open(os.path.join(ckpt.path, "config.json")) as f, \
-       open(os.path.join(out, "config.json")) as g:
+  with (
+      open(os.path.join(ckpt.path, "config.json")) as f,
+      open(os.path.join(out, "config.json")) as g,
+  ):
     assert json.load(g) == json.load(f)
   torch_model = hf_fixtures.load_exported(family, out, attn_implementation="eager")
   ids = _tokens(model.config, 3)
@@ -194,12 +211,18 @@ def test_load_policy_reads_model_lora():
 
   from jdiff.models.lora import trainable_filter
   from jdiff.train.setup import load_policy
-  mc = ml_collections.ConfigDict(dict(preset="tiny_sdar", lora=dict(
-      rank=4, alpha=8.0, targets=["wq", "w_up"], quantize_base="nf4")))
+
+  mc = ml_collections.ConfigDict(
+      dict(
+          preset="tiny_sdar",
+          lora=dict(rank=4, alpha=8.0, targets=["wq", "w_up"], quantize_base="nf4"),
+      )
+  )
   model, _ = load_policy(mc, seed=0)
   assert has_lora(model) and trainable_filter(model) is LoraParam
-  assert hasattr(model.backbone.layers, "wq_lora_a") and not hasattr(model.backbone.layers,
-                                                                     "wk_lora_a")
+  assert hasattr(model.backbone.layers, "wq_lora_a") and not hasattr(
+      model.backbone.layers, "wk_lora_a"
+  )
   assert hasattr(model.backbone.layers, "w_up_q_nf4")
   plain, _ = load_policy(ml_collections.ConfigDict(dict(preset="tiny_sdar")), seed=0)
   assert not has_lora(plain) and trainable_filter(plain) is nnx.Param
@@ -210,20 +233,25 @@ def test_load_policy_reads_model_lora():
 
 def test_4bit_packing_round_trips_every_code():
   from jdiff.models.lora import pack_4bit, unpack_4bit
+
   codes = np.arange(16).reshape(2, 8)
-  for qtype, values in (("nf4", jnp.asarray(codes, jnp.uint4)),
-                        ("int4", jnp.asarray(codes - 8, jnp.int4))):
+  for qtype, values in (
+      ("nf4", jnp.asarray(codes, jnp.uint4)),
+      ("int4", jnp.asarray(codes - 8, jnp.int4)),
+  ):
     packed = pack_4bit(values)
     assert packed.dtype == jnp.uint8 and packed.shape == (2, 4)
     back = unpack_4bit(packed, qtype)
     assert back.dtype == values.dtype
-    np.testing.assert_array_equal(np.asarray(back.astype(jnp.int32)),
-                                  np.asarray(values.astype(jnp.int32)))
+    np.testing.assert_array_equal(
+        np.asarray(back.astype(jnp.int32)), np.asarray(values.astype(jnp.int32))
+    )
 
 
 def test_qlora_train_state_checkpoints(tmp_path):
   """Orbax cannot store 4-bit dtypes: the packed base must survive a save / restore."""
   from jdiff.train.checkpointing import Checkpointer
+
   model = apply_lora(_tiny(), LoraConfig(rank=4, alpha=8.0, quantize_base="int4"))
   _, state = init_train_state(model, optax.adamw(1e-3), trainable=LoraParam)
   ck = Checkpointer(str(tmp_path))
@@ -237,8 +265,9 @@ def test_qlora_train_state_checkpoints(tmp_path):
 
 
 def test_adapters_are_float32_on_a_bf16_base():
-  base = jdiff.DiffusionLM(jdiff.preset("tiny_sdar", param_dtype="bfloat16", dtype="bfloat16"),
-                           rngs=nnx.Rngs(0))
+  base = jdiff.DiffusionLM(
+      jdiff.preset("tiny_sdar", param_dtype="bfloat16", dtype="bfloat16"), rngs=nnx.Rngs(0)
+  )
   model = apply_lora(base, LoraConfig(rank=4, alpha=8.0, targets=("wq",)))
   assert model.backbone.layers.wq[...].dtype == jnp.bfloat16
   assert model.backbone.layers.wq_lora_a[...].dtype == jnp.float32

@@ -51,8 +51,7 @@ def test_block_causal_absolute_positions():
       if v is not None:
         ok = ok and v[b, q] and v[b, k]
       ref[b, q, k] = ok
-    np.testing.assert_array_equal(np.asarray(masks.block_causal(pos, BS, v)),
-                                  _add_self_edges(ref))
+    np.testing.assert_array_equal(np.asarray(masks.block_causal(pos, BS, v)), _add_self_edges(ref))
   got = np.asarray(masks.block_causal(pos, BS))
   # Row 1 starts at position 2: its first block (positions 0..2) holds only index 0.
   assert got[1, 0, :1].all() and not got[1, 0, 1:].any()
@@ -64,6 +63,7 @@ def _xt_x0_loop(positions, block_size, valid=None):
   b_, n = positions.shape
   out = np.zeros((b_, 2 * n, 2 * n), bool)
   for b in range(b_):
+
     def is_x0(i):
       return i >= n
 
@@ -105,8 +105,9 @@ def test_block_diffusion_any_mix():
   ref = np.zeros((3, 12, 12), bool)
   for b, q, k in itertools.product(range(3), range(12), range(12)):
     qb, kb, qn, kn = blocks[b, q], blocks[b, k], noisy[b, q], noisy[b, k]
-    allowed = ((qn and kn and qb == kb) or (qn and not kn and kb < qb)
-               or (not qn and not kn and kb <= qb))
+    allowed = (
+        (qn and kn and qb == kb) or (qn and not kn and kb < qb) or (not qn and not kn and kb <= qb)
+    )
     ref[b, q, k] = allowed and valid[b, q] and valid[b, k]
   got = np.asarray(masks.block_diffusion(blocks, noisy, valid))
   np.testing.assert_array_equal(got, _add_self_edges(ref))
@@ -116,8 +117,9 @@ def test_self_edges_only_for_empty_rows():
   m = np.zeros((1, 3, 3), bool)
   m[0, 0, 2] = True
   got = np.asarray(masks.with_self_edges(m))
-  np.testing.assert_array_equal(got[0], [[False, False, True], [False, True, False],
-                                         [False, False, True]])
+  np.testing.assert_array_equal(
+      got[0], [[False, False, True], [False, True, False], [False, False, True]]
+  )
 
 
 def test_with_cache_and_native():
@@ -132,10 +134,12 @@ def test_with_cache_and_native():
   np.testing.assert_array_equal(np.asarray(masks.with_cache(per_query, new))[:, :, :3], per_query)
 
   pos, valid = _case()
-  np.testing.assert_array_equal(np.asarray(masks.native(BS, pos, valid)),
-                                np.asarray(masks.block_causal(pos, BS, valid)))
-  np.testing.assert_array_equal(np.asarray(masks.native(None, pos, valid)),
-                                np.asarray(masks.bidirectional(valid)))
+  np.testing.assert_array_equal(
+      np.asarray(masks.native(BS, pos, valid)), np.asarray(masks.block_causal(pos, BS, valid))
+  )
+  np.testing.assert_array_equal(
+      np.asarray(masks.native(None, pos, valid)), np.asarray(masks.bidirectional(valid))
+  )
   assert np.asarray(masks.native(None, pos)).all()
 
 
@@ -143,5 +147,6 @@ def test_to_additive():
   m = np.array([[[True, False], [False, True]]])
   add = np.asarray(masks.to_additive(m))
   assert add.shape == (1, 1, 2, 2) and add.dtype == np.float32
-  np.testing.assert_array_equal(add[0, 0], [[0, np.finfo(np.float32).min],
-                                            [np.finfo(np.float32).min, 0]])
+  np.testing.assert_array_equal(
+      add[0, 0], [[0, np.finfo(np.float32).min], [np.finfo(np.float32).min, 0]]
+  )

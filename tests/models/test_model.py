@@ -42,6 +42,7 @@ def _loss_and_grad(graphdef, state, tokens, weights):
   def loss_fn(state):
     logits, _ = nnx.merge(graphdef, state)(tokens)
     return jnp.sum(jax.nn.log_softmax(logits) * weights), logits
+
   (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state)
   return loss, logits, grads
 
@@ -74,30 +75,45 @@ def test_remat_policies_match_none(policy, remat_results):
     assert np.abs(g - g0).max() <= 1e-4 * np.abs(g0).max(), k
 
 
-@pytest.mark.parametrize("changes, field", [
-    (dict(family="gpt"), "family"),
-    (dict(num_heads=4, num_kv_heads=3), "num_heads"),
-    (dict(family="sdar", block_size=None), "block_size"),
-    (dict(family="sdar", block_size=0), "block_size"),
-    (dict(remat="sometimes"), "remat"),
-    (dict(dtype="float8"), "dtype"),
-    (dict(param_dtype="int8"), "param_dtype"),
-    (dict(head_dim=15), "head_dim"),
-    (dict(vocab_size=0), "vocab_size"),
-])
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        (dict(family="gpt"), "family"),
+        (dict(num_heads=4, num_kv_heads=3), "num_heads"),
+        (dict(family="sdar", block_size=None), "block_size"),
+        (dict(family="sdar", block_size=0), "block_size"),
+        (dict(remat="sometimes"), "remat"),
+        (dict(dtype="float8"), "dtype"),
+        (dict(param_dtype="int8"), "param_dtype"),
+        (dict(head_dim=15), "head_dim"),
+        (dict(vocab_size=0), "vocab_size"),
+    ],
+)
 def test_config_validation_names_field(changes, field):
   with pytest.raises(ValueError, match=rf"ModelConfig\.{field}\b"):
     preset("tiny_sdar").replace(**changes)
 
 
 def test_presets():
-  expected = {"llada_8b", "dream_7b", "sdar_1p7b", "sdar_4b", "sdar_8b", "trado_4b", "trado_8b",
-              "tiny_llada", "tiny_dream", "tiny_sdar"}
+  expected = {
+      "llada_8b",
+      "dream_7b",
+      "sdar_1p7b",
+      "sdar_4b",
+      "sdar_8b",
+      "trado_4b",
+      "trado_8b",
+      "tiny_llada",
+      "tiny_dream",
+      "tiny_sdar",
+  }
   assert expected <= set(PRESETS)
   for name in PRESETS:
     c = preset(name)
     assert isinstance(c, ModelConfig)
-    stem = name.split("_")[1] if name.startswith(("tiny_", "small_", "mini_")) else name.split("_")[0]
+    stem = (
+        name.split("_")[1] if name.startswith(("tiny_", "small_", "mini_")) else name.split("_")[0]
+    )
     assert c.family == {"trado": "sdar"}.get(stem, stem), name
     assert c.mask_token_id is not None and c.eos_token_id is not None
     assert c.shift_logits == (c.family == "dream") and c.block_causal == (c.family == "sdar")
@@ -124,16 +140,18 @@ def test_num_params_equals_built_model(name):
   for c in (config.replace(tie_word_embeddings=True), config.replace(num_kv_heads=4)):
     abstract = nnx.eval_shape(lambda c=c: jdiff.DiffusionLM(c, rngs=nnx.Rngs(0)))
     assert _count(abstract) == c.num_params()
-  assert config.flops_per_token(L) > 2 * (config.num_params() - config.vocab_size *
-                                          config.hidden_size)
+  assert config.flops_per_token(L) > 2 * (
+      config.num_params() - config.vocab_size * config.hidden_size
+  )
 
 
 def test_tied_head_uses_embedding():
   config = preset("tiny_llada", tie_word_embeddings=True)
   model = jdiff.DiffusionLM(config, rngs=nnx.Rngs(0))
   assert not hasattr(model, "lm_head")
-  np.testing.assert_array_equal(np.asarray(model.head_weight()),
-                                np.asarray(model.backbone.embed[...]).T)
+  np.testing.assert_array_equal(
+      np.asarray(model.head_weight()), np.asarray(model.backbone.embed[...]).T
+  )
 
 
 def test_forward_argument_errors(hf_checkpoints, jdiff_models):
@@ -159,8 +177,11 @@ def test_window_equals_slice_of_full_call(family, hf_checkpoints, jdiff_models):
   pos = np.broadcast_to(np.arange(L, dtype=np.int32) + 2, (B, L))  # offset: rope uses positions
   valid = np.ones((B, L), bool)
   valid[0, :3] = False  # a left-padded row
-  mask = (masks.block_causal(jnp.asarray(pos), model.config.block_size, jnp.asarray(valid))
-          if model.config.block_causal else masks.bidirectional(jnp.asarray(valid)))
+  mask = (
+      masks.block_causal(jnp.asarray(pos), model.config.block_size, jnp.asarray(valid))
+      if model.config.block_causal
+      else masks.bidirectional(jnp.asarray(valid))
+  )
   cache = KVCache.init(model.config, B, L + 2)
 
   @functools.partial(jax.jit, static_argnames="width")
@@ -172,8 +193,9 @@ def test_window_equals_slice_of_full_call(family, hf_checkpoints, jdiff_models):
   for start, width in [(0, 5), (7, 6), (L - 4, 4), (0, L)]:
     got, got_cache = run(start, width)
     assert got.shape == (B, width, model.config.hidden_size)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(full[:, start:start + width]),
-                               rtol=1e-5, atol=2e-5)  # float reassociation only
+    np.testing.assert_allclose(
+        np.asarray(got), np.asarray(full[:, start : start + width]), rtol=1e-5, atol=2e-5
+    )  # float reassociation only
     for a, b in [(got_cache.k, full_cache.k), (got_cache.v, full_cache.v)]:
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=2e-5)
   for bad in [L + 1, 0, 2.0, True, jnp.int32(3)]:  # out of range, not an int, an array

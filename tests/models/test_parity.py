@@ -32,8 +32,14 @@ def _arange_positions(length=L):
 def _compare(ckpt, model, ids, mask, positions, rows=None, *, name, record, jdiff_mask="same"):
   """Max |jdiff - torch| over the query rows ``rows`` (bool [B, L]); asserts <= TOL."""
   mask = np.array(mask, bool)  # a writable copy for torch
-  ours = np.asarray(jdiff.forward(model, ids, attention_mask=mask if jdiff_mask == "same"
-                                  else jdiff_mask, positions=positions))
+  ours = np.asarray(
+      jdiff.forward(
+          model,
+          ids,
+          attention_mask=mask if jdiff_mask == "same" else jdiff_mask,
+          positions=positions,
+      )
+  )
   ref = hf_fixtures.torch_logits(ckpt.torch_model, ids, mask, positions)
   assert ours.dtype == np.float32 and ours.shape == ref.shape == (*ids.shape, hf_fixtures.VOCAB)
   if rows is None:
@@ -54,8 +60,9 @@ def test_bidirectional(ckpt_model, record_diff):
   ckpt, model = ckpt_model
   assert model.config.num_heads == 4 and model.config.num_kv_heads == 2  # GQA fixture
   mask = np.ones((B, L, L), bool)
-  _compare(ckpt, model, _ids(0), mask, _arange_positions(), name="bidirectional",
-           record=record_diff)
+  _compare(
+      ckpt, model, _ids(0), mask, _arange_positions(), name="bidirectional", record=record_diff
+  )
 
 
 @pytest.mark.parametrize("block_size", [2, 4, 8])
@@ -63,8 +70,9 @@ def test_block_causal(ckpt_model, block_size, record_diff):
   ckpt, model = ckpt_model
   pos = _arange_positions()
   mask = np.asarray(masks.block_causal(pos, block_size))
-  ours, _ = _compare(ckpt, model, _ids(1), mask, pos, name=f"block_causal_{block_size}",
-                     record=record_diff)
+  ours, _ = _compare(
+      ckpt, model, _ids(1), mask, pos, name=f"block_causal_{block_size}", record=record_diff
+  )
   # The mask must matter: block-causal logits differ from bidirectional ones.
   bidir = np.asarray(jdiff.forward(model, _ids(1), attention_mask=np.ones((B, L, L), bool)))
   assert np.abs(ours[:, :block_size] - bidir[:, :block_size]).max() > 1e-3
@@ -106,8 +114,9 @@ def test_left_padding(ckpt_model, record_diff):
     mask = np.asarray(masks.bidirectional(valid))
   # Key padding is enforced: no valid query attends to a pad key.
   assert not np.any(mask & valid[:, :, None] & ~valid[:, None, :])
-  ours, _ = _compare(ckpt, model, ids, mask, positions, rows=valid, name="left_padding",
-                     record=record_diff)
+  ours, _ = _compare(
+      ckpt, model, ids, mask, positions, rows=valid, name="left_padding", record=record_diff
+  )
   # The [B, L] key-padding form of attention_mask gives the same logits.
   ours2 = np.asarray(jdiff.forward(model, ids, attention_mask=valid, positions=positions))
   np.testing.assert_allclose(ours2[valid], ours[valid], rtol=1e-6, atol=1e-6)
@@ -118,10 +127,24 @@ def test_mha_variant(family, hf_checkpoints, jdiff_models, record_diff):
   model = jdiff_models(ckpt)
   assert model.config.num_kv_heads == model.config.num_heads == 4
   pos = _arange_positions()
-  _compare(ckpt, model, _ids(4), np.ones((B, L, L), bool), pos, name="mha_bidirectional",
-           record=record_diff)
-  _compare(ckpt, model, _ids(5), np.asarray(masks.block_causal(pos, 4)), pos,
-           name="mha_block_causal_4", record=record_diff)
+  _compare(
+      ckpt,
+      model,
+      _ids(4),
+      np.ones((B, L, L), bool),
+      pos,
+      name="mha_bidirectional",
+      record=record_diff,
+  )
+  _compare(
+      ckpt,
+      model,
+      _ids(5),
+      np.asarray(masks.block_causal(pos, 4)),
+      pos,
+      name="mha_block_causal_4",
+      record=record_diff,
+  )
 
 
 def test_native_pattern_when_mask_is_none(ckpt_model, record_diff):
@@ -133,10 +156,12 @@ def test_native_pattern_when_mask_is_none(ckpt_model, record_diff):
   else:
     assert model.config.block_size is None
     native = np.ones((B, L, L), bool)
-  ours, ref = _compare(ckpt, model, ids, native, pos, name="native(mask=None)",
-                       record=record_diff, jdiff_mask=None)
-  other = np.ones((B, L, L), bool) if ckpt.family == "sdar" else np.array(
-      masks.block_causal(pos, 4))
+  ours, ref = _compare(
+      ckpt, model, ids, native, pos, name="native(mask=None)", record=record_diff, jdiff_mask=None
+  )
+  other = (
+      np.ones((B, L, L), bool) if ckpt.family == "sdar" else np.array(masks.block_causal(pos, 4))
+  )
   ref_other = hf_fixtures.torch_logits(ckpt.torch_model, ids, other, pos)
   assert np.abs(ours - ref_other).max() > 1e-3  # the other pattern would not match
 
@@ -147,8 +172,9 @@ def test_dream_logits_are_raw_not_shifted(ckpt_model, record_diff):
   if ckpt.family != "dream":
     return
   ids, pos = _ids(7), _arange_positions()
-  ours, ref = _compare(ckpt, model, ids, np.ones((B, L, L), bool), pos, name="raw_logits",
-                       record=record_diff)
+  ours, ref = _compare(
+      ckpt, model, ids, np.ones((B, L, L), bool), pos, name="raw_logits", record=record_diff
+  )
   # A shift by one position (either way) would not match HF's raw logits.
   assert np.abs(ours[:, 1:] - ref[:, :-1]).max() > 1e-2
   assert np.abs(ours[:, :-1] - ref[:, 1:]).max() > 1e-2

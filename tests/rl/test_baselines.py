@@ -13,8 +13,12 @@ from jdiff.rl import tracerl
 from jdiff.rl.method import methods
 from rl_toys import EOS, MASK, PROMPTS, TARGET, learn, make_traj, target_reward, toy_trajectory
 
-COMPLETIONS = [[20, 21, EOS, 22, 23, 24, 25], [25, 26, 27, 28, 29, 30, 31], [31, EOS],
-               [32, 33, 34, 35, EOS]]
+COMPLETIONS = [
+    [20, 21, EOS, 22, 23, 24, 25],
+    [25, 26, 27, 28, 29, 30, 31],
+    [31, EOS],
+    [32, 33, 34, 35, EOS],
+]
 
 
 # ----------------------------------------------------------------------------- coupled-GRPO
@@ -52,8 +56,7 @@ def test_coupled_masks_complementary_and_weights(full_mask_row):
   assert np.all(pair[pw > 0])
   half = 0.5 if full_mask_row else 1.0
   np.testing.assert_allclose(pw[:, :, 0], np.where(m_t, half / t[..., None], 0), rtol=1e-6)
-  np.testing.assert_allclose(pw[:, :, 1], np.where(~m_t, half / (1 - t[..., None]), 0),
-                             rtol=1e-6)
+  np.testing.assert_allclose(pw[:, :, 1], np.where(~m_t, half / (1 - t[..., None]), 0), rtol=1e-6)
   if full_mask_row:
     assert np.all(masked[:, :, 0]) and np.all(w[:, :, 0] == 0.5)
   assert np.any(m_t[:, 1] != m_t[:, 0])  # a fresh draw per inner iteration
@@ -76,7 +79,7 @@ def test_coupled_logprob_matches_naive_and_first_step_ratio_is_one(models):
   valid = np.repeat(batch["valid"], v, 0)
   mask = (valid[:, :, None] & valid[:, None, :]) | np.eye(n, dtype=bool)
   logits, _ = model(ids.reshape(r * v, n), np.repeat(batch["positions"], v, 0), mask)
-  lp = jax.nn.log_softmax(logits, -1)[:, n - 8:n - 1]  # Dream: position i−1 predicts i
+  lp = jax.nn.log_softmax(logits, -1)[:, n - 8 : n - 1]  # Dream: position i−1 predicts i
   lp = jnp.take_along_axis(lp, np.repeat(batch["targets"], v, 0)[..., None], -1)[..., 0]
   lp = np.asarray(lp).reshape(r, v, -1)
   t, m_t = batch["t"][:, None], batch["coupled_mask"]
@@ -140,8 +143,9 @@ def test_random_masking_full_attention_rows():
   kept = np.arange(g)[None] < np.repeat(np.asarray(traj.lengths), 6)[:, None]
   np.testing.assert_array_equal(b["loss_mask"][:, p:], masked & kept)
   assert not b["loss_mask"][:, :p].any()
-  np.testing.assert_array_equal(b["advantages"][:, p:], np.where(
-      masked & kept, np.repeat(np.arange(4), 6)[:, None], 0))
+  np.testing.assert_array_equal(
+      b["advantages"][:, p:], np.where(masked & kept, np.repeat(np.arange(4), 6)[:, None], 0)
+  )
   assert np.all(b["valid"][:, p:]) and np.all(b["targets"][:, p:] == toks)
 
 

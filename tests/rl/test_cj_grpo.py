@@ -40,11 +40,19 @@ def _trajectory():
   for b, steps in enumerate(fills):
     for s, js in enumerate(steps):
       step_map[b, js] = s + 1
-  return Trajectory(
-      prompt_ids=np.array([[5, 6, 7], [1, 8, 9]], np.int32),
-      prompt_mask=np.array([[1, 1, 1], [0, 1, 1]], bool), tokens=final, step_map=step_map,
-      logprobs=np.zeros((2, g), np.float32), lengths=np.array([6, 6], np.int32),
-      num_steps=np.array([4, 2], np.int32), states=states), fills
+  return (
+      Trajectory(
+          prompt_ids=np.array([[5, 6, 7], [1, 8, 9]], np.int32),
+          prompt_mask=np.array([[1, 1, 1], [0, 1, 1]], bool),
+          tokens=final,
+          step_map=step_map,
+          logprobs=np.zeros((2, g), np.float32),
+          lengths=np.array([6, 6], np.int32),
+          num_steps=np.array([4, 2], np.int32),
+          states=states,
+      ),
+      fills,
+  )
 
 
 ADV = np.array([1.5, -0.7], np.float32)
@@ -60,8 +68,9 @@ def fns(llada, ref_model):
   ref_params = nnx.split(ref_model, nnx.Param, ...)[1]
   merge = lambda p: nnx.merge(graphdef, p, rest)
   logp = jax.jit(lambda p, b: cj_grpo.logprob_fn(merge(p), b, CFG))
-  value_grad = jax.jit(jax.value_and_grad(lambda p, b: cj_grpo.loss_fn(merge(p), b, CFG),
-                                          has_aux=True))
+  value_grad = jax.jit(
+      jax.value_and_grad(lambda p, b: cj_grpo.loss_fn(merge(p), b, CFG), has_aux=True)
+  )
   return dict(params=params, ref_params=ref_params, logp=logp, value_grad=value_grad)
 
 
@@ -85,8 +94,9 @@ def test_rows_are_the_recorded_states():
     b, s = divmod(r, s_max)
     assert batch["response_index"][r] == b and batch["step_index"][r] == s
     before = traj.states[s - 1, b] if s > 0 else np.full(g, M)
-    np.testing.assert_array_equal(batch["input_ids"][r], np.concatenate([traj.prompt_ids[b],
-                                                                         before]))
+    np.testing.assert_array_equal(
+        batch["input_ids"][r], np.concatenate([traj.prompt_ids[b], before])
+    )
     np.testing.assert_array_equal(batch["targets"][r, p:], traj.states[s, b])
     pos = batch["loss_mask"][r, p:]
     expect = np.zeros(g, bool)
@@ -109,8 +119,9 @@ def test_rows_are_the_recorded_states():
 def test_needs_states():
   traj, _ = _trajectory()
   with pytest.raises(ValueError, match="record_states=True"):
-    cj_grpo.build_batch(traj.replace(states=None), ADV, None, cj_grpo.CJGRPOConfig(),
-                        jdiff.preset("tiny_llada"))
+    cj_grpo.build_batch(
+        traj.replace(states=None), ADV, None, cj_grpo.CJGRPOConfig(), jdiff.preset("tiny_llada")
+    )
   assert methods.get("cj_grpo").loss_fn is cj_grpo.loss_fn
 
 
@@ -154,8 +165,11 @@ def _naive_grad(model, traj, old, ref, cfg):
   s_max, nb, g = states.shape
   p = traj.prompt_ids.shape[1]
   befores = np.concatenate([np.full((1, nb, g), M), states[:-1]])
-  pos = (befores == M) & (states != M) & (np.arange(s_max)[:, None, None]
-                                          < np.asarray(traj.num_steps)[None, :, None])
+  pos = (
+      (befores == M)
+      & (states != M)
+      & (np.arange(s_max)[:, None, None] < np.asarray(traj.num_steps)[None, :, None])
+  )
   n_steps = int((pos.sum(axis=(1, 2)) > 0).sum())
   total, grads = 0.0, None
   for s in range(s_max):
@@ -167,8 +181,17 @@ def _naive_grad(model, traj, old, ref, cfg):
       n_real = len(ids)
       ids = np.pad(ids, (0, p + g - n_real), constant_values=1)
       r = b * s_max + s
-      v, gr = row_grad(params, ids, n_real, states[s, b], pos[s, b], old[r, p:], ref[r, p:], ADV[b],
-                       1.0 / (den * n_steps))
+      v, gr = row_grad(
+          params,
+          ids,
+          n_real,
+          states[s, b],
+          pos[s, b],
+          old[r, p:],
+          ref[r, p:],
+          ADV[b],
+          1.0 / (den * n_steps),
+      )
       total += v
       grads = gr if grads is None else jax.tree.map(jnp.add, grads, gr)
   return total, grads
@@ -206,11 +229,11 @@ def test_gradient_matches_naive_and_modes_agree(llada, fns):
 
 def test_sampler_logprobs_match(llada, fns):
   llada_sampler = pytest.importorskip("jdiff.sampling.llada")
-  if "record_states" not in {f.name for f in
-                             dataclasses.fields(llada_sampler.LLaDASamplerConfig)}:
+  if "record_states" not in {f.name for f in dataclasses.fields(llada_sampler.LLaDASamplerConfig)}:
     pytest.skip("LLaDA sampler has no record_states option")
-  cfg_s = llada_sampler.LLaDASamplerConfig(gen_length=8, block_length=4, steps=4,
-                                           temperature=1.0, record_states=True)
+  cfg_s = llada_sampler.LLaDASamplerConfig(
+      gen_length=8, block_length=4, steps=4, temperature=1.0, record_states=True
+  )
   ids = np.array([[1, 5, 6, 7], [8, 9, 10, 11]], np.int32)
   mask = np.array([[0, 1, 1, 1], [1, 1, 1, 1]], bool)
   traj = jax.device_get(llada_sampler.sample(llada, ids, mask, jax.random.key(3), cfg_s))
@@ -222,8 +245,9 @@ def test_sampler_logprobs_match(llada, fns):
     b, s = divmod(r, s_max)
     pos = batch["loss_mask"][r, p:]
     np.testing.assert_array_equal(pos, raw_steps[b] == s + 1)  # step s unmasked exactly these
-    np.testing.assert_allclose(logp[r, p:][pos], np.asarray(traj.raw_logprobs)[b][pos],
-                               rtol=2e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        logp[r, p:][pos], np.asarray(traj.raw_logprobs)[b][pos], rtol=2e-5, atol=1e-5
+    )
 
 
 def test_block_model_rows_match_block_sampler():
@@ -232,11 +256,19 @@ def test_block_model_rows_match_block_sampler():
   gets no spurious positions, and tokens decoded after the stop keep their transitions."""
   from jdiff.sampling import block
   from jdiff.sampling.block import BlockSamplerConfig
+
   sdar = jdiff.DiffusionLM(jdiff.preset("tiny_sdar"), rngs=nnx.Rngs(0))
-  cfg_s = BlockSamplerConfig(gen_length=10, steps_per_block=2, strategy="low_confidence_static",
-                             temperature=1.0, record_states=True, stop_ids=(40, 41, 42, 43, 44))
-  traj = jax.device_get(block.sample(sdar, [[5, 6, 7], [8, 9, 10, 11, 12, 13]], None,
-                                     jax.random.key(0), cfg_s))
+  cfg_s = BlockSamplerConfig(
+      gen_length=10,
+      steps_per_block=2,
+      strategy="low_confidence_static",
+      temperature=1.0,
+      record_states=True,
+      stop_ids=(40, 41, 42, 43, 44),
+  )
+  traj = jax.device_get(
+      block.sample(sdar, [[5, 6, 7], [8, 9, 10, 11, 12, 13]], None, jax.random.key(0), cfg_s)
+  )
   assert traj.lengths.min() < 10  # one row stopped early (the stop ids are chosen for that)
   batch = cj_grpo.build_batch(traj, np.zeros(2, np.float32), None, CFG, sdar.config)
   logp = np.asarray(jax.jit(lambda b: cj_grpo.logprob_fn(sdar, b, CFG))(batch))
@@ -248,8 +280,9 @@ def test_block_model_rows_match_block_sampler():
     pos = batch["loss_mask"][r, p:]
     np.testing.assert_array_equal(pos, raw_steps[b] == s + 1)
     kept = pos & (np.arange(g) < traj.lengths[b])  # Trajectory.logprobs: kept tokens only
-    np.testing.assert_allclose(logp[r, p:][kept], np.asarray(traj.logprobs)[b][kept],
-                               rtol=2e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        logp[r, p:][kept], np.asarray(traj.logprobs)[b][kept], rtol=2e-5, atol=1e-5
+    )
 
 
 def test_cj_grpo_raises_reward(llada):
@@ -273,26 +306,27 @@ def test_cj_grpo_raises_reward(llada):
     return ((toks < low_ids) & kept).sum(1) / np.maximum(kept.sum(1), 1)
 
   cfg = cj_grpo.CJGRPOConfig()  # eps 0.5, beta 0.04 to the frozen reference
-  sampler = llada_sampler.LLaDASamplerConfig(gen_length=8, block_length=8, steps=3,
-                                             schedule="ass", temperature=1.0,
-                                             record_states=True)
+  sampler = llada_sampler.LLaDASamplerConfig(
+      gen_length=8, block_length=8, steps=3, schedule="ass", temperature=1.0, record_states=True
+  )
   prompts = [[5, 6, 7], [8, 9, 10, 11, 12], [13, 14], [15, 16, 17, 18]]
   ids, mask, _ = left_pad([p for p in prompts for _ in range(group)], llada.config.pad_token_id)
   opt = optax.adam(3e-3)
   graphdef, state = init_train_state(llada, opt)
   _, ref_params, _ = nnx.split(llada, nnx.Param, ...)  # the fixture is never updated
   update = make_update_step(graphdef, opt, functools.partial(cj_grpo.loss_fn, cfg=cfg))
-  score = jax.jit(lambda params, rest, batch: cj_grpo.logprob_fn(
-      nnx.merge(graphdef, params, rest), batch, cfg))
+  score = jax.jit(
+      lambda params, rest, batch: cj_grpo.logprob_fn(nnx.merge(graphdef, params, rest), batch, cfg)
+  )
 
   def rollout(state, key, reps=1):
     m = nnx.merge(graphdef, state.params, state.rest)
-    return jax.device_get(llada_sampler.sample(m, np.tile(ids, (reps, 1)),
-                                               np.tile(mask, (reps, 1)), key, sampler))
+    return jax.device_get(
+        llada_sampler.sample(m, np.tile(ids, (reps, 1)), np.tile(mask, (reps, 1)), key, sampler)
+    )
 
   def mean_reward(state):
-    return np.mean([reward(rollout(state, jax.random.key(1000 + s), 2)).mean()
-                    for s in range(2)])
+    return np.mean([reward(rollout(state, jax.random.key(1000 + s), 2)).mean() for s in range(2)])
 
   before = mean_reward(state)
   for it in range(6):

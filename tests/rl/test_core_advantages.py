@@ -29,12 +29,12 @@ def test_registry_lookup_and_error():
 
 
 def test_group_zscore_population_std_and_zero_std():
-  r = np.array([1., 0., 0., 1., 1., 1., 1., 1., 0., 2., 4., 6.], np.float32)
+  r = np.array([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 2.0, 4.0, 6.0], np.float32)
   a = np.asarray(adv_lib.group_zscore(r, 4))
   for g in range(3):
-    x = r[4 * g:4 * g + 4]
+    x = r[4 * g : 4 * g + 4]
     want = (x - x.mean()) / x.std() if x.std() > 0 else np.zeros(4)
-    np.testing.assert_allclose(a[4 * g:4 * g + 4], want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(a[4 * g : 4 * g + 4], want, rtol=1e-6, atol=1e-6)
   assert np.all(a[4:8] == 0.0)  # zero-std group -> 0
   np.testing.assert_allclose(a[:4], [1, -1, -1, 1], rtol=1e-6)  # ddof=0: std 0.5
   m = np.asarray(adv_lib.group_mean_baseline(r, 4))
@@ -114,8 +114,7 @@ def test_trace_gae_sanity_checks():
   ret, adv = adv_lib.trace_gae(step_ids, token_r, values, trainable, 1.0, 1.0)
   r_full = np.broadcast_to(seq_reward[:, None], valid.shape)
   np.testing.assert_allclose(np.asarray(ret)[valid], r_full[valid], rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(np.asarray(adv)[valid], (r_full - values)[valid], rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(np.asarray(adv)[valid], (r_full - values)[valid], rtol=1e-5, atol=1e-6)
   # γ = 1, λ = 0: A_j = r_j − V_j + V*_{t+1}.
   _, adv0 = adv_lib.trace_gae(step_ids, token_r, values, trainable, 1.0, 0.0)
   for b in range(step_ids.shape[0]):

@@ -40,8 +40,9 @@ def test_clip_fraction_on_constructed_ratios():
   np.testing.assert_allclose(float(m["clip_frac_low"]), 1 / 8, atol=1e-6)
   surr = np.array([[0.5, 0.9, 1.1, 1.2], [-0.8, -0.9, -1.1, -1.5]])
   np.testing.assert_allclose(float(loss), -surr.mean(), rtol=1e-5)
-  _, m2 = clipped_policy_loss(np.log(ratios), np.zeros_like(ratios), adv, mask, eps_low=0.2,
-                              eps_high=0.6)
+  _, m2 = clipped_policy_loss(
+      np.log(ratios), np.zeros_like(ratios), adv, mask, eps_low=0.2, eps_high=0.6
+  )
   np.testing.assert_allclose(float(m2["clip_frac_high"]), 0.0, atol=1e-6)
 
 
@@ -55,8 +56,9 @@ def _by_hand(logp, old, ref, adv, mask, eps, beta, norm, row_norm):
     return ((-surr + beta * kl) * mask).sum() / mask.sum()
   if norm == "per_row_sum_over_length":
     return np.mean([((-surr[i] + beta * kl[i]) * mask[i]).sum() / row_norm[i] for i in rows])
-  return np.mean([-(surr[i] * mask[i]).sum() / mask[i].sum() + beta * (kl[i] * mask[i]).sum()
-                  for i in rows])
+  return np.mean(
+      [-(surr[i] * mask[i]).sum() / mask[i].sum() + beta * (kl[i] * mask[i]).sum() for i in rows]
+  )
 
 
 @pytest.mark.parametrize("norm", ["token_mean", "per_row_sum_over_length", "per_row_mean"])
@@ -67,8 +69,17 @@ def test_normalisations_by_hand(norm):
   mask = (np.random.default_rng(5).random((b, t)) > 0.4).astype(np.float32)
   mask[2] = 0.0  # an empty row is not counted in the row mean
   row_norm = np.array([6.0, 8.0, 6.0, 10.0], np.float32)
-  loss, _ = clipped_policy_loss(logp, old, adv, mask, eps_low=0.2, kl_coef=0.3, ref_logp=ref,
-                                normalization=norm, row_norm=row_norm)
+  loss, _ = clipped_policy_loss(
+      logp,
+      old,
+      adv,
+      mask,
+      eps_low=0.2,
+      kl_coef=0.3,
+      ref_logp=ref,
+      normalization=norm,
+      row_norm=row_norm,
+  )
   want = _by_hand(logp, old, ref, adv, mask, 0.2, 0.3, norm, row_norm)
   np.testing.assert_allclose(float(loss), want, rtol=1e-5)
 
@@ -91,13 +102,17 @@ def test_k1_and_k3_kl_by_hand():
   k1 = (0.5 + -1.0 + 0.0) / 3  # log pi - log pi_ref per token
   k3 = (np.exp(-0.5) + 0.5 - 1 + np.exp(1.0) - 1.0 - 1 + 0.0) / 3  # exp(r) - r - 1, r = ref - logp
   for name, want in (("k1", k1), ("k3", k3)):
-    loss, m = clipped_policy_loss(logp, logp, adv, mask, kl_coef=0.1, ref_logp=ref,
-                                  kl_estimator=name)
+    loss, m = clipped_policy_loss(
+        logp, logp, adv, mask, kl_coef=0.1, ref_logp=ref, kl_estimator=name
+    )
     np.testing.assert_allclose(float(loss), 0.1 * want, rtol=1e-6)
     np.testing.assert_allclose(float(m["kl"]), want, rtol=1e-6)
   # k1's gradient is beta / N on every masked token, whatever the reference says.
-  g = jax.grad(lambda x: clipped_policy_loss(x, logp, adv, mask, kl_coef=0.1, ref_logp=ref,
-                                             kl_estimator="k1")[0])(jnp.asarray(logp))
+  g = jax.grad(
+      lambda x: clipped_policy_loss(
+          x, logp, adv, mask, kl_coef=0.1, ref_logp=ref, kl_estimator="k1"
+      )[0]
+  )(jnp.asarray(logp))
   np.testing.assert_allclose(np.asarray(g), 0.1 / 3 * mask, rtol=1e-6)
   with pytest.raises(ValueError, match="kl_estimator"):
     clipped_policy_loss(logp, logp, adv, mask, kl_estimator="k2")
@@ -113,9 +128,17 @@ def test_policy_loss_gradient_matches_finite_differences():
   adv = np.array([1.3, -0.7], np.float32)
   mask = np.array([[1, 1, 1, 0], [1, 0, 1, 1]], np.float32)
   for norm in ("token_mean", "per_row_sum_over_length", "per_row_mean"):
-    f = lambda x: clipped_policy_loss(x, old, adv, mask, eps_low=0.05, kl_coef=0.2,
-                                      ref_logp=ref, normalization=norm,
-                                      row_norm=np.array([4.0, 5.0], np.float32))[0]
+    f = lambda x: clipped_policy_loss(
+        x,
+        old,
+        adv,
+        mask,
+        eps_low=0.05,
+        kl_coef=0.2,
+        ref_logp=ref,
+        normalization=norm,
+        row_norm=np.array([4.0, 5.0], np.float32),
+    )[0]
     g = np.asarray(jax.grad(f)(jnp.asarray(x0)))
     num = np.zeros_like(x0)
     h = 1e-3

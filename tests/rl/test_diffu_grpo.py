@@ -36,9 +36,10 @@ def test_layout_and_completion_mask():
   np.testing.assert_array_equal(b["input_ids"], ids[:, 0])
   pm = np.asarray(traj.prompt_mask)
   # Only real prompt tokens are masked; unmasked ones keep their id; pads stay pads.
-  kept = (ids[:, :, :p] != MASK)
-  np.testing.assert_array_equal(np.where(kept, ids[:, :, :p], -1),
-                                np.where(kept, np.asarray(traj.prompt_ids)[:, None], -1))
+  kept = ids[:, :, :p] != MASK
+  np.testing.assert_array_equal(
+      np.where(kept, ids[:, :, :p], -1), np.where(kept, np.asarray(traj.prompt_ids)[:, None], -1)
+  )
   assert np.all(ids[:, :, :p][~np.broadcast_to(pm[:, None], kept.shape)] == PAD)
   # Positions count real tokens; the completion continues from the prompt length.
   np.testing.assert_array_equal(b["positions"][1], np.arange(p + 6))
@@ -130,16 +131,33 @@ def test_gradient_matches_naive(models, preset):
   rng = np.random.default_rng(0)
   batch["old_logp"] = logp + rng.uniform(-0.9, 0.9, logp.shape).astype(np.float32)  # clips
   batch["ref_logp"] = logp + rng.uniform(-0.5, 0.5, logp.shape).astype(np.float32)
-  l1, g1 = jax.jit(jax.value_and_grad(
-      lambda s: dg.loss_fn(nnx.merge(graphdef, s), batch, cfg)[0]))(state)
+  l1, g1 = jax.jit(jax.value_and_grad(lambda s: dg.loss_fn(nnx.merge(graphdef, s), batch, cfg)[0]))(
+      state
+  )
   # The naive loss: rows one at a time (one jitted row function), summed, / #tokens.
-  row = jax.jit(jax.value_and_grad(
-      lambda s, *xs: _naive_row_loss(nnx.merge(graphdef, s), *xs, cfg.eps, cfg.beta)))
+  row = jax.jit(
+      jax.value_and_grad(
+          lambda s, *xs: _naive_row_loss(nnx.merge(graphdef, s), *xs, cfg.eps, cfg.beta)
+      )
+  )
   l2, g2 = 0.0, None
   for i in range(adv.shape[0]):
-    li, gi = row(state, *(jnp.asarray(batch[k][i]) for k in (
-        "input_ids", "positions", "valid", "targets", "loss_mask", "old_logp", "ref_logp",
-        "advantages")))
+    li, gi = row(
+        state,
+        *(
+            jnp.asarray(batch[k][i])
+            for k in (
+                "input_ids",
+                "positions",
+                "valid",
+                "targets",
+                "loss_mask",
+                "old_logp",
+                "ref_logp",
+                "advantages",
+            )
+        ),
+    )
     l2, g2 = l2 + li, gi if g2 is None else jax.tree.map(jnp.add, g2, gi)
   count = batch["loss_mask"].sum()
   np.testing.assert_allclose(float(l1), float(l2) / count, rtol=1e-5, atol=1e-6)

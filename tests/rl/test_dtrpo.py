@@ -20,9 +20,14 @@ M = 3  # tiny presets' mask id
 PAIRS = dtrpo.PreferencePairs.from_lists(
     prompts=[[5, 6, 7], [8, 9, 10, 11, 12]],
     chosen=[[20, 21, 22, 23, 24, 25, 1], [30, 31, 32, 33, 1]],
-    rejected=[[40, 41, 42, 43, 44, 1], [50, 51, 1]], pad_id=1, width=7)
-CFGS = {"tiny_sdar": dtrpo.DTRPOConfig(),
-        "tiny_llada": dtrpo.DTRPOConfig(block_length=3, block_weight="inverse_t")}
+    rejected=[[40, 41, 42, 43, 44, 1], [50, 51, 1]],
+    pad_id=1,
+    width=7,
+)
+CFGS = {
+    "tiny_sdar": dtrpo.DTRPOConfig(),
+    "tiny_llada": dtrpo.DTRPOConfig(block_length=3, block_weight="inverse_t"),
+}
 
 
 @pytest.fixture(scope="module", params=["tiny_sdar", "tiny_llada"])
@@ -35,12 +40,22 @@ def setup(request):
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   merge = lambda p: nnx.merge(graphdef, p, rest)
   logp = jax.jit(lambda p, b: dtrpo.logprob_fn(merge(p), b, cfg))
-  value_grad = jax.jit(jax.value_and_grad(lambda p, b: dtrpo.loss_fn(merge(p), b, cfg),
-                                          has_aux=True))
+  value_grad = jax.jit(
+      jax.value_and_grad(lambda p, b: dtrpo.loss_fn(merge(p), b, cfg), has_aux=True)
+  )
   batch = dtrpo.build_batch(PAIRS, None, jax.random.key(0), cfg, model.config)
-  return dict(name=name, cfg=cfg, model=model, params=params, graphdef=graphdef, rest=rest,
-              ref_params=nnx.split(ref, nnx.Param, ...)[1], logp=logp, value_grad=value_grad,
-              batch=batch)
+  return dict(
+      name=name,
+      cfg=cfg,
+      model=model,
+      params=params,
+      graphdef=graphdef,
+      rest=rest,
+      ref_params=nnx.split(ref, nnx.Param, ...)[1],
+      logp=logp,
+      value_grad=value_grad,
+      batch=batch,
+  )
 
 
 def _response_blocks(name, cfg, plen, g):
@@ -66,15 +81,17 @@ def test_remasking(setup):
     assert not batch["loss_mask"][r, :-g].any()
     assert not (remask & ~real).any()
     # the noisy response: re-masked tokens are masks, the others y; targets are y
-    np.testing.assert_array_equal(batch["input_ids"][r, -g:][real],
-                                  np.where(remask, M, toks[r])[real])
+    np.testing.assert_array_equal(
+        batch["input_ids"][r, -g:][real], np.where(remask, M, toks[r])[real]
+    )
     np.testing.assert_array_equal(batch["targets"][r, -g:][real], toks[r][real])
     assert batch["noisy"][r, -g:].all()
     # the clean copy of the response is untouched, and no mask id sits outside the noisy copy
     n = batch["input_ids"].shape[1]
     off = mc.block_size if name == "tiny_sdar" else 0  # the noisy window's prompt-tail slots
-    np.testing.assert_array_equal(batch["input_ids"][r, n - 2 * g - off:n - g - off][real],
-                                  toks[r][real])
+    np.testing.assert_array_equal(
+        batch["input_ids"][r, n - 2 * g - off : n - g - off][real], toks[r][real]
+    )
     assert not (batch["input_ids"][r][~batch["noisy"][r]] == M).any()
     blocks = _response_blocks(name, cfg, plens[r], g)
     for k in np.unique(blocks[real]):
@@ -87,8 +104,7 @@ def test_remasking(setup):
   again = dtrpo.build_batch(PAIRS, None, jax.random.key(0), cfg, mc)
   for k in batch:
     np.testing.assert_array_equal(batch[k], again[k])
-  other = [dtrpo.build_batch(PAIRS, None, jax.random.key(i), cfg, mc)["loss_mask"]
-           for i in (1, 2)]
+  other = [dtrpo.build_batch(PAIRS, None, jax.random.key(i), cfg, mc)["loss_mask"] for i in (1, 2)]
   assert any((o != batch["loss_mask"]).any() for o in other)
   assert methods.get("dtrpo").build_batch is dtrpo.build_batch
 
@@ -130,22 +146,22 @@ def _naive(setup, batch):
     wts = batch["token_weight"][r, -g:]
     blocks = _response_blocks(name, cfg, plen, g)
     delta, grad = 0.0, None
-    for k in np.unique(blocks[:lengths[r]]):
-      end = int(np.nonzero(blocks[:lengths[r]] == k)[0][-1]) + 1
+    for k in np.unique(blocks[: lengths[r]]):
+      end = int(np.nonzero(blocks[: lengths[r]] == k)[0][-1]) + 1
       y = toks[r, :end].copy()
       sel = (blocks[:end] == k) & remask[:end]
       y[sel] = M
       ids = np.full(n, 1, np.int32)
-      ids[:plen + end] = np.concatenate([prompt, y])
+      ids[: plen + end] = np.concatenate([prompt, y])
       valid = np.arange(n) < plen + end
       if name == "tiny_sdar":
         bid = np.arange(n) // setup["model"].config.block_size
       else:
         bid = np.concatenate([np.zeros(plen, int), 1 + np.arange(n - plen) // cfg.block_length])
       targets = np.zeros(n, np.int32)
-      targets[plen:plen + end] = toks[r, :end]
+      targets[plen : plen + end] = toks[r, :end]
       w = np.zeros(n, np.float32)
-      w[plen:plen + end] = np.where(sel, wts[:end], 0.0)
+      w[plen : plen + end] = np.where(sel, wts[:end], 0.0)
       v, gr = vg(setup["params"], ids, valid, bid, targets, w)
       v_ref, _ = vg(setup["ref_params"], ids, valid, bid, targets, w)
       delta += float(v) - float(v_ref)
@@ -194,10 +210,17 @@ def _block_counts(batch, lengths, block_length, g):
   out = []
   for r in range(batch["input_ids"].shape[0]):
     for k in range(lengths[r] // block_length):
-      sl = slice(batch["input_ids"].shape[1] - g + k * block_length,
-                 batch["input_ids"].shape[1] - g + (k + 1) * block_length)
-      out.append((int((batch["input_ids"][r, sl] == M).sum()), int(batch["loss_mask"][r, sl].sum()),
-                  batch["token_weight"][r, sl]))
+      sl = slice(
+          batch["input_ids"].shape[1] - g + k * block_length,
+          batch["input_ids"].shape[1] - g + (k + 1) * block_length,
+      )
+      out.append(
+          (
+              int((batch["input_ids"][r, sl] == M).sum()),
+              int(batch["loss_mask"][r, sl].sum()),
+              batch["token_weight"][r, sl],
+          )
+      )
   return out
 
 
@@ -233,18 +256,23 @@ STEPS = ([[3, 1, 1, 2, 5, 4, 6], [1, 2, 2, 3, 4]], [[2, 2, 1, 1, 3, 3], [2, 1, 3
 
 def test_newly_unmasked_replays_the_recorded_order():
   pairs = dtrpo.PreferencePairs.from_lists(
-      [[5, 6, 7], [8, 9, 10, 11, 12]], [[20, 21, 22, 23, 24, 25, 1], [30, 31, 32, 33, 1]],
-      [[40, 41, 42, 43, 44, 1], [50, 51, 1]], pad_id=1, width=7, chosen_steps=STEPS[0],
-      rejected_steps=STEPS[1])
+      [[5, 6, 7], [8, 9, 10, 11, 12]],
+      [[20, 21, 22, 23, 24, 25, 1], [30, 31, 32, 33, 1]],
+      [[40, 41, 42, 43, 44, 1], [50, 51, 1]],
+      pad_id=1,
+      width=7,
+      chosen_steps=STEPS[0],
+      rejected_steps=STEPS[1],
+  )
   cfg = dtrpo.DTRPOConfig(block_length=3, estimator="newly_unmasked")
   g = 7
   for i in range(6):
     batch = dtrpo.build_batch(pairs, None, jax.random.key(i), cfg, jdiff.preset("tiny_llada"))
     for r in range(4):
       rec = np.array(STEPS[0][r] if r < 2 else STEPS[1][r - 2])
-      noisy = batch["input_ids"][r, -g:][:len(rec)] == M
-      scored = batch["loss_mask"][r, -g:][:len(rec)]
-      w = batch["token_weight"][r, -g:][:len(rec)]
+      noisy = batch["input_ids"][r, -g:][: len(rec)] == M
+      scored = batch["loss_mask"][r, -g:][: len(rec)]
+      w = batch["token_weight"][r, -g:][: len(rec)]
       for k in range(0, len(rec), 3):
         blk = slice(k, min(k + 3, len(rec)))
         t = rec[blk][scored[blk]]
@@ -267,8 +295,9 @@ def test_file_pairs_get_random_orders_on_the_grid():
 
 
 def test_shared_timesteps_and_k_draws():
-  pairs = dtrpo.PreferencePairs.from_lists([[5, 6], [7, 8]], [[20] * 8, [21] * 8],
-                                           [[30] * 8, [31] * 8], pad_id=1)
+  pairs = dtrpo.PreferencePairs.from_lists(
+      [[5, 6], [7, 8]], [[20] * 8, [21] * 8], [[30] * 8, [31] * 8], pad_id=1
+  )
   mc = jdiff.preset("tiny_llada")
   for share in (True, False):
     cfg = dtrpo.DTRPOConfig(block_length=4, timesteps_per_block=3, share_timesteps=share)
@@ -292,8 +321,10 @@ def test_k_draws_average_in_the_loss():
   logp = np.asarray(dtrpo.logprob_fn(model, batch, cfg))
   batch["ref_logp"] = logp + np.random.default_rng(0).normal(size=logp.shape)
   _, m = dtrpo.loss_fn(model, batch, cfg)
-  d = np.sum(np.where(batch["token_weight"] > 0,
-                      batch["token_weight"] * (logp - batch["ref_logp"]), 0.0), -1)
+  d = np.sum(
+      np.where(batch["token_weight"] > 0, batch["token_weight"] * (logp - batch["ref_logp"]), 0.0),
+      -1,
+  )
   d = d.reshape(2, 2, 2).mean(1)  # [side, K, pair] -> mean over K
   np.testing.assert_allclose(m["margin"], np.mean(d[0] - d[1]), rtol=1e-5)
 
@@ -320,7 +351,7 @@ def test_dream_matches_per_block_forwards():
       end = min(end, lengths[r])
       k0 = (end - 1) // 3 * 3
       ids = np.ones(n, np.int32)
-      ids[:plen + end] = np.concatenate([prompt, toks[r, :k0], noisy[k0:end]])
+      ids[: plen + end] = np.concatenate([prompt, toks[r, :k0], noisy[k0:end]])
       valid = np.arange(n) < plen + end
       bid = np.concatenate([np.zeros(plen, int), 1 + np.arange(n - plen) // 3])
       mask = valid[None] & valid[:, None] & (bid[None] <= bid[:, None]) | np.eye(n, dtype=bool)
@@ -328,10 +359,16 @@ def test_dream_matches_per_block_forwards():
       want += sum(wr[j] * lp[plen + j - 1, toks[r, j]] for j in range(k0, end) if wr[j] > 0)
     np.testing.assert_allclose(got[r], want, rtol=1e-5)
   # the plain shift (first token of a block read from the previous noisy slot) differs
-  plain = np.asarray(dtrpo.model_token_logprobs(
-      model, batch["input_ids"], batch["positions"],
-      dtrpo.masks.block_diffusion(batch["blocks"], batch["noisy"], batch["valid"]),
-      batch["targets"], cfg.chunk_size))
+  plain = np.asarray(
+      dtrpo.model_token_logprobs(
+          model,
+          batch["input_ids"],
+          batch["positions"],
+          dtrpo.masks.block_diffusion(batch["blocks"], batch["noisy"], batch["valid"]),
+          batch["targets"],
+          cfg.chunk_size,
+      )
+  )
   assert not np.allclose(np.sum(np.where(w > 0, w * plain, 0.0), -1), got, rtol=1e-3)
 
 

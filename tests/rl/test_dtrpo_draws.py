@@ -16,7 +16,7 @@ A, C = RNG.normal(size=8), RNG.normal(size=(8, 8))
 
 def delta(j, visible):
   """A log-ratio that depends on which other tokens are visible (nonlinearly)."""
-  return A[j] + np.tanh(C[j, :len(visible)] @ visible.astype(float)) * (1.0 + 0.5 * j)
+  return A[j] + np.tanh(C[j, : len(visible)] @ visible.astype(float)) * (1.0 + 0.5 * j)
 
 
 def trajectory_sum(steps):
@@ -90,8 +90,9 @@ def test_newly_unmasked_exact_for_a_recorded_order(recorded):
   num_t = int(dense.max())
   est = 0.0
   for t in range(1, num_t + 1):
-    masked, weight, steps = dd.draw_block(np.zeros(len(recorded)), (t - 0.5) / num_t, 0,
-                                          "newly_unmasked", recorded=recorded)
+    masked, weight, steps = dd.draw_block(
+        np.zeros(len(recorded)), (t - 0.5) / num_t, 0, "newly_unmasked", recorded=recorded
+    )
     np.testing.assert_array_equal(steps, dense)
     np.testing.assert_array_equal(masked, dense >= t)
     np.testing.assert_array_equal(weight > 0, dense == t)

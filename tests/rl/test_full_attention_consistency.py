@@ -34,8 +34,8 @@ def _left_padded(pad_id):
   ids = np.full((len(PROMPTS), p), pad_id, np.int32)
   mask = np.zeros((len(PROMPTS), p), bool)
   for b, q in enumerate(PROMPTS):
-    ids[b, p - len(q):] = q
-    mask[b, p - len(q):] = True
+    ids[b, p - len(q) :] = q
+    mask[b, p - len(q) :] = True
   return ids, mask
 
 
@@ -60,9 +60,13 @@ def _check_rows_reproduce_sampler(model, traj, max_steps):
       # shrink=1: each row supervises the tokens of a single decoding step.
       assert len(np.unique(step_map[b][sel])) == 1
       np.testing.assert_array_equal(batch["targets"][r, -g:][sel], np.asarray(traj.tokens)[b][sel])
-      np.testing.assert_allclose(logp[r, -g:][sel], np.asarray(traj.logprobs)[b][sel], rtol=2e-5,
-                                 atol=1e-5,
-                                 err_msg=f"row {r} (response {b})")
+      np.testing.assert_allclose(
+          logp[r, -g:][sel],
+          np.asarray(traj.logprobs)[b][sel],
+          rtol=2e-5,
+          atol=1e-5,
+          err_msg=f"row {r} (response {b})",
+      )
       np.testing.assert_allclose(batch["advantages"][r, -g:][sel], adv[b])
   np.testing.assert_array_equal(covered, kept.astype(int))
   assert kept.sum() > nb  # the check is not vacuous
@@ -87,12 +91,18 @@ def dream(tmp_path_factory):
 def test_llada_sampler_rows_reproduce_logprobs(llada, padding_blind):
   c = llada.config
   ids, mask = _left_padded(c.pad_token_id)
-  cfg = llada_sampler.LLaDASamplerConfig(gen_length=GEN, block_length=8, steps=GEN,
-                                         temperature=1.0, padding_blind_positions=padding_blind)
+  cfg = llada_sampler.LLaDASamplerConfig(
+      gen_length=GEN,
+      block_length=8,
+      steps=GEN,
+      temperature=1.0,
+      padding_blind_positions=padding_blind,
+  )
   traj = llada_sampler.sample(llada, ids, mask, jax.random.key(7), cfg)
   # steps == gen_length: every step commits exactly one token in every row.
-  np.testing.assert_array_equal(np.sort(np.asarray(traj.raw_step_map), -1),
-                                np.tile(np.arange(1, GEN + 1), (len(PROMPTS), 1)))
+  np.testing.assert_array_equal(
+      np.sort(np.asarray(traj.raw_step_map), -1), np.tile(np.arange(1, GEN + 1), (len(PROMPTS), 1))
+  )
   _check_rows_reproduce_sampler(llada, traj, max_steps=GEN)
 
 
@@ -117,8 +127,7 @@ def test_llada_sampler_rows_reproduce_logprobs_with_stop(llada, tmp_path):
   """Responses that stop early: tokens after the EOS were decoded (and seen by the later
   steps) but are not kept; the rows must still show them as the sampler did."""
   ids, mask = _left_padded(llada.config.pad_token_id)
-  cfg = llada_sampler.LLaDASamplerConfig(gen_length=GEN, block_length=8, steps=GEN,
-                                         temperature=1.0)
+  cfg = llada_sampler.LLaDASamplerConfig(gen_length=GEN, block_length=8, steps=GEN, temperature=1.0)
   traj = llada_sampler.sample(llada, ids, mask, jax.random.key(7), cfg)
   # Make a token the random model proposes often the EOS, so that some responses stop.
   stop_model = _reload_with_eos(hf_fixtures.make_llada, 5, tmp_path, _most_common_token(traj))
@@ -131,8 +140,9 @@ def test_dream_sampler_rows_reproduce_logprobs_with_stop(dream, tmp_path):
   """Dream with blocks stops a row after the block holding its stop token: the later blocks
   are never decoded (raw step 0) and stay masked in every row, as in the sampler."""
   ids, mask = _left_padded(dream.config.pad_token_id)
-  cfg = dream_sampler.DreamSamplerConfig(gen_length=GEN, steps=GEN, temperature=1.0,
-                                         alg="maskgit_plus", block_length=4)
+  cfg = dream_sampler.DreamSamplerConfig(
+      gen_length=GEN, steps=GEN, temperature=1.0, alg="maskgit_plus", block_length=4
+  )
   traj = dream_sampler.sample(dream, ids, mask, jax.random.key(11), cfg)
   stop_model = _reload_with_eos(hf_fixtures.make_dream, 6, tmp_path, _most_common_token(traj))
   traj = jax.device_get(dream_sampler.sample(stop_model, ids, mask, jax.random.key(11), cfg))
@@ -141,13 +151,15 @@ def test_dream_sampler_rows_reproduce_logprobs_with_stop(dream, tmp_path):
   _check_rows_reproduce_sampler(stop_model, traj, max_steps=GEN)
 
 
-@pytest.mark.parametrize("block_length,alg", [(None, "maskgit_plus"), (8, "maskgit_plus"),
-                                              (None, "origin")])
+@pytest.mark.parametrize(
+    "block_length,alg", [(None, "maskgit_plus"), (8, "maskgit_plus"), (None, "origin")]
+)
 def test_dream_sampler_rows_reproduce_logprobs(dream, block_length, alg):
   c = dream.config
   assert c.shift_logits
   ids, mask = _left_padded(c.pad_token_id)
-  cfg = dream_sampler.DreamSamplerConfig(gen_length=GEN, steps=GEN, temperature=1.0,
-                                         alg=alg, block_length=block_length)
+  cfg = dream_sampler.DreamSamplerConfig(
+      gen_length=GEN, steps=GEN, temperature=1.0, alg=alg, block_length=block_length
+  )
   traj = dream_sampler.sample(dream, ids, mask, jax.random.key(11), cfg)
   _check_rows_reproduce_sampler(dream, traj, max_steps=GEN)

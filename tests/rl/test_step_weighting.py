@@ -32,15 +32,19 @@ def _same(a, b):
   """Changes agree to rtol 1e-5, up to the float32 resolution of the parameters they were
   added to and 1e-6 of the leaf's largest change (entries that nearly cancel)."""
   (ca, ulp), (cb, _) = a, b
+
   def check(x, y, u):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6 * np.abs(y).max() + 2 * u)
+
   jax.tree.map(check, ca, cb, ulp)
 
 
 def _differs(a, b) -> bool:
   a, b = a[0], b[0]
-  return any(not np.allclose(x, y, rtol=1e-3, atol=1e-3 * np.abs(y).max())
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return any(
+      not np.allclose(x, y, rtol=1e-3, atol=1e-3 * np.abs(y).max())
+      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 def _rows_per_response(batch):
@@ -86,11 +90,12 @@ def test_value_loss_change_independent_of_grad_accum(models):
   batch["returns"] = rng.normal(size=shape).astype(np.float32)
   vcfg = value.ValueConfig()
   loss = lambda m, b: value.value_loss_fn(  # noqa: E731
-      m, b, vcfg, tracerl.attention_mask(b, m.config))
+      m, b, vcfg, tracerl.attention_mask(b, m.config)
+  )
   per = _rows_per_response(batch)
   # Late rounds with fewer non-empty rows (responses that finished early), as in real rollouts.
   batch["loss_mask"] = np.array(batch["loss_mask"])
-  batch["loss_mask"][per - 1::2 * per] = False
+  batch["loss_mask"][per - 1 :: 2 * per] = False
   reference = _change(vmodel, loss, batch, 1)
   _same(_change(vmodel, loss, minibatch.with_weights(batch, True), per), reference)
   _same(_change(vmodel, loss, minibatch.with_weights(batch, True), 2), reference)
@@ -103,7 +108,8 @@ def test_d1_token_mean_change_independent_of_grad_accum(models):
   cfg = diffu_grpo.DiffuGRPOConfig(num_iterations=1, beta=0.04, chunk_size=48)
   adv = np.random.default_rng(3).normal(size=len(traj.lengths)).astype(np.float32)
   batch = diffu_grpo.select_iteration(
-      diffu_grpo.build_batch(traj, adv, jax.random.key(0), cfg, model.config), 0)
+      diffu_grpo.build_batch(traj, adv, jax.random.key(0), cfg, model.config), 0
+  )
   batch["loss_mask"] = np.array(batch["loss_mask"])
   batch["loss_mask"][0, 1:] = False  # one short row: micro-batch 0 has fewer tokens
   logp = np.asarray(diffu_grpo.logprob_fn(model, batch, cfg))

@@ -38,13 +38,15 @@ def _row_logprobs(model, rows, noisy_layout=True):
 
 @pytest.mark.parametrize("strategy", ["low_confidence_static", "low_confidence_dynamic"])
 def test_block_rows_reproduce_sampler_logprobs(sdar, strategy):
-  cfg = BlockSamplerConfig(gen_length=10, steps_per_block=4, strategy=strategy,
-                           temperature=1.0, threshold=0.3)
+  cfg = BlockSamplerConfig(
+      gen_length=10, steps_per_block=4, strategy=strategy, temperature=1.0, threshold=0.3
+  )
   prompts = [[5, 6, 7], [8, 9, 10, 11, 12], [13, 14, 15, 16, 17, 18, 19, 20], [21] * 13]
   traj = block.sample(sdar, prompts, None, jax.random.key(0), cfg)
   c = sdar.config
-  rows = build_block_rows(traj, block_size=c.block_size, mask_id=c.mask_token_id,
-                          pad_id=c.pad_token_id, shrink=1)
+  rows = build_block_rows(
+      traj, block_size=c.block_size, mask_id=c.mask_token_id, pad_id=c.pad_token_id, shrink=1
+  )
   assert rows["input_ids"].shape[0] == len(prompts) * c.block_size
   got = _row_logprobs(sdar, rows)
   g = traj.tokens.shape[1]
@@ -55,20 +57,23 @@ def test_block_rows_reproduce_sampler_logprobs(sdar, strategy):
     b = rows["response_index"][r]
     sel = rows["loss_mask"][r, -g:]
     covered[b] += sel
-    np.testing.assert_allclose(got[r, -g:][sel], np.asarray(traj.logprobs)[b][sel], rtol=2e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        got[r, -g:][sel], np.asarray(traj.logprobs)[b][sel], rtol=2e-5, atol=1e-5
+    )
   # Every kept completion token is supervised exactly once.
   kept = np.arange(g)[None] < lengths[:, None]
   np.testing.assert_array_equal(covered, kept.astype(int))
 
 
 def test_shrink_groups_steps_and_bounds_rows(sdar):
-  cfg = BlockSamplerConfig(gen_length=8, steps_per_block=4, strategy="low_confidence_static",
-                           temperature=1.0)
+  cfg = BlockSamplerConfig(
+      gen_length=8, steps_per_block=4, strategy="low_confidence_static", temperature=1.0
+  )
   traj = block.sample(sdar, [[5, 6, 7, 8, 9]], None, jax.random.key(1), cfg)
   c = sdar.config
-  rows = build_block_rows(traj, block_size=c.block_size, mask_id=c.mask_token_id,
-                          pad_id=c.pad_token_id, shrink=2)
+  rows = build_block_rows(
+      traj, block_size=c.block_size, mask_id=c.mask_token_id, pad_id=c.pad_token_id, shrink=2
+  )
   assert rows["input_ids"].shape[0] == math.ceil(c.block_size / 2)
   g = traj.tokens.shape[1]
   steps = np.asarray(traj.step_map)[0]
@@ -98,8 +103,9 @@ def test_full_attention_rows_reproduce_logprobs(tmp_path):
   steps = np.zeros((1, g), np.int32)
   logps = np.zeros((1, g), np.float32)
   for step in range(1, 4):  # two tokens per step, most confident first
-    logits = np.asarray(jdiff.forward(model, canvas, attention_mask=masks.bidirectional(valid),
-                                      positions=pos))[0, 5:]
+    logits = np.asarray(
+        jdiff.forward(model, canvas, attention_mask=masks.bidirectional(valid), positions=pos)
+    )[0, 5:]
     lp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits)))
     ids = lp.argmax(-1)
     conf = np.where(steps[0] == 0, lp.max(-1), -np.inf)
@@ -108,10 +114,17 @@ def test_full_attention_rows_reproduce_logprobs(tmp_path):
       steps[0, j] = step
       logps[0, j] = lp[j, ids[j]]
   traj = jdiff.sampling.Trajectory(
-      prompt_ids=prompt, prompt_mask=pmask, tokens=canvas[:, 5:], step_map=steps,
-      logprobs=logps, lengths=np.array([g]), num_steps=np.array([3]))
-  rows = build_full_attention_rows(traj, mask_id=c.mask_token_id, pad_id=c.pad_token_id,
-                                   shrink=1, max_steps=3)
+      prompt_ids=prompt,
+      prompt_mask=pmask,
+      tokens=canvas[:, 5:],
+      step_map=steps,
+      logprobs=logps,
+      lengths=np.array([g]),
+      num_steps=np.array([3]),
+  )
+  rows = build_full_attention_rows(
+      traj, mask_id=c.mask_token_id, pad_id=c.pad_token_id, shrink=1, max_steps=3
+  )
   got = _row_logprobs(model, rows, noisy_layout=False)
   for r in range(3):
     sel = rows["loss_mask"][r, 5:]

@@ -16,20 +16,32 @@ def _traj():
 
   0: "3 4 <eos>" (stops at the pad/EOS, length 3); 1: six tokens, the last IM_END (length 6);
   2: "5 <eos>" (length 2)."""
-  tokens = np.array([[3, 4, PAD, PAD, PAD, PAD, PAD, PAD],
-                     [3, 4, 5, 6, 7, IM_END, PAD, PAD],
-                     [5, PAD, PAD, PAD, PAD, PAD, PAD, PAD]], np.int32)
+  tokens = np.array(
+      [
+          [3, 4, PAD, PAD, PAD, PAD, PAD, PAD],
+          [3, 4, 5, 6, 7, IM_END, PAD, PAD],
+          [5, PAD, PAD, PAD, PAD, PAD, PAD, PAD],
+      ],
+      np.int32,
+  )
   lengths = np.array([3, 6, 2], np.int32)
   steps = np.where(np.arange(8) < lengths[:, None], np.arange(1, 9), 0).astype(np.int32)
   z = np.zeros((3, 8), np.float32)
-  return Trajectory(prompt_ids=np.full((3, 4), 2, np.int32), prompt_mask=np.ones((3, 4), bool),
-                    tokens=tokens, step_map=steps, logprobs=z, lengths=lengths,
-                    num_steps=lengths.copy())
+  return Trajectory(
+      prompt_ids=np.full((3, 4), 2, np.int32),
+      prompt_mask=np.ones((3, 4), bool),
+      tokens=tokens,
+      step_map=steps,
+      logprobs=z,
+      lengths=lengths,
+      num_steps=lengths.copy(),
+  )
 
 
 def _model_config(block_causal: bool):
-  return types.SimpleNamespace(block_causal=block_causal, block_size=4, mask_token_id=MASK,
-                               pad_token_id=PAD)
+  return types.SimpleNamespace(
+      block_causal=block_causal, block_size=4, mask_token_id=MASK, pad_token_id=PAD
+  )
 
 
 def _supervised(rows, n_resp: int, g: int):

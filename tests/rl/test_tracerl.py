@@ -39,8 +39,7 @@ def test_registered():
 
 def test_first_step_ratio_is_one_and_kl_zero(model):
   sampler = BlockSamplerConfig(gen_length=8, steps_per_block=4, temperature=1.0)
-  traj = block.sample(model, [[5, 6, 7], [8, 9, 10, 11, 12]] * 2, None, jax.random.key(0),
-                      sampler)
+  traj = block.sample(model, [[5, 6, 7], [8, 9, 10, 11, 12]] * 2, None, jax.random.key(0), sampler)
   cfg = tracerl.TraceRLConfig()
   a = np.asarray(adv_lib.group_zscore(jnp.asarray(_reward(traj)), 2))
   batch = tracerl.build_batch(traj, a, None, cfg, model.config)
@@ -70,8 +69,12 @@ def test_kl_estimator_reaches_the_loss(monkeypatch):
   old = np.array([[-1.2, -1.5, -0.7]], np.float32)
   monkeypatch.setattr(tracerl, "logprob_fn", lambda model, batch, cfg: jnp.asarray(logp))
   model = types.SimpleNamespace(config=types.SimpleNamespace(block_causal=True))
-  batch = {"old_logp": old, "advantages": np.zeros((1,), np.float32),
-           "loss_mask": np.ones((1, 3), np.float32), "row_norm": np.array([4.0], np.float32)}
+  batch = {
+      "old_logp": old,
+      "advantages": np.zeros((1,), np.float32),
+      "loss_mask": np.ones((1, 3), np.float32),
+      "row_norm": np.array([4.0], np.float32),
+  }
   d = logp - old
   for est, kl in (("k1", d), ("k3", np.exp(-d) + d - 1)):
     cfg = tracerl.TraceRLConfig(beta=0.5, kl_estimator=est)
@@ -90,8 +93,9 @@ def test_tracerl_raises_reward(model):
   graphdef, state = init_train_state(model, opt)
   loss = functools.partial(tracerl.loss_fn, cfg=cfg)
   update = make_update_step(graphdef, opt, loss)
-  score = jax.jit(lambda params, rest, batch: tracerl.logprob_fn(
-      nnx.merge(graphdef, params, rest), batch, cfg))
+  score = jax.jit(
+      lambda params, rest, batch: tracerl.logprob_fn(nnx.merge(graphdef, params, rest), batch, cfg)
+  )
 
   def mean_reward(params, rest, seed):
     m = nnx.merge(graphdef, params, rest)
@@ -117,8 +121,7 @@ def test_loss_gradient_matches_naive_per_row_version(model):
   """Autodiff of TraceRL's batched loss equals autodiff of a plain per-row loop (full
   log_softmax, one row at a time, the §5.6 formula written out)."""
   sampler = BlockSamplerConfig(gen_length=8, steps_per_block=4, temperature=1.0)
-  traj = block.sample(model, [[5, 6, 7], [8, 9, 10, 11, 12]], None, jax.random.key(3),
-                      sampler)
+  traj = block.sample(model, [[5, 6, 7], [8, 9, 10, 11, 12]], None, jax.random.key(3), sampler)
   cfg = tracerl.TraceRLConfig(beta=0.05, eps=0.2)
   a = np.array([0.7, -1.3], np.float32)
   batch = tracerl.build_batch(traj, a, None, cfg, model.config)
@@ -137,7 +140,7 @@ def test_loss_gradient_matches_naive_per_row_version(model):
       sel = np.asarray(batch["loss_mask"][r])
       if not sel.any():
         continue
-      one = {k: jnp.asarray(v[r:r + 1]) for k, v in batch.items()}
+      one = {k: jnp.asarray(v[r : r + 1]) for k, v in batch.items()}
       logits, _ = m(one["input_ids"], one["positions"], tracerl.attention_mask(one, m.config))
       logp = jnp.take_along_axis(jax.nn.log_softmax(logits[0]), one["targets"][0][:, None], 1)[:, 0]
       d = logp - one["old_logp"][0]
@@ -145,7 +148,7 @@ def test_loss_gradient_matches_naive_per_row_version(model):
       adv = one["advantages"][0]
       surr = jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - cfg.eps, 1 + cfg.eps) * adv)
       k3 = jnp.exp(jnp.clip(-d, -10, 10)) - 1 + d
-      total += (jnp.sum(jnp.where(sel, -surr + cfg.beta * k3, 0.0)) / batch["row_norm"][r])
+      total += jnp.sum(jnp.where(sel, -surr + cfg.beta * k3, 0.0)) / batch["row_norm"][r]
       rows += 1
     return total / rows
 

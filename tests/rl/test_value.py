@@ -18,11 +18,19 @@ def setup():
   cfg = jdiff.preset("tiny_sdar", eos_token_id=2)
   policy = jdiff.DiffusionLM(cfg, rngs=nnx.Rngs(0))
   vmodel = jdiff.ValueModel.from_policy(policy)
-  traj = block.sample(policy, [[5, 6, 7], [8, 9, 10, 11, 12], [13, 14], [15, 16, 17, 18]],
-                      None, jax.random.key(0),
-                      BlockSamplerConfig(gen_length=8, steps_per_block=4,
-                                         strategy="low_confidence_dynamic", threshold=0.5,
-                                         temperature=1.0))
+  traj = block.sample(
+      policy,
+      [[5, 6, 7], [8, 9, 10, 11, 12], [13, 14], [15, 16, 17, 18]],
+      None,
+      jax.random.key(0),
+      BlockSamplerConfig(
+          gen_length=8,
+          steps_per_block=4,
+          strategy="low_confidence_dynamic",
+          threshold=0.5,
+          temperature=1.0,
+      ),
+  )
   rows = tracerl.build_batch(traj, np.zeros(4, np.float32), None, tracerl.TraceRLConfig(), cfg)
   return policy, vmodel, traj, rows
 
@@ -55,8 +63,9 @@ def test_value_training_lowers_value_loss(setup):
   mask = tracerl.attention_mask(rows, policy.config)
   batch = dict(rows)
   old_v = np.asarray(value.value_fn(vmodel, batch, mask))
-  returns, _, _ = value.returns_and_advantages(batch, old_v, np.array([1., -1., .5, 0.]), 4,
-                                               traj.tokens.shape[1], value.ValueConfig())
+  returns, _, _ = value.returns_and_advantages(
+      batch, old_v, np.array([1.0, -1.0, 0.5, 0.0]), 4, traj.tokens.shape[1], value.ValueConfig()
+  )
   value.scatter_to_rows(batch, returns, "returns")
   batch["old_values"] = old_v
   cfg = value.ValueConfig(eps=10.0)  # no clipping: the loss must fall freely
@@ -68,6 +77,7 @@ def test_value_training_lowers_value_loss(setup):
   def step(params, opt_state):
     def f(p):
       return value.value_loss_fn(nnx.merge(graphdef, p, rest), batch, cfg, mask)[0]
+
     loss, grads = jax.value_and_grad(f)(params)
     updates, opt_state = opt.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss

@@ -16,13 +16,21 @@ from flax import nnx  # noqa: E402
 
 import jdiff  # noqa: E402
 from jdiff.sampling import block  # noqa: E402
-from jdiff.sampling.common import (filter_logits, left_pad, sample_categorical,  # noqa: E402
-                                   transfer_schedule)
+from jdiff.sampling.common import (
+    filter_logits,
+    left_pad,
+    sample_categorical,  # noqa: E402
+    transfer_schedule,
+)
 
 Cfg = block.BlockSamplerConfig
 # Lengths 3 (< L: no prefill, prompt tail in block 0), 5, 8 (a multiple of L), 13; bucket 16.
-PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15, 16, 17], [20, 21, 22],
-           [30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42]]
+PROMPTS = [
+    [5, 6, 7, 8, 9],
+    [10, 11, 12, 13, 14, 15, 16, 17],
+    [20, 21, 22],
+    [30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42],
+]
 OTHER_PROMPTS = [[7] * 16, [9, 8], list(range(50, 61)), [4]]  # same bucket, other lengths
 G = 10  # not a multiple of L: the last block of every row is cut by gen_length
 REF_LEN = 32  # reference canvases are padded to one length (one jdiff.forward compile)
@@ -87,7 +95,7 @@ def _choose(strategy, eligible, conf, probs, n, cfg):
     ent = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
     order = np.argsort(ent, kind="stable")
     count = int(np.sum(np.cumsum(ent[order]) <= cfg.eb_threshold))
-    pick = idx[order[:max(count, 1)]]
+    pick = idx[order[: max(count, 1)]]
   out = np.zeros(eligible.shape, bool)
   out[pick] = True
   return out
@@ -97,8 +105,11 @@ def _draw(key, logits, cfg, mask_id):
   """One window's draw: the sampler's per-row scheme, via common.sample_categorical."""
   logits = jnp.asarray(logits).at[:, mask_id].set(-jnp.inf)
   ids, conf = sample_categorical(key, logits, cfg.temperature, cfg.top_k, cfg.top_p)
-  dist = logits if cfg.temperature == 0 else filter_logits(logits, cfg.temperature, cfg.top_k,
-                                                           cfg.top_p)
+  dist = (
+      logits
+      if cfg.temperature == 0
+      else filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p)
+  )
   return np.asarray(ids), np.asarray(conf), np.asarray(jax.nn.softmax(dist, axis=-1))
 
 
@@ -119,11 +130,11 @@ def reference_row(model, prompt, row_key, cfg):
     live = np.arange(start, start + L)
     in_gen = (live >= P) & (live < stop)
     k = 0
-    while np.any((canvas[start:start + L] == mask_id) & in_gen):
+    while np.any((canvas[start : start + L] == mask_id) & in_gen):
       logits = np.asarray(jdiff.forward(model, canvas[None], attention_mask=attn))[0]
-      win = logits[start:start + L]
+      win = logits[start : start + L]
       ids, conf, probs = _draw(jax.random.fold_in(row_key, t), win, cfg, mask_id)
-      eligible = (canvas[start:start + L] == mask_id) & in_gen
+      eligible = (canvas[start : start + L] == mask_id) & in_gen
       chosen = _choose(cfg.strategy, eligible, conf, probs, schedule[min(k, S - 1)], cfg)
       t, k = t + 1, k + 1
       for i in np.flatnonzero(chosen):
@@ -137,15 +148,21 @@ def reference_row(model, prompt, row_key, cfg):
       break
     start += L
   keep = np.arange(P, n) < end
-  return dict(tokens=np.where(keep, canvas[P:n], mc.pad_token_id),
-              step_map=np.where(keep, step_map[P:n], 0), logprobs=np.where(keep, logp[P:n], 0),
-              lengths=end - P, num_steps=t)
+  return dict(
+      tokens=np.where(keep, canvas[P:n], mc.pad_token_id),
+      step_map=np.where(keep, step_map[P:n], 0),
+      logprobs=np.where(keep, logp[P:n], 0),
+      lengths=end - P,
+      num_steps=t,
+  )
 
 
 def reference(model, cfg, prompts=PROMPTS, key=0):
   cfg = cfg.validate(model.config)
-  rows = [reference_row(model, p, jax.random.fold_in(jax.random.key(key), b), cfg)
-          for b, p in enumerate(prompts)]
+  rows = [
+      reference_row(model, p, jax.random.fold_in(jax.random.key(key), b), cfg)
+      for b, p in enumerate(prompts)
+  ]
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
@@ -170,13 +187,15 @@ def test_matches_reference_loop(model, strategy, steps, greedy_kw, sampled_kw):
 
 def test_strategies_differ_and_rules_bite(model):
   """Guards the reference test against vacuity: the rules pick different sets."""
-  maps = {s: run(model, make_cfg(s, st, **dict(GREEDY, **g))).step_map
-          for s, st, g, _ in STRATEGY_CASES}
+  maps = {
+      s: run(model, make_cfg(s, st, **dict(GREEDY, **g))).step_map for s, st, g, _ in STRATEGY_CASES
+  }
   assert len({m.tobytes() for m in maps.values()}) == len(maps)
   # Dynamic sometimes takes more than n_k = 2 (fewer steps than static), entropy sometimes
   # takes more than one token per step.
-  dyn, static, ent = (maps[s] for s in ("low_confidence_dynamic", "low_confidence_static",
-                                         "entropy_bounded"))
+  dyn, static, ent = (
+      maps[s] for s in ("low_confidence_dynamic", "low_confidence_static", "entropy_bounded")
+  )
   assert np.all(dyn.max(1) <= static.max(1)) and np.any(dyn.max(1) < static.max(1))
   assert np.any(ent.max(1) < np.sum(ent > 0, axis=1))
 
@@ -209,12 +228,14 @@ def test_trajectory_consistency(model):
     # Replaying the step map from all-mask reproduces every recorded state.
     for t in range(1, n + 1):
       np.testing.assert_array_equal(traj.states[t - 1, b], np.where(smap <= t, toks, mask_id))
-    np.testing.assert_array_equal(traj.states[n:, b], np.broadcast_to(toks, (len(traj.states) - n, G)))
+    np.testing.assert_array_equal(
+        traj.states[n:, b], np.broadcast_to(toks, (len(traj.states) - n, G))
+    )
     # Each log-prob is log_softmax of a full forward of the state just before its step.
     canv = np.full((len(traj.states), REF_LEN), model.config.pad_token_id, np.int32)
     canv[:, :P] = prompt
     for t in range(1, n + 1):
-      canv[t - 1, P:P + G] = np.where(smap < t, toks, mask_id)
+      canv[t - 1, P : P + G] = np.where(smap < t, toks, mask_id)
     pos = jnp.broadcast_to(jnp.arange(REF_LEN), canv.shape)
     attn = jdiff.masks.block_causal(pos, L, pos < P + G)
     logp = jax.nn.log_softmax(jdiff.forward(model, canv, attention_mask=attn), axis=-1)
@@ -234,17 +255,23 @@ def test_eos_stopping(eos_model):
   for b in range(len(PROMPTS)):
     n = lengths[b]
     toks, smap = traj.tokens[b], traj.step_map[b]
-    assert not np.any(toks[:n - 1] == eos)  # the first stop ends the completion
+    assert not np.any(toks[: n - 1] == eos)  # the first stop ends the completion
     if n < G:
       assert toks[n - 1] == eos and np.all(toks[n:] == pad)
       assert np.all(smap[n:] == 0) and np.all(traj.logprobs[b, n:] == 0)
     assert np.all(smap[:n] >= 1)
     # A finished row stops changing: no steps beyond the reference's, its state stays final.
-    np.testing.assert_array_equal(traj.states[traj.num_steps[b]:, b],
-                                  np.broadcast_to(toks, traj.states[traj.num_steps[b]:, b].shape))
+    np.testing.assert_array_equal(
+        traj.states[traj.num_steps[b] :, b],
+        np.broadcast_to(toks, traj.states[traj.num_steps[b] :, b].shape),
+    )
   # At least one row found its EOS in mid-block and dropped a later, already decoded token.
-  dropped = [b for b in range(len(PROMPTS)) if lengths[b] < G and
-             np.any(traj.states[traj.num_steps[b] - 1, b, lengths[b]:] != m.config.mask_token_id)]
+  dropped = [
+      b
+      for b in range(len(PROMPTS))
+      if lengths[b] < G
+      and np.any(traj.states[traj.num_steps[b] - 1, b, lengths[b] :] != m.config.mask_token_id)
+  ]
   assert dropped
 
 
@@ -256,27 +283,33 @@ def test_compiles_once_per_bucket(model, compile_events):
   listed = run(model, cfg, prompts=OTHER_PROMPTS, key=5)  # other prompts, same bucket
   ids, mask, _ = left_pad(OTHER_PROMPTS, model.config.pad_token_id, bucket=16)
   padded = block.sample(model, ids, mask, jax.random.key(5), cfg)
-  run(model, make_cfg("entropy_bounded", temperature=0.5, top_p=0.8, eb_threshold=3.0),
-      prompts=OTHER_PROMPTS)  # traced settings differ: still no compile
+  run(
+      model,
+      make_cfg("entropy_bounded", temperature=0.5, top_p=0.8, eb_threshold=3.0),
+      prompts=OTHER_PROMPTS,
+  )  # traced settings differ: still no compile
   assert block._generate_jit._cache_size() == size
   assert compile_events == []
   np.testing.assert_array_equal(padded.tokens, listed.tokens)  # array + mask input path
 
 
-@pytest.mark.parametrize("field,kw", [
-    ("steps_per_block", dict(steps_per_block=0)),
-    ("steps_per_block", dict(steps_per_block=5)),
-    ("block_length", dict(block_length=8)),
-    ("strategy", dict(strategy="random")),
-    ("threshold", dict(threshold=0.0)),
-    ("threshold", dict(threshold=1.5)),
-    ("eb_threshold", dict(eb_threshold=-1.0)),
-    ("temperature", dict(temperature=-0.1)),
-    ("top_p", dict(top_p=0.0)),
-    ("top_k", dict(top_k=-1)),
-    ("gen_length", dict(gen_length=0)),
-    ("stop_ids", dict(stop_ids=(10_000,))),
-])
+@pytest.mark.parametrize(
+    "field,kw",
+    [
+        ("steps_per_block", dict(steps_per_block=0)),
+        ("steps_per_block", dict(steps_per_block=5)),
+        ("block_length", dict(block_length=8)),
+        ("strategy", dict(strategy="random")),
+        ("threshold", dict(threshold=0.0)),
+        ("threshold", dict(threshold=1.5)),
+        ("eb_threshold", dict(eb_threshold=-1.0)),
+        ("temperature", dict(temperature=-0.1)),
+        ("top_p", dict(top_p=0.0)),
+        ("top_k", dict(top_k=-1)),
+        ("gen_length", dict(gen_length=0)),
+        ("stop_ids", dict(stop_ids=(10_000,))),
+    ],
+)
 def test_validation_before_compiling(model, field, kw, compile_events):
   size = block._generate_jit._cache_size()
   with pytest.raises(ValueError, match=field):
@@ -324,9 +357,16 @@ def test_row_shards_match_single_device(eos_model, greedy):
     ids, pmask, _ = left_pad(PROMPTS, 0, bucket=16)
     static, knobs_ = block._split(cfg.validate(sharded_model.config))
     row_axes = block.row_shard_axes(len(PROMPTS), state)
-    hlo = block._generate_jit.lower(graphdef, state, block._place_batch(ids),
-                                    block._place_batch(pmask), jax.random.key(3), knobs_,
-                                    static, row_axes).as_text()
+    hlo = block._generate_jit.lower(
+        graphdef,
+        state,
+        block._place_batch(ids),
+        block._place_batch(pmask),
+        jax.random.key(3),
+        knobs_,
+        static,
+        row_axes,
+    ).as_text()
   assert row_axes == ("data", "fsdp") and "manual_computation" in hlo
   assert traj.tokens.sharding.spec[0] == ("data", "fsdp")
   traj = jax.tree.map(np.asarray, traj)
@@ -350,10 +390,18 @@ def test_commit_stores_no_slot_past_gen_length(model):
   cache = cache.replace(valid=jnp.arange(12)[None] < 8)  # blocks 0 and 1 already stored
   zero = jnp.zeros((1,), jnp.int32)
   carry = block._Carry(
-      canvas=canvas, step_map=jnp.zeros((1, 12), jnp.int32),
-      logprobs=jnp.zeros((1, 12), jnp.float32), cache=cache, block_start=jnp.array([8]),
-      step_in_block=zero + 2, num_steps=zero + 3, end=plen + 5, done=jnp.zeros((1,), bool),
-      states=None, iteration=jnp.zeros((), jnp.int32))
+      canvas=canvas,
+      step_map=jnp.zeros((1, 12), jnp.int32),
+      logprobs=jnp.zeros((1, 12), jnp.float32),
+      cache=cache,
+      block_start=jnp.array([8]),
+      step_in_block=zero + 2,
+      num_steps=zero + 3,
+      end=plen + 5,
+      done=jnp.zeros((1,), bool),
+      states=None,
+      iteration=jnp.zeros((), jnp.int32),
+  )
   keys = jax.random.split(jax.random.key(0), 1)
   out = block._step(model, static, knobs, keys, plen, carry)
   assert bool(out.done[0])  # the block committed and the row finished

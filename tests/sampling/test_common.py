@@ -11,7 +11,7 @@ def _top_n_reference(conf, eligible, n):
   for r in range(conf.shape[0]):
     cols = [j for j in range(conf.shape[1]) if eligible[r, j]]
     cols.sort(key=lambda j: (-conf[r, j], j))  # most confident first, ties -> leftmost
-    out[r, cols[:n[r]]] = True
+    out[r, cols[: n[r]]] = True
   return out
 
 
@@ -60,15 +60,25 @@ def test_finish_truncates_after_the_first_stop():
   states = np.zeros((5, 3, 4), np.int32)
   num_steps = np.array([4, 2, 5], np.int32)
   for truncated in (False, True):
-    tr = common.finish(np.zeros((3, 1)), np.ones((3, 1), bool), canvas, step_map, logprobs,
-                       lengths, num_steps, pad_id=0, states=states, tail_truncated=truncated)
+    tr = common.finish(
+        np.zeros((3, 1)),
+        np.ones((3, 1), bool),
+        canvas,
+        step_map,
+        logprobs,
+        lengths,
+        num_steps,
+        pad_id=0,
+        states=states,
+        tail_truncated=truncated,
+    )
     for r in range(3):
       n = lengths[r]
       want = list(canvas[r, :n]) + [0] * (4 - n)
       np.testing.assert_array_equal(tr.tokens[r], want)
       np.testing.assert_array_equal(tr.step_map[r, n:], 0)
       np.testing.assert_array_equal(tr.logprobs[r, :n], logprobs[r, :n])
-      np.testing.assert_array_equal(tr.states[:num_steps[r], r], 0)  # recorded steps kept
+      np.testing.assert_array_equal(tr.states[: num_steps[r], r], 0)  # recorded steps kept
       tail = want if truncated else canvas[r]
       for k in range(num_steps[r], 5):
         np.testing.assert_array_equal(tr.states[k, r], tail)
@@ -79,7 +89,9 @@ def test_finish_truncates_after_the_first_stop():
 def test_canvas_positions():
   valid = np.array([[False, False, True, True, True], [True, True, True, True, True]])
   np.testing.assert_array_equal(common.canvas_positions(valid), [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]])
-  np.testing.assert_array_equal(common.canvas_positions(valid, pad_position=1),
-                                [[1, 1, 0, 1, 2], [0, 1, 2, 3, 4]])
-  np.testing.assert_array_equal(common.canvas_positions(valid, padding_blind=True),
-                                [[0, 1, 2, 3, 4]] * 2)
+  np.testing.assert_array_equal(
+      common.canvas_positions(valid, pad_position=1), [[1, 1, 0, 1, 2], [0, 1, 2, 3, 4]]
+  )
+  np.testing.assert_array_equal(
+      common.canvas_positions(valid, padding_blind=True), [[0, 1, 2, 3, 4]] * 2
+  )

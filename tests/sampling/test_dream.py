@@ -49,8 +49,9 @@ def draws(key, step, logits, temp, top_k, top_p):
   new, uniform, gumbel = [], [], []
   for r in range(b):
     k_tok, k_pos = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, r), step))
-    new.append(jax.random.categorical(k_tok, filt[r], axis=-1) if temp > 0
-               else jnp.argmax(filt[r], -1))
+    new.append(
+        jax.random.categorical(k_tok, filt[r], axis=-1) if temp > 0 else jnp.argmax(filt[r], -1)
+    )
     uniform.append(jax.random.uniform(k_pos, (w,)))
     gumbel.append(jax.random.gumbel(k_pos, (w,)))
   return (jnp.stack(new), jax.nn.softmax(filt, -1), jnp.stack(uniform), jnp.stack(gumbel))
@@ -74,15 +75,15 @@ def reference(model, ids, mask, key, cfg):
     blk, i = divmod(step, spb)
     start, last = blk * w, i == spb - 1
     ratio = np.float32(1.0) - ts[i + 1] / ts[i]
-    raw = np.asarray(jdiff.forward(model, np.concatenate([ids, canvas], 1), attention_mask=valid,
-                                   positions=pos))
+    raw = np.asarray(
+        jdiff.forward(model, np.concatenate([ids, canvas], 1), attention_mask=valid, positions=pos)
+    )
     shifted = np.concatenate([raw[:, :1], raw[:, :-1]], 1)
-    logits = shifted[:, p + start:p + start + w]
-    new, probs, uniform, gumbel = draws(key, step, logits, temp, cfg.top_k or 0,
-                                        cfg.top_p or 1.0)
+    logits = shifted[:, p + start : p + start + w]
+    new, probs, uniform, gumbel = draws(key, step, logits, temp, cfg.top_k or 0, cfg.top_p or 1.0)
     new, uniform, gumbel = np.asarray(new), np.asarray(uniform), np.asarray(gumbel)
     probs = np.asarray(probs, np.float64)
-    win = canvas[:, start:start + w].copy()
+    win = canvas[:, start : start + w].copy()
     mean_count = np.float32((win[~done] == MASK).sum()) / np.float32(b)  # stopped rows: none
     for r in range(b):
       masked = [j for j in range(w) if win[r, j] == MASK]
@@ -91,6 +92,7 @@ def reference(model, ids, mask, key, cfg):
       if cfg.alg == "origin":
         chosen = [j for j in masked if last or uniform[r, j] < ratio]
       else:
+
         def conf(j):
           pr = probs[r, j]
           if cfg.alg == "maskgit_plus":
@@ -101,6 +103,7 @@ def reference(model, ids, mask, key, cfg):
           else:
             c = np.sum(pr * np.log(pr + 1e-10))
           return c / cfg.alg_temp + gumbel[r, j] if cfg.alg_temp else c
+
         n = mean_count if cfg.batch_mean_count else np.float32(len(masked))
         k = len(masked) if last else int(n * ratio)
         chosen = sorted(masked, key=lambda j: (-conf(j), j))[:k]
@@ -114,14 +117,19 @@ def reference(model, ids, mask, key, cfg):
         states[r].append(canvas[r].copy())
       done[r] |= not (canvas[r] == MASK).any()
       if cfg.stop_at_eos and last:
-        done[r] |= any(t in stops for t in canvas[r, start:start + w])
-  out = dict(raw_tokens=canvas.copy(), raw_step_map=step_map.copy(), lengths=np.full(b, g),
-             num_steps=num_steps, states=states)
+        done[r] |= any(t in stops for t in canvas[r, start : start + w])
+  out = dict(
+      raw_tokens=canvas.copy(),
+      raw_step_map=step_map.copy(),
+      lengths=np.full(b, g),
+      num_steps=num_steps,
+      states=states,
+  )
   for r in range(b):
     hit = [j for j in range(g) if canvas[r, j] in stops]
     if hit:
       out["lengths"][r] = hit[0] + 1
-      canvas[r, hit[0] + 1:], step_map[r, hit[0] + 1:], logprobs[r, hit[0] + 1:] = EOS, 0, 0.0
+      canvas[r, hit[0] + 1 :], step_map[r, hit[0] + 1 :], logprobs[r, hit[0] + 1 :] = EOS, 0, 0.0
   return dict(out, tokens=canvas, step_map=step_map, logprobs=logprobs)
 
 
@@ -137,7 +145,7 @@ def check_against_reference(model, cfg, key=None, prompts=PROMPTS):
   for r, row_states in enumerate(ref["states"]):
     for k, st in enumerate(row_states):
       np.testing.assert_array_equal(states[k, r], st)
-    assert (states[len(row_states):, r] == ref["raw_tokens"][r]).all()
+    assert (states[len(row_states) :, r] == ref["raw_tokens"][r]).all()
   return traj
 
 
@@ -153,14 +161,22 @@ ALG_CASES = [
 ]
 BLOCK_CASES = [
     dict(alg="entropy", temperature=0.0, block_length=4),
-    dict(alg="topk_margin", temperature=1.0, top_k=30, alg_temp=1.0, block_length=8, steps=4,
-         batch_mean_count=True),
+    dict(
+        alg="topk_margin",
+        temperature=1.0,
+        top_k=30,
+        alg_temp=1.0,
+        block_length=8,
+        steps=4,
+        batch_mean_count=True,
+    ),
     dict(alg="origin", temperature=1.0, block_length=4, steps=16),
 ]
 
 
-@pytest.mark.parametrize("alg,kw", ALG_CASES,
-                         ids=[f"{a}-{i}" for i, (a, _) in enumerate(ALG_CASES)])
+@pytest.mark.parametrize(
+    "alg,kw", ALG_CASES, ids=[f"{a}-{i}" for i, (a, _) in enumerate(ALG_CASES)]
+)
 def test_matches_reference(model, alg, kw):
   traj = check_against_reference(model, dataclasses.replace(BASE, alg=alg, **kw))
   raw_step_map = np.asarray(traj.raw_step_map)
@@ -175,7 +191,7 @@ def test_block_variant_matches_reference(model, kw):
   traj = check_against_reference(model, cfg)
   sm, bl, spb = np.asarray(traj.raw_step_map), cfg.block_length, cfg.steps_per_block
   for r in range(sm.shape[0]):  # blocks are decoded left to right, one after the other
-    blocks = [sm[r, k * bl:(k + 1) * bl] for k in range(cfg.gen_length // bl)]
+    blocks = [sm[r, k * bl : (k + 1) * bl] for k in range(cfg.gen_length // bl)]
     for a, nxt in zip(blocks, blocks[1:]):
       assert (nxt == 0).all() or a.max() < nxt[nxt > 0].min()
     if cfg.alg != "origin":
@@ -189,10 +205,10 @@ def test_stop_at_eos_in_blocks(model):
   traj = check_against_reference(model, dataclasses.replace(cfg, stop_ids=[stop]))
   tokens, lengths = np.asarray(traj.tokens), np.asarray(traj.lengths)
   raw_sm, bl = np.asarray(traj.raw_step_map), cfg.block_length
-  assert lengths[0] <= 2 and (tokens[0, lengths[0]:] == EOS).all()
+  assert lengths[0] <= 2 and (tokens[0, lengths[0] :] == EOS).all()
   assert (raw_sm[0, bl:] == 0).all() and (np.asarray(traj.raw_tokens)[0, bl:] == MASK).all()
   assert np.asarray(traj.num_steps)[0] == cfg.steps_per_block
-  assert (np.asarray(traj.step_map)[0, lengths[0]:] == 0).all()
+  assert (np.asarray(traj.step_map)[0, lengths[0] :] == 0).all()
   # Another row went on, so the batch-mean count saw a stopped row (counted as no masks).
   assert (raw_sm[:, bl:] > 0).any()
 
@@ -215,8 +231,9 @@ def test_replay_and_logprobs_at_pre_step_state(model, kw):
       continue
     raw = jdiff.forward(model, np.concatenate([ids, pre], 1), attention_mask=valid, positions=pos)
     logp = np.asarray(jax.nn.log_softmax(dream.shift_logits(raw), -1))[:, p:]
-    np.testing.assert_allclose(lp[rows, cols], logp[rows, cols, final[rows, cols]], rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        lp[rows, cols], logp[rows, cols, final[rows, cols]], rtol=1e-5, atol=1e-6
+    )
   lengths = np.asarray(traj.lengths)
   keep = np.arange(cfg.gen_length)[None] < lengths[:, None]
   np.testing.assert_array_equal(np.where(keep, final, EOS), np.asarray(traj.tokens))
@@ -237,24 +254,28 @@ def test_compiles_once_per_bucket_and_padding_is_invisible(model, compile_events
   narrow = dream.sample(model, *batch(length=8), None, cfg)
   np.testing.assert_array_equal(np.asarray(wide.tokens), np.asarray(narrow.tokens))
   np.testing.assert_array_equal(np.asarray(wide.step_map), np.asarray(narrow.step_map))
-  np.testing.assert_allclose(np.asarray(wide.logprobs), np.asarray(narrow.logprobs), rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+      np.asarray(wide.logprobs), np.asarray(narrow.logprobs), rtol=1e-5, atol=1e-6
+  )
 
 
-@pytest.mark.parametrize("kw,field", [
-    (dict(alg="greedy"), "alg"),
-    (dict(steps=0), "steps"),
-    (dict(gen_length=0), "gen_length"),
-    (dict(block_length=5), "gen_length"),
-    (dict(block_length=4, steps=6), "steps"),
-    (dict(top_p=0.0), "top_p"),
-    (dict(top_p=1.5), "top_p"),
-    (dict(top_k=-1), "top_k"),
-    (dict(temperature=-0.1), "temperature"),
-    (dict(eps=1.0), "eps"),
-    (dict(alg_temp=-1.0), "alg_temp"),
-    (dict(block_length=0), "block_length"),
-])
+@pytest.mark.parametrize(
+    "kw,field",
+    [
+        (dict(alg="greedy"), "alg"),
+        (dict(steps=0), "steps"),
+        (dict(gen_length=0), "gen_length"),
+        (dict(block_length=5), "gen_length"),
+        (dict(block_length=4, steps=6), "steps"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(top_k=-1), "top_k"),
+        (dict(temperature=-0.1), "temperature"),
+        (dict(eps=1.0), "eps"),
+        (dict(alg_temp=-1.0), "alg_temp"),
+        (dict(block_length=0), "block_length"),
+    ],
+)
 def test_validation_before_compilation(model, kw, field, compile_events):
   size = dream._sample_jit._cache_size()
   cfg = dataclasses.replace(BASE, **kw)
@@ -277,15 +298,18 @@ def test_rows_do_not_depend_on_the_batch(model, kw):
   graphdef, state = nnx.split(model)
   together = jax.device_get(dream.sample_state(graphdef, state, ids, mask, key, cfg))
   for r in range(len(prompts)):
-    alone = jax.device_get(dream.sample_state(graphdef, state, ids[r:r + 1], mask[r:r + 1], key,
-                                              cfg, row_offset=r))
+    alone = jax.device_get(
+        dream.sample_state(graphdef, state, ids[r : r + 1], mask[r : r + 1], key, cfg, row_offset=r)
+    )
     for name in ("tokens", "step_map", "lengths", "num_steps", "raw_tokens", "raw_step_map"):
-      np.testing.assert_array_equal(getattr(alone, name)[0], getattr(together, name)[r],
-                                    err_msg=name)
+      np.testing.assert_array_equal(
+          getattr(alone, name)[0], getattr(together, name)[r], err_msg=name
+      )
     np.testing.assert_array_equal(alone.states[:, 0], together.states[:, r])
     # One row vs three: the forward's reductions may group differently.
-    np.testing.assert_allclose(alone.raw_logprobs[0], together.raw_logprobs[r], rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        alone.raw_logprobs[0], together.raw_logprobs[r], rtol=1e-5, atol=1e-6
+    )
   assert (together.raw_tokens[0] != together.raw_tokens[2]).any()
 
 
@@ -303,14 +327,17 @@ def test_mesh_matches_single_device(ckpt, model):
   key = jax.random.PRNGKey(11)
   single = dream.sample(model, ids, mask, key, cfg)
   mesh = jdiff.sharding.make_mesh((2, 2, 2))
-  sharded = jdiff.sharding.shard_model(jdiff.from_pretrained(ckpt.path, dtype="float32"), mesh,
-                                       rules=jdiff.sharding.SAMPLING_RULES)
+  sharded = jdiff.sharding.shard_model(
+      jdiff.from_pretrained(ckpt.path, dtype="float32"), mesh, rules=jdiff.sharding.SAMPLING_RULES
+  )
   assert any(len(x.sharding.device_set) > 1 for x in sharded.backbone.layers.arrays().values())
   with jax.set_mesh(mesh):
     multi = dream.sample(sharded, ids, mask, key, cfg)
     jax.block_until_ready(multi.tokens)
   for name in ("tokens", "step_map", "lengths", "num_steps", "states"):
-    np.testing.assert_array_equal(np.asarray(getattr(multi, name)),
-                                  np.asarray(getattr(single, name)), err_msg=name)
-  np.testing.assert_allclose(np.asarray(multi.logprobs), np.asarray(single.logprobs), rtol=1e-5,
-                             atol=1e-6)
+    np.testing.assert_array_equal(
+        np.asarray(getattr(multi, name)), np.asarray(getattr(single, name)), err_msg=name
+    )
+  np.testing.assert_allclose(
+      np.asarray(multi.logprobs), np.asarray(single.logprobs), rtol=1e-5, atol=1e-6
+  )

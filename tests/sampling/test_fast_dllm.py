@@ -36,8 +36,9 @@ def _sample(m, prompts, cfg, seed=11):
 
 @functools.partial(jax.jit, static_argnums=3)
 def _gumbel(k, row, col, vocab):
-  return jax.random.gumbel(jax.random.fold_in(jax.random.fold_in(k, row), col), (vocab,),
-                           jnp.float32)
+  return jax.random.gumbel(
+      jax.random.fold_in(jax.random.fold_in(k, row), col), (vocab,), jnp.float32
+  )
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -79,14 +80,14 @@ def reference(model, ids, pmask, key, cfg):
     bs, be = blk * bk, (blk + 1) * bk
     counts = common.transfer_schedule(bk, per_block)
     i = 0
-    while np.any(x[:, p + bs:p + be] == mask_id) and (cfg.threshold is not None or i < per_block):
+    while np.any(x[:, p + bs : p + be] == mask_id) and (cfg.threshold is not None or i < per_block):
       if cfg.cache == "none":
         logits = np.asarray(jdiff.forward(model, x, attention_mask=attn, positions=pos))
-        block_logits = logits[:, p + bs:p + be]
+        block_logits = logits[:, p + bs : p + be]
       elif i == 0:
         cache = KVCache.init(mc, b, n_tot)
         logits, cache = _refresh(*nnx.split(model), x, pos, attn, cache, valid)
-        block_logits = np.asarray(logits)[:, p + bs:p + be]
+        block_logits = np.asarray(logits)[:, p + bs : p + be]
         slots = np.arange(n_tot)[None, :]
         start = pos[:, p + bs][:, None]
         keep = slots < start if cfg.cache == "prefix" else (slots < start) | (slots >= start + bk)
@@ -94,8 +95,13 @@ def reference(model, ids, pmask, key, cfg):
       else:
         end = n_tot if cfg.cache == "prefix" else p + be
         q = end - (p + bs)
-        logits = _cached(*nnx.split(model), x[:, p + bs:end], pos[:, p + bs:end],
-                         np.ones((b, q, q), bool), cache)
+        logits = _cached(
+            *nnx.split(model),
+            x[:, p + bs : end],
+            pos[:, p + bs : end],
+            np.ones((b, q, q), bool),
+            cache,
+        )
         block_logits = np.asarray(logits)[:, :bk]
       logp = np.asarray(jax.nn.log_softmax(jnp.asarray(block_logits), axis=-1))  # raw logits
       block_logits = block_logits.copy()
@@ -103,8 +109,9 @@ def reference(model, ids, pmask, key, cfg):
       probs = np.asarray(jax.nn.softmax(jnp.asarray(block_logits), axis=-1))
       for r in range(b):
         # Threshold decoding draws from the row's own step count, plans from the global step.
-        kg, _ = jax.random.split(jax.random.fold_in(key, s if cfg.threshold is None
-                                                    else int(nsteps[r])))
+        kg, _ = jax.random.split(
+            jax.random.fold_in(key, s if cfg.threshold is None else int(nsteps[r]))
+        )
         cands, confs, cols = {}, [], []
         for j in range(bs, be):
           if x[r, p + j] != mask_id:
@@ -113,14 +120,17 @@ def reference(model, ids, pmask, key, cfg):
           if cfg.temperature == 0:
             tok = int(np.argmax(row))
           else:
-            tok = int(np.argmax(row + np.float32(cfg.temperature) * np.asarray(
-                _gumbel(kg, r, j, row.shape[-1]))))
+            tok = int(
+                np.argmax(
+                    row + np.float32(cfg.temperature) * np.asarray(_gumbel(kg, r, j, row.shape[-1]))
+                )
+            )
           cands[j] = tok
           confs.append(float(probs[r, j - bs, tok]))
           cols.append(j)
         order = sorted(range(len(cols)), key=lambda t: (-confs[t], cols[t]))
         if cfg.threshold is None:
-          chosen = order[:counts[i]]
+          chosen = order[: counts[i]]
         else:
           chosen = order[:1] + [t for t in order[1:] if confs[t] >= cfg.threshold]
         if chosen:
@@ -159,8 +169,9 @@ def one_step_exact(llada_model, llada_prompts):
 def test_block_first_steps_equal_exact(cache, llada_model, llada_prompts, one_step_exact):
   """With one step per block every step is a block's first step, whose logits come from the
   cache-refresh forward: the cached sampler must reproduce the exact sampler exactly."""
-  tr = _sample(llada_model, llada_prompts,
-               _config(block_length=4, steps=4, temperature=1.0, cache=cache))
+  tr = _sample(
+      llada_model, llada_prompts, _config(block_length=4, steps=4, temperature=1.0, cache=cache)
+  )
   np.testing.assert_array_equal(tr.raw_tokens, one_step_exact.raw_tokens)
   np.testing.assert_array_equal(tr.raw_step_map, one_step_exact.raw_step_map)
   np.testing.assert_allclose(tr.raw_logprobs, one_step_exact.raw_logprobs, rtol=1e-5, atol=1e-6)
@@ -196,19 +207,22 @@ def test_matches_reference(name, llada_model, confident_model, llada_prompts):
     pos = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
     for k in (1, cfg.steps // cfg.num_blocks + 1):
       before = tr.states[k - 2] if k > 1 else np.full_like(tr.raw_tokens, mask_id)
-      logits = jdiff.forward(m, np.concatenate([ids, before], axis=1), attention_mask=valid,
-                             positions=pos)
-      lp = np.asarray(common.token_logprob(logits[:, ids.shape[1]:], jnp.asarray(tr.raw_tokens)))
+      logits = jdiff.forward(
+          m, np.concatenate([ids, before], axis=1), attention_mask=valid, positions=pos
+      )
+      lp = np.asarray(common.token_logprob(logits[:, ids.shape[1] :], jnp.asarray(tr.raw_tokens)))
       now = tr.raw_step_map == k
       np.testing.assert_allclose(tr.raw_logprobs[now], lp[now], **_logprob_tol(confident))
 
 
 def test_fast_config_validation(llada_model, llada_prompts):
   ids, mask = llada_prompts
-  bad = [(dict(cache="prefix", schedule="ass", steps=4), "schedule"),
-         (dict(threshold=0.0), "threshold"),
-         (dict(threshold=0.5, remasking="random"), "remasking"),
-         (dict(cache="dual", cfg_scale=1.0), "cfg_scale")]
+  bad = [
+      (dict(cache="prefix", schedule="ass", steps=4), "schedule"),
+      (dict(threshold=0.0), "threshold"),
+      (dict(threshold=0.5, remasking="random"), "remasking"),
+      (dict(cache="dual", cfg_scale=1.0), "cfg_scale"),
+  ]
   for kw, field in bad:
     with pytest.raises(ValueError, match=f"LLaDASamplerConfig.{field}="):
       llada.sample(llada_model, ids, mask, jax.random.key(0), _config(**kw))
@@ -217,12 +231,16 @@ def test_fast_config_validation(llada_model, llada_prompts):
 
 
 @pytest.mark.skipif(jax.device_count() < 4, reason="needs 4 (fake) devices")
-@pytest.mark.parametrize("kw, confident", [
-    (dict(threshold=0.9, steps=16, cache="dual", temperature=0.7, record_states=True), True),
-    (dict(temperature=1.0, remasking="random", eoser=True), False),
-])
-def test_row_shards_match_single_device(kw, confident, llada_ckpt, llada_model, confident_model,
-                                        llada_prompts):
+@pytest.mark.parametrize(
+    "kw, confident",
+    [
+        (dict(threshold=0.9, steps=16, cache="dual", temperature=0.7, record_states=True), True),
+        (dict(temperature=1.0, remasking="random", eoser=True), False),
+    ],
+)
+def test_row_shards_match_single_device(
+    kw, confident, llada_ckpt, llada_model, confident_model, llada_prompts
+):
   """On a mesh whose axes all split the batch (one row per shard here) each shard runs its
   own loop: with threshold decoding a row then no longer waits for the others at block ends,
   and its draws follow its own steps, so everything equals the one-device run."""
@@ -231,18 +249,26 @@ def test_row_shards_match_single_device(kw, confident, llada_ckpt, llada_model, 
   single = _sample(m, llada_prompts, cfg)
   ids, mask = llada_prompts
   if cfg.threshold is not None:  # rows finish the first block at different steps: they wait
-    firsts = [int(single.raw_step_map[r, :cfg.block_length].max()) for r in range(len(ids))]
+    firsts = [int(single.raw_step_map[r, : cfg.block_length].max()) for r in range(len(ids))]
     assert len(set(firsts)) > 1
   mesh = jdiff.sharding.make_mesh((2, 2, 1))
-  sharded_model = jdiff.sharding.shard_model(nnx.clone(m), mesh,
-                                             rules=jdiff.sharding.SAMPLING_RULES)
+  sharded_model = jdiff.sharding.shard_model(
+      nnx.clone(m), mesh, rules=jdiff.sharding.SAMPLING_RULES
+  )
   with jax.set_mesh(mesh):
     traj = llada.sample(sharded_model, ids, mask, jax.random.key(11), cfg)
     graphdef, state = nnx.split(sharded_model)
     row_axes = llada.row_shard_axes(len(ids), state)
     with jdiff.sharding.use_rules(jdiff.sharding.SAMPLING_RULES):
-      hlo = llada._sample_jit.lower(graphdef, state, jnp.asarray(ids), jnp.asarray(mask),
-                                    jax.random.key(11), config=cfg, row_axes=row_axes).as_text()
+      hlo = llada._sample_jit.lower(
+          graphdef,
+          state,
+          jnp.asarray(ids),
+          jnp.asarray(mask),
+          jax.random.key(11),
+          config=cfg,
+          row_axes=row_axes,
+      ).as_text()
   assert row_axes == ("data", "fsdp") and "manual_computation" in hlo
   traj = jax.device_get(traj)
   for field in ("tokens", "step_map", "num_steps", "lengths", "raw_tokens", "raw_step_map"):
@@ -252,13 +278,17 @@ def test_row_shards_match_single_device(kw, confident, llada_ckpt, llada_model, 
   np.testing.assert_allclose(traj.raw_logprobs, single.raw_logprobs, **_logprob_tol(confident))
 
 
-@pytest.mark.parametrize("kw, confident, rows_per_loop", [
-    (dict(threshold=0.9, steps=16, cache="dual", temperature=0.7, record_states=True), True, 1),
-    (dict(threshold=0.9, steps=16, cache="prefix"), True, 2),
-    (dict(temperature=1.0, remasking="random", eoser=True, record_states=True), False, 2),
-])
-def test_rows_per_loop_matches_one_loop(kw, confident, rows_per_loop, llada_model, confident_model,
-                                        llada_prompts):
+@pytest.mark.parametrize(
+    "kw, confident, rows_per_loop",
+    [
+        (dict(threshold=0.9, steps=16, cache="dual", temperature=0.7, record_states=True), True, 1),
+        (dict(threshold=0.9, steps=16, cache="prefix"), True, 2),
+        (dict(temperature=1.0, remasking="random", eoser=True, record_states=True), False, 2),
+    ],
+)
+def test_rows_per_loop_matches_one_loop(
+    kw, confident, rows_per_loop, llada_model, confident_model, llada_prompts
+):
   """Groups of rows decoded one loop after another give the one-loop run's tokens, step
   maps, log-probs and states: each group keeps its rows' global indices (their keys), and a
   threshold row never depended on the rows it waited for. The program holds the loop over
@@ -281,8 +311,13 @@ def _while_loops(m, prompts, cfg):
   graphdef, state = nnx.split(m)
   ids, mask = prompts
   with jdiff.sharding.use_rules(jdiff.sharding.SAMPLING_RULES):
-    return llada._sample_jit.lower(graphdef, state, jnp.asarray(ids), jnp.asarray(mask),
-                                   jax.random.key(11), config=cfg).as_text().count("while(")
+    return (
+        llada._sample_jit.lower(
+            graphdef, state, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(11), config=cfg
+        )
+        .as_text()
+        .count("while(")
+    )
 
 
 @pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 (fake) devices")
@@ -291,27 +326,37 @@ def test_rows_per_loop_on_row_shards(confident_model, llada_prompts):
   cfg = _config(threshold=0.9, steps=16, cache="dual", temperature=0.7)
   single = _sample(confident_model, llada_prompts, cfg)
   mesh = jdiff.sharding.make_mesh((2, 1, 1))
-  sharded = jdiff.sharding.shard_model(nnx.clone(confident_model), mesh,
-                                       rules=jdiff.sharding.SAMPLING_RULES)
+  sharded = jdiff.sharding.shard_model(
+      nnx.clone(confident_model), mesh, rules=jdiff.sharding.SAMPLING_RULES
+  )
   ids, mask = llada_prompts
   with jax.set_mesh(mesh):
-    traj = jax.device_get(llada.sample(sharded, ids, mask, jax.random.key(11),
-                                       dataclasses.replace(cfg, rows_per_loop=1)))
+    traj = jax.device_get(
+        llada.sample(
+            sharded, ids, mask, jax.random.key(11), dataclasses.replace(cfg, rows_per_loop=1)
+        )
+    )
     assert row_shards.shard_count(("data",)) == 2
-    with pytest.raises(ValueError, match=r"rows_per_loop=3: must divide each of the 2 data "
-                                         r"shards' 8 rows \(or be >= it\)"):
-      row_shards.check_rows_per_loop(3, 16, row_shards.shard_count(("data",)),
-                                     "LLaDASamplerConfig.rows_per_loop")
+    with pytest.raises(
+        ValueError,
+        match=r"rows_per_loop=3: must divide each of the 2 data " r"shards' 8 rows \(or be >= it\)",
+    ):
+      row_shards.check_rows_per_loop(
+          3, 16, row_shards.shard_count(("data",)), "LLaDASamplerConfig.rows_per_loop"
+      )
   for field in ("tokens", "step_map", "num_steps"):
     np.testing.assert_array_equal(getattr(traj, field), getattr(single, field), err_msg=field)
   np.testing.assert_allclose(traj.raw_logprobs, single.raw_logprobs, **_logprob_tol(True))
 
 
-@pytest.mark.parametrize("value, match", [
-    (3, r"LLaDASamplerConfig.rows_per_loop=3: must divide the batch of 4 rows"),
-    (0, r"LLaDASamplerConfig.rows_per_loop=0: must be None or a positive int"),
-    (1.5, r"LLaDASamplerConfig.rows_per_loop=1.5: must be None or a positive int"),
-])
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        (3, r"LLaDASamplerConfig.rows_per_loop=3: must divide the batch of 4 rows"),
+        (0, r"LLaDASamplerConfig.rows_per_loop=0: must be None or a positive int"),
+        (1.5, r"LLaDASamplerConfig.rows_per_loop=1.5: must be None or a positive int"),
+    ],
+)
 def test_rows_per_loop_errors(value, match, llada_model, llada_prompts):
   ids, mask = llada_prompts
   with pytest.raises(ValueError, match=match):
@@ -324,5 +369,6 @@ def test_rows_per_loop_beyond_the_batch_is_one_loop(llada_model, llada_prompts):
   wide = _sample(llada_model, llada_prompts, _config(rows_per_loop=8))
   np.testing.assert_array_equal(wide.raw_tokens, one.raw_tokens)
   np.testing.assert_array_equal(wide.raw_step_map, one.raw_step_map)
-  assert _while_loops(llada_model, llada_prompts, _config(rows_per_loop=8)) == \
-      _while_loops(llada_model, llada_prompts, _config())
+  assert _while_loops(llada_model, llada_prompts, _config(rows_per_loop=8)) == _while_loops(
+      llada_model, llada_prompts, _config()
+  )

@@ -17,8 +17,9 @@ def test_one_entry_signature(name):
   assert registry.get(name).run is MODULES[name].sample
 
 
-@pytest.mark.parametrize("old,new", [("max_tokens", "gen_length"),
-                                     ("denoising_steps", "steps_per_block")])
+@pytest.mark.parametrize(
+    "old,new", [("max_tokens", "gen_length"), ("denoising_steps", "steps_per_block")]
+)
 def test_old_block_key_names_its_new_name(old, new):
   match = rf"sampler 'block' has no setting '{old}' \(renamed {new}\)"
   with pytest.raises(ValueError, match=match):
@@ -28,8 +29,9 @@ def test_old_block_key_names_its_new_name(old, new):
 def _blocks_touched(gen_length, block_length):
   """The most blocks (anchored at position 0) any completion of gen_length tokens touches,
   over every offset of the prompt's end inside a block."""
-  return max((r + gen_length - 1) // block_length - r // block_length + 1
-             for r in range(block_length))
+  return max(
+      (r + gen_length - 1) // block_length - r // block_length + 1 for r in range(block_length)
+  )
 
 
 @pytest.mark.parametrize("g,bl", [(10, 4), (8, 4), (1, 4), (5, 1), (33, 8)])
@@ -38,8 +40,12 @@ def test_block_counts(g, bl):
   assert cfg.num_blocks == _blocks_touched(g, bl)
   assert cfg.total_steps == cfg.num_blocks
   # entropy_bounded steps until its block is full: up to block_length steps per block.
-  assert (block.BlockSamplerConfig(gen_length=g, block_length=bl, strategy="entropy_bounded")
-          .total_steps == bl * cfg.num_blocks)
+  assert (
+      block.BlockSamplerConfig(
+          gen_length=g, block_length=bl, strategy="entropy_bounded"
+      ).total_steps
+      == bl * cfg.num_blocks
+  )
 
 
 def test_block_counts_need_the_block_length():
@@ -56,8 +62,10 @@ def test_llada_and_dream_counts():
   assert (cfg.num_blocks, cfg.total_steps) == (2, 8)
   # Threshold decoding commits at least one token per step: at most gen_length steps.
   assert llada.LLaDASamplerConfig(gen_length=16, block_length=8, threshold=0.9).total_steps == 16
-  assert (llada.LLaDASamplerConfig(gen_length=16, block_length=16, steps=4, schedule="ass")
-          .total_steps == 4)
+  assert (
+      llada.LLaDASamplerConfig(gen_length=16, block_length=16, steps=4, schedule="ass").total_steps
+      == 4
+  )
   d = dream.DreamSamplerConfig(gen_length=16, steps=8)
   assert (d.num_blocks, d.total_steps) == (1, 8)
   d = dream.DreamSamplerConfig(gen_length=16, steps=8, block_length=4)
@@ -73,20 +81,30 @@ def test_validate_without_a_model_checks_the_fields(name):
     cls(gen_length=0).validate()
 
 
-@pytest.mark.parametrize("name,family,match", [
-    ("block", "tiny_llada", "the block sampler needs an sdar/trado model, not 'llada'"),
-    ("block", "tiny_dream", "the block sampler needs an sdar/trado model, not 'dream'"),
-    ("llada", "tiny_sdar", "the llada sampler needs a bidirectional, unshifted model"),
-    ("llada", "tiny_dream", "the llada sampler needs a bidirectional, unshifted model"),
-    ("dream", "tiny_sdar", "the dream sampler needs a bidirectional model, not 'sdar'"),
-])
+@pytest.mark.parametrize(
+    "name,family,match",
+    [
+        ("block", "tiny_llada", "the block sampler needs an sdar/trado model, not 'llada'"),
+        ("block", "tiny_dream", "the block sampler needs an sdar/trado model, not 'dream'"),
+        ("llada", "tiny_sdar", "the llada sampler needs a bidirectional, unshifted model"),
+        ("llada", "tiny_dream", "the llada sampler needs a bidirectional, unshifted model"),
+        ("dream", "tiny_sdar", "the dream sampler needs a bidirectional model, not 'sdar'"),
+    ],
+)
 def test_validate_checks_the_model_family(name, family, match):
   with pytest.raises(ValueError, match=match):
     registry.get(name).config_cls().validate(jdiff.preset(family))
 
 
-@pytest.mark.parametrize("name,family", [("block", "tiny_sdar"), ("llada", "tiny_llada"),
-                                         ("dream", "tiny_dream"), ("dream", "tiny_llada")])
+@pytest.mark.parametrize(
+    "name,family",
+    [
+        ("block", "tiny_sdar"),
+        ("llada", "tiny_llada"),
+        ("dream", "tiny_dream"),
+        ("dream", "tiny_llada"),
+    ],
+)
 def test_validate_accepts_its_models(name, family):
   registry.get(name).config_cls().validate(jdiff.preset(family))
 

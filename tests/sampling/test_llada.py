@@ -27,8 +27,9 @@ def eos_model(llada_ckpt):
 
 @functools.partial(jax.jit, static_argnums=3)
 def _gumbel(k, row, col, vocab):
-  return jax.random.gumbel(jax.random.fold_in(jax.random.fold_in(k, row), col), (vocab,),
-                           jnp.float32)
+  return jax.random.gumbel(
+      jax.random.fold_in(jax.random.fold_in(k, row), col), (vocab,), jnp.float32
+  )
 
 
 @jax.jit
@@ -58,8 +59,9 @@ def reference(model, ids, pmask, key, cfg):
   plan = cfg.plan()
   gam = None
   if cfg.gamma_name:
-    gam = schedules.gamma_schedule(cfg.gamma_name, plan.num_steps, cfg.eos_min_gamma,
-                                   cfg.eos_max_gamma)
+    gam = schedules.gamma_schedule(
+        cfg.gamma_name, plan.num_steps, cfg.eos_min_gamma, cfg.eos_max_gamma
+    )
   step_map = np.zeros((b, g), np.int32)
   logprobs = np.zeros((b, g), np.float32)
   nsteps = np.zeros(b, np.int32)
@@ -117,8 +119,10 @@ CASES = {
     "ass_one_block": (dict(schedule="ass", steps=4, block_length=16, record_states=True), True),
     "cfg_eos_inf": (dict(cfg_scale=1.0, logits_eos_inf=True), True),
     # 16 steps per 8-token block: the last 8 steps of each block commit nothing.
-    "random_blind_sparse": (dict(remasking="random", temperature=1.0, padding_blind_positions=True,
-                                 steps=32), False),
+    "random_blind_sparse": (
+        dict(remasking="random", temperature=1.0, padding_blind_positions=True, steps=32),
+        False,
+    ),
 }
 
 
@@ -142,6 +146,7 @@ def runs(llada_model, eos_model, llada_prompts):
       key = jax.random.key(7)
       out[name] = (m, cfg, key, jax.device_get(llada.sample(m, ids, mask, key, cfg)))
     return out[name]
+
   return get
 
 
@@ -162,8 +167,9 @@ def test_eoser_delays_eos(runs, llada_prompts):
   ranking there, while without EOSER the EOS-biased model commits some EOS at once."""
   ids, mask = llada_prompts
   m, cfg, key, with_eoser = runs("eoser_linear")
-  plain_tokens, plain_steps, _, _ = reference(m, ids, mask, key,
-                                              dataclasses.replace(cfg, eoser=False))
+  plain_tokens, plain_steps, _, _ = reference(
+      m, ids, mask, key, dataclasses.replace(cfg, eoser=False)
+  )
   eos = m.config.eos_token_id
   assert np.sum((with_eoser.raw_step_map == 1) & (with_eoser.raw_tokens == eos)) == 0
   assert np.sum((plain_steps == 1) & (plain_tokens == eos)) > 0
@@ -207,7 +213,7 @@ def test_replay_and_logprobs(name, runs, llada_prompts):
     before = np.where((tr.raw_step_map > 0) & (tr.raw_step_map < k), tr.raw_tokens, mask_id)
     after = np.where((tr.raw_step_map > 0) & (tr.raw_step_map <= k), tr.raw_tokens, mask_id)
     np.testing.assert_array_equal(tr.states[k - 1], after)
-    logp = jax.nn.log_softmax(_fwd(m, ids, mask, before)[:, ids.shape[1]:], axis=-1)
+    logp = jax.nn.log_softmax(_fwd(m, ids, mask, before)[:, ids.shape[1] :], axis=-1)
     lp = np.take_along_axis(np.asarray(logp), tr.raw_tokens[..., None], -1)[..., 0]
     now = tr.raw_step_map == k
     assert now.any(axis=-1).all()  # every row commits at each of its steps
@@ -230,23 +236,27 @@ def test_left_padding_matches_single_rows(runs, llada_model, llada_prompts):
 def test_compiles_once_per_bucket(runs, llada_model):
   _, cfg, key, _ = runs("greedy")
   before = llada._sample_jit._cache_size()
-  ids, mask, _ = common.left_pad([[9, 9, 9, 9], [30], [31, 32], [33, 34, 35, 36, 37, 38]], 1,
-                                 length=8)  # the prompts fixture's bucket
+  ids, mask, _ = common.left_pad(
+      [[9, 9, 9, 9], [30], [31, 32], [33, 34, 35, 36, 37, 38]], 1, length=8
+  )  # the prompts fixture's bucket
   llada.sample(llada_model, ids, mask, jax.random.key(3), cfg)
   assert llada._sample_jit._cache_size() == before
 
 
-@pytest.mark.parametrize("kw, field", [
-    (dict(gen_length=12, block_length=8), "gen_length"),
-    (dict(steps=7), "steps"),
-    (dict(schedule="ass", steps=5), "steps"),
-    (dict(schedule="ass", steps=4, block_length=2), "block_length"),
-    (dict(remasking="top_p"), "remasking"),
-    (dict(schedule="cosine"), "schedule"),
-    (dict(eoser="cubic"), "eoser"),
-    (dict(cache="full"), "cache"),
-    (dict(threshold=1.5), "threshold"),
-])
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        (dict(gen_length=12, block_length=8), "gen_length"),
+        (dict(steps=7), "steps"),
+        (dict(schedule="ass", steps=5), "steps"),
+        (dict(schedule="ass", steps=4, block_length=2), "block_length"),
+        (dict(remasking="top_p"), "remasking"),
+        (dict(schedule="cosine"), "schedule"),
+        (dict(eoser="cubic"), "eoser"),
+        (dict(cache="full"), "cache"),
+        (dict(threshold=1.5), "threshold"),
+    ],
+)
 def test_validation_before_compile(kw, field, llada_model, llada_prompts):
   ids, mask = llada_prompts
   before = llada._sample_jit._cache_size()
@@ -257,11 +267,13 @@ def test_validation_before_compile(kw, field, llada_model, llada_prompts):
 
 def test_mesh_matches_single_device(llada_ckpt, runs, llada_prompts):
   from jdiff import sharding
+
   ids, mask = llada_prompts
   _, cfg, key, tr = runs("sampled_states")
   mesh = sharding.make_mesh((2, 2, 2))
-  m = sharding.shard_model(jdiff.from_pretrained(llada_ckpt.path, dtype="float32"), mesh,
-                           rules=sharding.SAMPLING_RULES)
+  m = sharding.shard_model(
+      jdiff.from_pretrained(llada_ckpt.path, dtype="float32"), mesh, rules=sharding.SAMPLING_RULES
+  )
   with jax.set_mesh(mesh):
     sharded = jax.device_get(llada.sample(m, ids, mask, key, cfg))
   np.testing.assert_array_equal(sharded.tokens, tr.tokens)

@@ -13,14 +13,17 @@ from jdiff.sharding.rules import SAMPLING_RULES, TRAIN_RULES, use_rules
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
 
 
-@pytest.mark.parametrize("shape, rows, expected", [
-    ((8, 1, 1), 8, ("data",)),
-    ((2, 4, 1), 16, ("data", "fsdp")),
-    ((1, 8, 1), 8, ("fsdp",)),
-    ((2, 2, 2), 8, ()),  # tensor > 1: one global program
-    ((8, 1, 1), 4, ()),  # the batch does not divide
-    ((1, 1, 8), 8, ()),
-])
+@pytest.mark.parametrize(
+    "shape, rows, expected",
+    [
+        ((8, 1, 1), 8, ("data",)),
+        ((2, 4, 1), 16, ("data", "fsdp")),
+        ((1, 8, 1), 8, ("fsdp",)),
+        ((2, 2, 2), 8, ()),  # tensor > 1: one global program
+        ((8, 1, 1), 4, ()),  # the batch does not divide
+        ((1, 1, 8), 8, ()),
+    ],
+)
 def test_row_shard_axes(shape, rows, expected):
   mesh = jdiff.sharding.make_mesh(shape)
   with jax.set_mesh(mesh):

@@ -15,8 +15,12 @@ import jdiff
 from jdiff.sampling import block, common, llada, row_shards
 from jdiff.sharding.rules import SAMPLING_RULES, TRAIN_RULES, active_rules, use_rules
 
-PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15, 16, 17], [20, 21, 22],
-           [30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42]]
+PROMPTS = [
+    [5, 6, 7, 8, 9],
+    [10, 11, 12, 13, 14, 15, 16, 17],
+    [20, 21, 22],
+    [30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42],
+]
 LOGIT_SCALE = 30.0  # the LLaDA tests' LM head scale: a sharper softmax
 ROW_FIELDS = ("tokens", "step_map", "num_steps", "lengths", "raw_tokens", "raw_step_map")
 
@@ -70,16 +74,21 @@ def test_thread_counts():
   with pytest.raises(ValueError, match=r"X.row_threads=3: must divide the batch of 4 rows"):
     check(3, 4, "X.row_threads")
   # rows_per_loop then divides each thread's rows (the LLaDA sampler's check)
-  with pytest.raises(ValueError, match=r"X.rows_per_loop=3: must divide each of the 2 host "
-                                       r"threads' 8 rows \(or be >= it\)"):
+  with pytest.raises(
+      ValueError,
+      match=r"X.rows_per_loop=3: must divide each of the 2 host "
+      r"threads' 8 rows \(or be >= it\)",
+  ):
     row_shards.check_rows_per_loop(3, 16, 2, "X.rows_per_loop", "host threads")
 
 
 @pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 (fake) devices")
 def test_no_threads_under_a_mesh_of_several_devices():
   with jax.set_mesh(jdiff.sharding.make_mesh((2, 1, 1))):
-    with pytest.raises(ValueError, match=r"X.row_threads=2: host threads run on one device; "
-                                         r"under a mesh of 2 devices"):
+    with pytest.raises(
+        ValueError,
+        match=r"X.row_threads=2: host threads run on one device; " r"under a mesh of 2 devices",
+    ):
       row_shards.check_row_threads(2, 4, "X.row_threads")
   with jax.set_mesh(jdiff.sharding.make_mesh((1, 1, 1))):  # a training loop's on one device
     assert row_shards.check_row_threads(2, 4, "X.row_threads") == 2
@@ -105,9 +114,15 @@ def test_block_threads_match_one_call(sdar, threads, monkeypatch, compile_events
   """Sampled decoding with EOS stopping: each thread's call draws with its rows' global
   keys, so tokens, step maps, states and log-probs equal one call over the batch. 8 threads
   for 4 rows: one row each. A second threaded call with new prompts compiles nothing."""
-  cfg = block.BlockSamplerConfig(gen_length=10, steps_per_block=2, temperature=0.3, top_p=0.95,
-                                 threshold=0.2, record_states=True,
-                                 stop_ids=(sdar.config.eos_token_id,))
+  cfg = block.BlockSamplerConfig(
+      gen_length=10,
+      steps_per_block=2,
+      temperature=0.3,
+      top_p=0.95,
+      threshold=0.2,
+      record_states=True,
+      stop_ids=(sdar.config.eos_token_id,),
+  )
   one = _block(sdar, cfg)
   assert len(set(one.num_steps.tolist())) > 1  # the threads' loops differ in length
   calls = []
@@ -131,11 +146,14 @@ def test_block_threads_match_one_call(sdar, threads, monkeypatch, compile_events
   assert compile_events == []
 
 
-@pytest.mark.parametrize("value, match", [
-    (0, r"BlockSamplerConfig.row_threads=0: must be a positive int"),
-    (True, r"BlockSamplerConfig.row_threads=True: must be a positive int"),
-    (3, r"BlockSamplerConfig.row_threads=3: must divide the batch of 4 rows"),
-])
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        (0, r"BlockSamplerConfig.row_threads=0: must be a positive int"),
+        (True, r"BlockSamplerConfig.row_threads=True: must be a positive int"),
+        (3, r"BlockSamplerConfig.row_threads=3: must divide the batch of 4 rows"),
+    ],
+)
 def test_block_thread_errors(sdar, value, match):
   with pytest.raises(ValueError, match=match):
     _block(sdar, block.BlockSamplerConfig(gen_length=4, row_threads=value))
@@ -152,8 +170,9 @@ def confident_llada(hf_checkpoints):
 
 @pytest.fixture(scope="module")
 def prompts():
-  ids, mask, _ = common.left_pad([[5, 6, 7], [8, 9, 10, 11, 12], [20, 21, 22, 23], [40, 41]],
-                                 pad_id=1, length=8)
+  ids, mask, _ = common.left_pad(
+      [[5, 6, 7], [8, 9, 10, 11, 12], [20, 21, 22, 23], [40, 41]], pad_id=1, length=8
+  )
   return ids, mask
 
 
@@ -163,11 +182,20 @@ def _llada(m, prompts, **kw):
   return jax.device_get(llada.sample(m, ids, mask, jax.random.key(11), cfg))
 
 
-@pytest.mark.parametrize("kw", [
-    dict(threshold=0.9, steps=16, cache="dual", temperature=0.7, record_states=True,
-         rows_per_loop=1),
-    dict(temperature=1.0, remasking="random", eoser=True, record_states=True),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(
+            threshold=0.9,
+            steps=16,
+            cache="dual",
+            temperature=0.7,
+            record_states=True,
+            rows_per_loop=1,
+        ),
+        dict(temperature=1.0, remasking="random", eoser=True, record_states=True),
+    ],
+)
 def test_llada_threads_match_one_call(confident_llada, prompts, kw):
   """Exact (random remasking, EOSER) and dual-cache threshold decoding, sampled, on 2
   threads of 2 rows: the one-call tokens, step maps, states and log-probs."""
@@ -177,14 +205,18 @@ def test_llada_threads_match_one_call(confident_llada, prompts, kw):
     np.testing.assert_array_equal(getattr(threaded, field), getattr(one, field), err_msg=field)
   # A 2-row program's float32 sums are grouped differently from the 4-row one's; the noise
   # is relative to the logits, which the LM head's scale makes LOGIT_SCALE times larger.
-  np.testing.assert_allclose(threaded.raw_logprobs, one.raw_logprobs, rtol=1e-5,
-                             atol=1e-6 * LOGIT_SCALE)
+  np.testing.assert_allclose(
+      threaded.raw_logprobs, one.raw_logprobs, rtol=1e-5, atol=1e-6 * LOGIT_SCALE
+  )
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(row_threads=3), r"LLaDASamplerConfig.row_threads=3: must divide the batch of 4 rows"),
-    (dict(row_threads=0), r"LLaDASamplerConfig.row_threads=0: must be a positive int"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(row_threads=3), r"LLaDASamplerConfig.row_threads=3: must divide the batch of 4 rows"),
+        (dict(row_threads=0), r"LLaDASamplerConfig.row_threads=0: must be a positive int"),
+    ],
+)
 def test_llada_thread_errors(confident_llada, prompts, kw, match):
   with pytest.raises(ValueError, match=match):
     _llada(confident_llada, prompts, **kw)
@@ -197,11 +229,18 @@ def test_block_threads_in_a_one_device_rollout(sdar):
 
   mesh = jdiff.sharding.make_mesh((1, 1, 1))
   m = jdiff.sharding.shard_model(nnx.clone(sdar), mesh, rules=SAMPLING_RULES)
-  cfg = block.BlockSamplerConfig(gen_length=10, steps_per_block=2, temperature=0.3, top_p=0.95,
-                                 threshold=0.2, stop_ids=(sdar.config.eos_token_id,))
-  out = [jax.device_get(rollout_lib.rollout(m, mesh, "block", c, PROMPTS, 0, 16,
-                                        jax.random.key(4))[0])
-         for c in (cfg, dataclasses.replace(cfg, row_threads=2))]
+  cfg = block.BlockSamplerConfig(
+      gen_length=10,
+      steps_per_block=2,
+      temperature=0.3,
+      top_p=0.95,
+      threshold=0.2,
+      stop_ids=(sdar.config.eos_token_id,),
+  )
+  out = [
+      jax.device_get(rollout_lib.rollout(m, mesh, "block", c, PROMPTS, 0, 16, jax.random.key(4))[0])
+      for c in (cfg, dataclasses.replace(cfg, row_threads=2))
+  ]
   for field in ROW_FIELDS:
     np.testing.assert_array_equal(getattr(out[1], field), getattr(out[0], field), err_msg=field)
   np.testing.assert_allclose(out[1].logprobs, out[0].logprobs, rtol=1e-5, atol=1e-6)

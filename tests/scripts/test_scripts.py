@@ -36,6 +36,7 @@ def sdar_dir(tmp_path_factory):
   import hf_fixtures
 
   from jdiff.data.char_tokenizer import build_char_tokenizer, special_token_ids
+
   path = str(tmp_path_factory.mktemp("sdar_char"))
   hf_fixtures.make_sdar(path, vocab_size=128)
   tok = build_char_tokenizer()
@@ -71,15 +72,21 @@ def _small_sft_config(name, **sft):
 def test_sample_writes_completions(scripts, sdar_dir, tmp_path):
   import jdiff
   from jdiff.data.loading import apply_template
+
   sample = scripts["sample"]
-  prompts = _write_jsonl(tmp_path / "in.jsonl", [
-      {"prompt": "Compute 1+2"}, "", {"prompt_ids": [5, 6, 7, 8, 9, 10, 11]},
-      {"prompt": "hi", "extra": 1}])
+  prompts = _write_jsonl(
+      tmp_path / "in.jsonl",
+      [
+          {"prompt": "Compute 1+2"},
+          "",
+          {"prompt_ids": [5, 6, 7, 8, 9, 10, 11]},
+          {"prompt": "hi", "extra": 1},
+      ],
+  )
   tracerl = _load("configs", "tracerl").get_config()
   sampler = dict(tracerl.sampler, gen_length=10, stop_ids=())  # no stop: every block decodes
   out = str(tmp_path / "out.jsonl")
-  records = sample.sample_file(sdar_dir, prompts, out, sampler, batch_size=4, seed=3,
-                               num_samples=2)
+  records = sample.sample_file(sdar_dir, prompts, out, sampler, batch_size=4, seed=3, num_samples=2)
   with open(out) as f:
     lines = [json.loads(line) for line in f]
   assert lines == records
@@ -109,8 +116,9 @@ def test_sample_default_sampler_and_stop(scripts, sdar_dir, tmp_path):
   sample = scripts["sample"]
   prompts = _write_jsonl(tmp_path / "in.jsonl", [{"prompt_ids": [5, 6, 7]}])
   # No config: the family's default sampler (block) with its defaults but a short budget.
-  recs = sample.sample_file(sdar_dir, prompts, str(tmp_path / "o.jsonl"), {"gen_length": 8},
-                            chat_template=False)
+  recs = sample.sample_file(
+      sdar_dir, prompts, str(tmp_path / "o.jsonl"), {"gen_length": 8}, chat_template=False
+  )
   (r,) = recs
   assert 1 <= len(r["completion_ids"]) <= 8
   if len(r["completion_ids"]) < 8:  # stopped: the stop token is the last one kept
@@ -127,18 +135,32 @@ def test_sample_bad_inputs(scripts, sdar_dir, tmp_path):
   with pytest.raises(sample.InputError, match=r"line 2: has neither 'prompt' nor 'prompt_ids'"):
     sample.sample_file(sdar_dir, bad, str(tmp_path / "o.jsonl"))
   with pytest.raises(sample.InputError, match="line 1: not valid JSON"):
-    sample.sample_file(sdar_dir, _write_jsonl(tmp_path / "j.jsonl", ["{oops"]),
-                       str(tmp_path / "o.jsonl"))
+    sample.sample_file(
+        sdar_dir, _write_jsonl(tmp_path / "j.jsonl", ["{oops"]), str(tmp_path / "o.jsonl")
+    )
   with pytest.raises(sample.InputError, match="line 1: token id 999"):
-    sample.sample_file(sdar_dir, _write_jsonl(tmp_path / "v.jsonl", [{"prompt_ids": [5, 999]}]),
-                       str(tmp_path / "o.jsonl"))
+    sample.sample_file(
+        sdar_dir,
+        _write_jsonl(tmp_path / "v.jsonl", [{"prompt_ids": [5, 999]}]),
+        str(tmp_path / "o.jsonl"),
+    )
   # The command line: a clear message naming the path and a non-zero exit code.
-  cmd = [sys.executable, os.path.join(ROOT, "scripts", "sample.py"), "--prompts", good,
-         "--out", str(tmp_path / "o.jsonl")]
+  cmd = [
+      sys.executable,
+      os.path.join(ROOT, "scripts", "sample.py"),
+      "--prompts",
+      good,
+      "--out",
+      str(tmp_path / "o.jsonl"),
+  ]
   res = subprocess.run(cmd + ["--model", missing], capture_output=True, text=True, timeout=120)
   assert res.returncode != 0 and missing in res.stderr and "Traceback" not in res.stderr
-  res = subprocess.run(cmd[:2] + ["--model", sdar_dir, "--prompts", bad, "--out", "o.jsonl"],
-                       capture_output=True, text=True, timeout=120)
+  res = subprocess.run(
+      cmd[:2] + ["--model", sdar_dir, "--prompts", bad, "--out", "o.jsonl"],
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert res.returncode != 0 and "line 2" in res.stderr and "Traceback" not in res.stderr
 
 
@@ -147,22 +169,48 @@ def test_sample_bad_inputs(scripts, sdar_dir, tmp_path):
 
 def test_plot(scripts, tmp_path):
   plot = scripts["plot"]
-  rows = [{"step": s, "reward_mean": 0.1 * s, "loss": 1.0 / s, "rollout_s": 2.0, "train_s": 1.0,
-           "response_length": 10 + s} for s in range(1, 6)]
+  rows = [
+      {
+          "step": s,
+          "reward_mean": 0.1 * s,
+          "loss": 1.0 / s,
+          "rollout_s": 2.0,
+          "train_s": 1.0,
+          "response_length": 10 + s,
+      }
+      for s in range(1, 6)
+  ]
   rows[2]["loss"] = "nan"  # how MetricsWriter stores non-finite values
   rows[4]["eval_accuracy"] = 0.5
   _write_jsonl(tmp_path / "metrics.jsonl", rows)
   paths = plot.plot(str(tmp_path))
   names = sorted(os.path.basename(p) for p in paths)
-  assert names == sorted(["reward_mean.png", "loss.png", "eval_accuracy.png", "timing.png",
-                          "response_length.png", "summary.png"])
+  assert names == sorted(
+      [
+          "reward_mean.png",
+          "loss.png",
+          "eval_accuracy.png",
+          "timing.png",
+          "response_length.png",
+          "summary.png",
+      ]
+  )
   for p in paths:
     with open(p, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
     plot.plot(str(tmp_path / "empty"))
-  res = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "plot.py"), "--workdir",
-                        str(tmp_path / "empty")], capture_output=True, text=True, timeout=120)
+  res = subprocess.run(
+      [
+          sys.executable,
+          os.path.join(ROOT, "scripts", "plot.py"),
+          "--workdir",
+          str(tmp_path / "empty"),
+      ],
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert res.returncode != 0 and "metrics.jsonl" in res.stderr
 
 
@@ -174,6 +222,7 @@ def test_sft_configs_load(scripts, name):
   from jdiff import sft as sft_lib
   from jdiff.models.config import PRESETS
   from jdiff.sampling import registry
+
   cfg = _load("configs", name).get_config()
   assert cfg.model.preset in PRESETS and cfg.seed == 0
   sft_lib.get(cfg.sft.objective)
@@ -188,6 +237,7 @@ def test_sft_configs_load(scripts, name):
 
 def test_sft_then_eval(scripts, tmp_path, capsys):
   import jdiff
+
   sft, ev = scripts["sft"], scripts["eval"]
   cfg = _small_sft_config("sft_block")
   cfg.eval.sampler.gen_length = 8
@@ -230,6 +280,7 @@ def test_eval_restores_rl_checkpoint(scripts, tmp_path):
   from jdiff.train.checkpointing import Checkpointer
   from jdiff.train.optim import make_optimizer
   from jdiff.train.update import init_train_state
+
   ev = scripts["eval"]
   cfg = _load("configs", "tracerl").get_config()
   cfg.model.preset = "tiny_sdar"
@@ -248,8 +299,9 @@ def test_eval_restores_rl_checkpoint(scripts, tmp_path):
   assert step == 3
   fresh, _ = setup.load_policy(config.model, config.seed)
   restored = ev._restore_policy(fresh, config, reader, step)
-  for a, b in zip(jax.tree.leaves(nnx.state(restored, nnx.Param)),
-                  jax.tree.leaves(nnx.state(model, nnx.Param))):
+  for a, b in zip(
+      jax.tree.leaves(nnx.state(restored, nnx.Param)), jax.tree.leaves(nnx.state(model, nnx.Param))
+  ):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   results = ev.run(cfg, workdir=workdir, log=lambda *_: None)
   assert results["checkpoint_step"] == 3 and 0.0 <= results["accuracy_static"] <= 1.0
@@ -259,6 +311,7 @@ def test_eval_restores_rl_checkpoint(scripts, tmp_path):
 @pytest.mark.parametrize("name", ["sft_llada", "sft_semi_ar"])
 def test_sft_full_attention_configs_run(scripts, tmp_path, name):
   import jdiff
+
   cfg = _small_sft_config(name, steps=2, batch_size=4)
   res = scripts["sft"].run(cfg, str(tmp_path), log=lambda *_: None)
   assert np.isfinite(res["loss_after"])

@@ -46,8 +46,10 @@ class FakeModel:
 
   def log_probs(self, tokens, positions):
     """float64 log-softmax of the raw (unshifted) logits, by hand."""
-    h = np.asarray(self.tok, np.float64)[np.asarray(tokens)] + np.asarray(
-        self.pos, np.float64)[np.asarray(positions)]
+    h = (
+        np.asarray(self.tok, np.float64)[np.asarray(tokens)]
+        + np.asarray(self.pos, np.float64)[np.asarray(positions)]
+    )
     z = h @ np.asarray(self.w, np.float64)
     z = z - z.max(-1, keepdims=True)
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
@@ -77,14 +79,21 @@ def toy_rows(cfg, n=16, length=12, seed=0, **kw):
   rng = np.random.default_rng(seed)
   prompts = [list(rng.integers(10, 40, size=rng.integers(3, 7))) for _ in range(n)]
   responses = [[(x * 3) % 50 + 50 for x in p[:3]] for p in prompts]
-  return sft.make_rows(prompts, responses, length, pad_id=cfg.pad_token_id,
-                       eos_id=cfg.eos_token_id, **kw)
+  return sft.make_rows(
+      prompts, responses, length, pad_id=cfg.pad_token_id, eos_id=cfg.eos_token_id, **kw
+  )
 
 
 def small_rows(cfg, **kw):
   """Two rows whose prompts end inside a block of 4 (lengths 3 and 6)."""
-  return sft.make_rows([[10, 11, 12], [20, 21, 22, 23, 24, 25]], [[60, 61, 62, 63, 64], [70, 71]],
-                       12, pad_id=cfg.pad_token_id, eos_id=cfg.eos_token_id, **kw)
+  return sft.make_rows(
+      [[10, 11, 12], [20, 21, 22, 23, 24, 25]],
+      [[60, 61, 62, 63, 64], [70, 71]],
+      12,
+      pad_id=cfg.pad_token_id,
+      eos_id=cfg.eos_token_id,
+      **kw,
+  )
 
 
 def test_registry_and_rows():
@@ -139,8 +148,9 @@ def test_block_batch_masking_rules():
   assert (np.ptp(np.asarray(seq["t"]), axis=1) == 0).all()
   frac = []
   for seed in range(20):  # TraceRL semi-AR noise: per-position p ~ U(0.1, 0.9), no 1/t
-    uni = block_sft.build_batch(rows, jax.random.key(seed), SDAR, noise="uniform_0.1_0.9",
-                                weighting="none")
+    uni = block_sft.build_batch(
+        rows, jax.random.key(seed), SDAR, noise="uniform_0.1_0.9", weighting="none"
+    )
     ut, um = np.asarray(uni["t"]), np.asarray(uni["masked"])
     assert (ut >= 0.1).all() and (ut <= 0.9).all() and len(np.unique(ut[0])) == n
     assert (np.asarray(uni["weight"])[um] == 1).all() and not um[prompt].any()
@@ -183,8 +193,9 @@ def test_llada_rules_and_hand_computation():
   np.testing.assert_array_equal(b["norm"], [6, 6])  # L - #prompt - #left padding
   model = FakeModel(LLADA, seed=1)
   loss, _ = llada_sft.loss_fn(model, b)
-  np.testing.assert_array_equal(model.masks[-1], masks.bidirectional(rows["prompt_mask"]
-                                                                     | rows["loss_mask"]))
+  np.testing.assert_array_equal(
+      model.masks[-1], masks.bidirectional(rows["prompt_mask"] | rows["loss_mask"])
+  )
   lp = model.log_probs(b["tokens"], b["positions"])
   nll = -np.take_along_axis(lp, rows["tokens"][..., None], -1)[..., 0]
   expected = (nll * masked / p).sum() / (2 * 12 - 6 - 6)
@@ -219,9 +230,11 @@ def test_semi_ar_rows_and_dream_shift():
   model = FakeModel(DREAM, seed=2)
   loss, _ = semi_ar_sft.loss_fn(model, b)
   lp = model.log_probs(b["tokens"], b["positions"])
+
   def by_hand(lp):
     nll = -np.take_along_axis(lp, x0[..., None], -1)[..., 0]
     return np.mean([nll[r][masked[r]].mean() for r in range(6) if masked[r].any()])
+
   shifted = np.concatenate([lp[:, :1], lp[:, :-1]], axis=1)  # target j read from logits j-1
   np.testing.assert_allclose(float(loss), by_hand(shifted), rtol=1e-5)
   assert abs(by_hand(lp) - by_hand(shifted)) > 0.1  # the wrong alignment differs
@@ -246,9 +259,11 @@ def test_oracle_logits_give_zero_loss():
 # XLA:CPU compile time dominates these tests on 2 cores; a lower backend optimisation level
 # halves it and does not change what is computed.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-CASES = [("tiny_sdar", "sft_block", {}),
-         ("tiny_llada", "sft_llada", {}),
-         ("tiny_dream", "sft_semi_ar", {"block_size": 4})]
+CASES = [
+    ("tiny_sdar", "sft_block", {}),
+    ("tiny_llada", "sft_llada", {}),
+    ("tiny_dream", "sft_semi_ar", {"block_size": 4}),
+]
 
 
 @pytest.mark.parametrize("preset,name,opts", CASES, ids=[c[1] for c in CASES])

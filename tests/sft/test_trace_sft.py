@@ -44,18 +44,29 @@ def _trajectory(model, seed=0, b=3, p=5, g=8, steps_per_token=2):
   for i in range(b):
     order = rng.permutation(lengths[i])
     steps[i, order] = 1 + np.arange(lengths[i]) // steps_per_token
-    toks[i, lengths[i]:] = c.pad_token_id
-  return Trajectory(prompt_ids=pids, prompt_mask=pmask, tokens=toks, step_map=steps,
-                    logprobs=np.zeros((b, g), np.float32), lengths=lengths,
-                    num_steps=steps.max(-1))
+    toks[i, lengths[i] :] = c.pad_token_id
+  return Trajectory(
+      prompt_ids=pids,
+      prompt_mask=pmask,
+      tokens=toks,
+      step_map=steps,
+      logprobs=np.zeros((b, g), np.float32),
+      lengths=lengths,
+      num_steps=steps.max(-1),
+  )
 
 
 def _records(traj):
   out = []
   for i in range(len(traj.lengths)):
     n = int(traj.lengths[i])
-    out.append(dict(prompt_ids=traj.prompt_ids[i][traj.prompt_mask[i]].tolist(),
-                    tokens=traj.tokens[i, :n].tolist(), step_map=traj.step_map[i, :n].tolist()))
+    out.append(
+        dict(
+            prompt_ids=traj.prompt_ids[i][traj.prompt_mask[i]].tolist(),
+            tokens=traj.tokens[i, :n].tolist(),
+            step_map=traj.step_map[i, :n].tolist(),
+        )
+    )
   return out
 
 
@@ -64,13 +75,21 @@ def test_rows_are_tracerls_rows(models, family, shrink):
   model = models[family]
   traj = _trajectory(model, seed=shrink)
   cc = trace_sft.TraceCollectConfig(shrink=shrink, max_steps=8)
-  ref = tracerl.build_batch(traj, np.ones(3, np.float32), None,
-                            tracerl.TraceRLConfig(shrink=shrink, max_steps=8), model.config)
+  ref = tracerl.build_batch(
+      traj,
+      np.ones(3, np.float32),
+      None,
+      tracerl.TraceRLConfig(shrink=shrink, max_steps=8),
+      model.config,
+  )
   nonempty = ref["loss_mask"].any(-1)
   assert 0 < nonempty.sum() < len(nonempty) or family == "llada"
   # Through the stored records, as a rerun reads them back.
-  rows = trace_sft.build_rows(trace_sft.as_trajectory(_records(traj), model.config.pad_token_id,
-                                                      gen_width=8), model.config, cc)
+  rows = trace_sft.build_rows(
+      trace_sft.as_trajectory(_records(traj), model.config.pad_token_id, gen_width=8),
+      model.config,
+      cc,
+  )
   for k, v in rows.items():
     np.testing.assert_array_equal(v, ref[k][nonempty], err_msg=k)
   assert set(rows) >= {"input_ids", "positions", "valid", "targets", "loss_mask"}
@@ -79,11 +98,16 @@ def test_rows_are_tracerls_rows(models, family, shrink):
 @pytest.mark.parametrize("family", ["sdar", "llada"])
 def test_loss_is_hand_computed_nll(models, family):
   model = models[family]
-  rows = trace_sft.build_rows(_trajectory(model, seed=7), model.config,
-                              trace_sft.TraceCollectConfig(max_steps=8))
+  rows = trace_sft.build_rows(
+      _trajectory(model, seed=7), model.config, trace_sft.TraceCollectConfig(max_steps=8)
+  )
   mask = masks.dense(tracerl.attention_mask(rows, model.config))
-  logits = jdiff.forward(model, jnp.asarray(rows["input_ids"]), attention_mask=mask,
-                         positions=jnp.asarray(rows["positions"]))
+  logits = jdiff.forward(
+      model,
+      jnp.asarray(rows["input_ids"]),
+      attention_mask=mask,
+      positions=jnp.asarray(rows["positions"]),
+  )
   logp = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32), -1), np.float64)
   per_row = []
   for r in range(len(rows["input_ids"])):
@@ -113,8 +137,7 @@ def test_filter_keeps_exactly_the_preferred(models):
   # Prompts 0 and 3, twice each; the padding rows of the second call (prompt 3 repeated) are
   # not kept twice.
   assert [r["prompt_index"] for r in records] == [0, 0, 3, 3]
-  assert stats == {"trace_prompts": 4, "trace_sampled": 8, "trace_kept": 4,
-                   "trace_acceptance": 0.5}
+  assert stats == {"trace_prompts": 4, "trace_sampled": 8, "trace_kept": 4, "trace_acceptance": 0.5}
   cc = trace_sft.TraceCollectConfig(samples_per_prompt=1, rollout_batch=4, min_reward=0.5)
   records, _ = trace_sft.collect(sample_rows, correct, prompt_ids, cc, jax.random.key(0))
   assert [r["prompt_index"] for r in records] == [0, 2, 3]
@@ -127,20 +150,30 @@ def test_rerun_reuses_the_collected_set(tmp_path):
   def make():
     calls.append(1)
     return [dict(prompt_ids=[5], tokens=[6, 7], step_map=[1, 2], reward=1.0)], {
-        "trace_prompts": 1, "trace_sampled": 1, "trace_kept": 1, "trace_acceptance": 1.0}
+        "trace_prompts": 1,
+        "trace_sampled": 1,
+        "trace_kept": 1,
+        "trace_acceptance": 1.0,
+    }
 
   first, _ = trace_sft.collected(str(tmp_path), make, log=lambda *_: None)
   second, stats = trace_sft.collected(str(tmp_path), make, log=lambda *_: None)
   assert calls == [1] and first == second and stats["trace_reused"]
   with pytest.raises(ValueError, match="no trajectory passed"):
-    trace_sft.collected(str(tmp_path / "empty"), lambda: ([], {
-        "trace_prompts": 1, "trace_sampled": 1, "trace_kept": 0, "trace_acceptance": 0.0}),
-                        log=lambda *_: None)
+    trace_sft.collected(
+        str(tmp_path / "empty"),
+        lambda: (
+            [],
+            {"trace_prompts": 1, "trace_sampled": 1, "trace_kept": 0, "trace_acceptance": 0.0},
+        ),
+        log=lambda *_: None,
+    )
 
 
 def _load_script(name):
-  spec = importlib.util.spec_from_file_location(f"_trace_{name}",
-                                                os.path.join(ROOT, "scripts", f"{name}.py"))
+  spec = importlib.util.spec_from_file_location(
+      f"_trace_{name}", os.path.join(ROOT, "scripts", f"{name}.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -157,8 +190,7 @@ def test_configs_run_end_to_end(tmp_path, name):
   cfg.task.num_train, cfg.task.num_eval = 16, 4
   cfg.sft.steps, cfg.sft.batch_size = 2, 4
   # min_reward below every reward: the barely warm-started model keeps everything it decodes.
-  cfg.sft.trace.update(dict(warm_start_steps=2, num_prompts=4, rollout_batch=4,
-                            min_reward=-1.0))
+  cfg.sft.trace.update(dict(warm_start_steps=2, num_prompts=4, rollout_batch=4, min_reward=-1.0))
   workdir = str(tmp_path / "run")
   res = sft.run(cfg, workdir, log=lambda *_: None)
   assert res["trace_kept"] == 8 and res["trace_acceptance"] == 1.0

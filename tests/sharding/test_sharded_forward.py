@@ -8,8 +8,14 @@ from jax.sharding import PartitionSpec as P
 import hf_fixtures
 import jdiff
 from jdiff.checkpoint import from_pretrained
-from jdiff.sharding import (SAMPLING_RULES, TRAIN_RULES, logical_spec, make_mesh, shard_model,
-                            use_rules)
+from jdiff.sharding import (
+    SAMPLING_RULES,
+    TRAIN_RULES,
+    logical_spec,
+    make_mesh,
+    shard_model,
+    use_rules,
+)
 
 B, L = 4, 16
 
@@ -34,6 +40,7 @@ def reference(hf_checkpoints, jdiff_models):
       model = jdiff_models(hf_checkpoints(family))
       out[family] = np.asarray(jdiff.forward(model, _ids()))
     return out[family]
+
   return get
 
 
@@ -89,8 +96,11 @@ def test_sharded_forward_matches_single_device(case, hf_checkpoints, reference):
       logits = jdiff.forward(model, _ids())
     # Activation constraints applied: logits are laid out batch x vocab on the mesh.
     batch_axes = tuple(a for a, n in (("data", data), ("fsdp", fsdp)) if n > 1)
-    batch = None if not batch_axes or B % int(np.prod([mesh.shape[a] for a in batch_axes])) \
+    batch = (
+        None
+        if not batch_axes or B % int(np.prod([mesh.shape[a] for a in batch_axes]))
         else (batch_axes[0] if len(batch_axes) == 1 else batch_axes)
+    )
     assert _spec(logits) == (batch, None, t)
   else:
     logits = jdiff.forward(model, _ids())
@@ -125,15 +135,18 @@ def test_logical_spec():
   assert logical_spec(("embed", "heads"), (64, 8), mesh_shape, TRAIN_RULES) == P("fsdp", "tensor")
   assert logical_spec(("embed", "heads"), (63, 6), mesh_shape, TRAIN_RULES) == P(None, None)
   # batch maps to two mesh axes; their product must divide
-  assert logical_spec(("batch", "length"), (8, 5), mesh_shape, TRAIN_RULES) == \
-      P(("data", "fsdp"), None)
+  assert logical_spec(("batch", "length"), (8, 5), mesh_shape, TRAIN_RULES) == P(
+      ("data", "fsdp"), None
+  )
   assert logical_spec(("batch", "length"), (6, 5), mesh_shape, TRAIN_RULES) == P(None, None)
   # a mesh axis is used at most once per array
-  assert logical_spec(("batch", "embed"), (8, 64), mesh_shape, TRAIN_RULES) == \
-      P(("data", "fsdp"), None)
+  assert logical_spec(("batch", "embed"), (8, 64), mesh_shape, TRAIN_RULES) == P(
+      ("data", "fsdp"), None
+  )
   # size-1 mesh axes are dropped
-  assert logical_spec(("embed",), (64,), {"data": 8, "fsdp": 1, "tensor": 1}, TRAIN_RULES) == \
-      P(None)
+  assert logical_spec(("embed",), (64,), {"data": 8, "fsdp": 1, "tensor": 1}, TRAIN_RULES) == P(
+      None
+  )
   # without shapes, the raw mapping; None names stay replicated
   assert logical_spec(("vocab", None, "layers"), rules=TRAIN_RULES) == P("tensor", None, None)
   with use_rules(SAMPLING_RULES):

@@ -9,5 +9,6 @@ from config_utils import load_config, tiny
 def straight(tmp_path_factory):
   """``(workdir, results)`` of ``tiny(configs/tracerl.py)`` run straight through (2 steps)."""
   from jdiff.train import rl_loop
+
   workdir = str(tmp_path_factory.mktemp("straight"))
   return workdir, rl_loop.run(tiny(load_config()), workdir)

@@ -26,8 +26,9 @@ def digit_fraction(completions, **unused):
 
 if __name__ == "__main__":
   register_reward("test_digit_fraction", digit_fraction)
-  spec = importlib.util.spec_from_file_location("jdiff_train_script",
-                                                os.path.join(ROOT, "scripts", "train.py"))
+  spec = importlib.util.spec_from_file_location(
+      "jdiff_train_script", os.path.join(ROOT, "scripts", "train.py")
+  )
   train = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(train)
   app.run(train.main)

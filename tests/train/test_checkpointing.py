@@ -43,8 +43,9 @@ def _random_like(tree, seed):
 def model_state():
   """A tiny SDAR DiffusionLM's nnx.State (structure + logical axes from the real module; the
   values are random, filled from the abstract state: eager init is slow on a shared CPU)."""
-  abstract = nnx.state(nnx.eval_shape(
-      lambda: jdiff.DiffusionLM(jdiff.preset("tiny_sdar"), rngs=nnx.Rngs(0))))
+  abstract = nnx.state(
+      nnx.eval_shape(lambda: jdiff.DiffusionLM(jdiff.preset("tiny_sdar"), rngs=nnx.Rngs(0)))
+  )
   return _random_like(abstract, 0)
 
 
@@ -63,15 +64,24 @@ def _assert_bit_exact(got, want):
 def _train_items(state):
   params = state.filter(nnx.Param)
   opt_state = _random_like(optax.adamw(1e-3).init(params), 1)  # non-zero mu / nu / count
-  return {"state": state, "opt": opt_state, "step": 7, "step_arr": jnp.int32(7),
-          "rng": jax.random.split(jax.random.key(3), 2), "raw_key": jax.random.PRNGKey(11)}
+  return {
+      "state": state,
+      "opt": opt_state,
+      "step": 7,
+      "step_arr": jnp.int32(7),
+      "rng": jax.random.split(jax.random.key(3), 2),
+      "raw_key": jax.random.PRNGKey(11),
+  }
 
 
 def test_round_trip_bit_exact(tmp_path, model_state):
   items = _train_items(model_state)
-  meta = {"data_position": 1234, "rng": jax.random.key_data(jax.random.key(5)),
-          "config": {"lr": 1e-3, "name": "tiny", "blocks": [4, 8]},
-          "metrics": {"loss": np.float32(0.25)}}
+  meta = {
+      "data_position": 1234,
+      "rng": jax.random.key_data(jax.random.key(5)),
+      "config": {"lr": 1e-3, "name": "tiny", "blocks": [4, 8]},
+      "metrics": {"loss": np.float32(0.25)},
+  }
   ckpt = Checkpointer(tmp_path)
   assert ckpt.latest_step() is None
   assert ckpt.save(3, items, meta)
@@ -85,9 +95,12 @@ def test_round_trip_bit_exact(tmp_path, model_state):
   as_array, _ = ckpt.restore(targets={"step": jax.ShapeDtypeStruct((), jnp.int32)})
   assert isinstance(as_array["step"], jax.Array) and as_array["step"] == 7
   assert isinstance(got["state"], nnx.State) and got["step"] == 7 and type(got["step"]) is int
-  assert got_meta == {"data_position": 1234, "rng": [0, 5],
-                      "config": {"lr": 1e-3, "name": "tiny", "blocks": [4, 8]},
-                      "metrics": {"loss": 0.25}}
+  assert got_meta == {
+      "data_position": 1234,
+      "rng": [0, 5],
+      "config": {"lr": 1e-3, "name": "tiny", "blocks": [4, 8]},
+      "metrics": {"loss": 0.25},
+  }
   rng = jax.random.wrap_key_data(jnp.asarray(got_meta["rng"], jnp.uint32))
   np.testing.assert_array_equal(jax.random.key_data(rng), jax.random.key_data(jax.random.key(5)))
 
@@ -136,11 +149,14 @@ def test_sharded_restore(tmp_path, model_state):
   ckpt = Checkpointer(tmp_path)
   ckpt.save(1, {"state": model_state, "rng": jax.random.key(1)})  # saved unsharded
 
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                          sharded)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), sharded
+  )
   key_sharding = jax.sharding.NamedSharding(mesh, jax.P())
-  targets = {"state": abstract,
-             "rng": jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=key_sharding)}
+  targets = {
+      "state": abstract,
+      "rng": jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=key_sharding),
+  }
   for tgt in (targets, {"state": sharded}):  # abstract and concrete targets
     got, _ = ckpt.restore(targets=tgt)
     _assert_bit_exact(got["state"], model_state)
@@ -170,8 +186,11 @@ def _killed_save(workdir, min_bytes):
   ``min_bytes``. Returns the bytes left in the tmp dir if the kill landed mid-save, else None."""
   ckdir = workdir / "checkpoints"
   tmp = ckdir / ("2" + TMP_SUFFIX)
-  proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(workdir)], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+      [sys.executable, "-c", _CHILD, str(workdir)],
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+  )
   try:
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:
@@ -187,8 +206,11 @@ def _killed_save(workdir, min_bytes):
 
 
 def test_kill_9_mid_save(tmp_path):
-  prev = {"w": jnp.asarray(np.random.default_rng(1).standard_normal((256, 64)), jnp.float32),
-          "rng": jax.random.key(42), "step": 1}
+  prev = {
+      "w": jnp.asarray(np.random.default_rng(1).standard_normal((256, 64)), jnp.float32),
+      "rng": jax.random.key(42),
+      "step": 1,
+  }
   landed = []
   # Kill once 20 MB / 60 MB of the ~74 MB are on disk (mid data write), else right after the
   # tmp dir appears (before any data) if neither landed.

@@ -3,8 +3,9 @@
 import ast
 import os
 
-TRAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                     "jdiff", "train")
+TRAIN = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "jdiff", "train"
+)
 LIMIT = 60
 
 

@@ -30,8 +30,9 @@ def test_nan_loss_skips_the_step_keeps_state_and_reports(tmp_path, monkeypatch, 
         batch["advantages"] = np.full(np.shape(batch["advantages"]), np.nan, np.float32)
       before = jax.device_get((state.params, state.opt_state))  # state is donated below
       new_state, metrics = update(state, batch)
-      calls.append((before, jax.device_get((new_state.params, new_state.opt_state)),
-                    jax.device_get(metrics)))
+      calls.append(
+          (before, jax.device_get((new_state.params, new_state.opt_state)), jax.device_get(metrics))
+      )
       return new_state, metrics
 
     return call
@@ -90,8 +91,13 @@ def test_kill_9_mid_checkpoint_then_resume(straight, tmp_path):
   env = dict(os.environ)  # conftest's XLA flags: the same numerics as the straight run
   for attempt in range(3):  # a save that outruns the watcher is not a crash: try again
     workdir = tmp_path / f"killed{attempt}"
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(workdir), ROOT], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(workdir), ROOT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if proc.returncode == -9:
       break
   assert proc.returncode == -9, f"the kill never landed mid-save:\n{proc.stderr[-3000:]}"

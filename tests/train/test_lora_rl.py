@@ -54,8 +54,7 @@ def test_one_step_trains_only_the_adapters_against_the_base(tmp_path):
   plain_section.lora = None
   plain, _ = setup.load_policy(plain_section, config.seed)
   cfg = ctx.method_cfg
-  base = score_all(lambda b: ctx.method.logprob_fn(plain, b, cfg),
-                   jax.tree.map(np.asarray, batch))
+  base = score_all(lambda b: ctx.method.logprob_fn(plain, b, cfg), jax.tree.map(np.asarray, batch))
   base = np.asarray(base)
   np.testing.assert_allclose(batch["ref_logp"], base, rtol=1e-5, atol=1e-6)
   after_ref = policy.scores(batch, params=policy.ref_params)

@@ -30,11 +30,18 @@ STEPS = 2
 # 8-token rollouts, an 8-prompt eval batch — every batch splits over 8 data shards.
 OVERRIDES = [
     "--config=" + os.path.join(ROOT, "configs", "tracerl.py"),
-    "--config.tensorboard=False", "--config.task.num_train=64", "--config.task.num_eval=8",
-    "--config.task.reward=test_digit_fraction", "--config.eval.batch_size=8",
-    "--config.sft.steps=0", "--config.rl.prompts_per_step=2",
-    "--config.rl.group_size=4", "--config.rl.inner_epochs=1", "--config.rl.eval_every=0",
-    "--config.sampler.gen_length=8", "--config.eval.sampler.gen_length=8",
+    "--config.tensorboard=False",
+    "--config.task.num_train=64",
+    "--config.task.num_eval=8",
+    "--config.task.reward=test_digit_fraction",
+    "--config.eval.batch_size=8",
+    "--config.sft.steps=0",
+    "--config.rl.prompts_per_step=2",
+    "--config.rl.group_size=4",
+    "--config.rl.inner_epochs=1",
+    "--config.rl.eval_every=0",
+    "--config.sampler.gen_length=8",
+    "--config.eval.sampler.gen_length=8",
     "--config.checkpoint.every=1",
 ]
 TIMEOUT_S = 600
@@ -49,21 +56,39 @@ def _free_port():
 def _launch(workdir, num_processes, mesh_shape, steps=STEPS):
   """Starts one run (all its processes); returns [(Popen, log path)]."""
   os.makedirs(workdir, exist_ok=True)
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false",
-             HF_HUB_OFFLINE="1",
-             # Same optimisation level as the pytest process (conftest): faster compiles.
-             XLA_FLAGS=(f"--xla_force_host_platform_device_count={8 // num_processes} "
-                        "--xla_backend_optimization_level=0"))
-  args = [sys.executable, DRIVER, *OVERRIDES, f"--config.rl.steps={steps}",
-          "--config.mesh.shape=" + repr(tuple(mesh_shape)), f"--workdir={workdir}"]
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      TOKENIZERS_PARALLELISM="false",
+      HF_HUB_OFFLINE="1",
+      # Same optimisation level as the pytest process (conftest): faster compiles.
+      XLA_FLAGS=(
+          f"--xla_force_host_platform_device_count={8 // num_processes} "
+          "--xla_backend_optimization_level=0"
+      ),
+  )
+  args = [
+      sys.executable,
+      DRIVER,
+      *OVERRIDES,
+      f"--config.rl.steps={steps}",
+      "--config.mesh.shape=" + repr(tuple(mesh_shape)),
+      f"--workdir={workdir}",
+  ]
   if num_processes > 1:
     args += [f"--coordinator=127.0.0.1:{_free_port()}", f"--num_processes={num_processes}"]
   procs = []
   for pid in range(num_processes):
     log = os.path.join(workdir, f"log.{pid}.steps{steps}.txt")
     cmd = args + ([f"--process_id={pid}"] if num_processes > 1 else [])
-    procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "w"),
-                                   stderr=subprocess.STDOUT), log))
+    procs.append(
+        (
+            subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT
+            ),
+            log,
+        )
+    )
   return procs
 
 
@@ -93,8 +118,10 @@ def _policy(workdir, step=STEPS, like=None):
 
 
 def _max_diff(a, b):
-  return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return max(
+      float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +145,11 @@ def test_two_processes_match_one(runs):
   # The rewards were gathered across processes: the same per-step statistics.
   for a, b in zip(metrics_rows(runs["2x4"]), metrics_rows(runs["1x8"])):
     assert a["step"] == b["step"]
-    np.testing.assert_allclose([a["reward_mean"], a["reward_std"], a["loss"]],
-                               [b["reward_mean"], b["reward_std"], b["loss"]], atol=1e-5)
+    np.testing.assert_allclose(
+        [a["reward_mean"], a["reward_std"], a["loss"]],
+        [b["reward_mean"], b["reward_std"], b["loss"]],
+        atol=1e-5,
+    )
 
 
 @pytest.mark.slow
@@ -144,7 +174,11 @@ def test_only_process_zero_writes(runs):
   two = runs["2x4"]
   assert [r["step"] for r in metrics_rows(two)] == list(range(1, STEPS + 1))
   assert sorted(f for f in os.listdir(two) if not f.startswith("log.")) == [
-      "checkpoints", "config.json", "metrics.jsonl", "results.json"]
+      "checkpoints",
+      "config.json",
+      "metrics.jsonl",
+      "results.json",
+  ]
   assert Checkpointer(two, read_only=True).steps() == list(range(1, STEPS + 1))
   # Process 1 logs nothing of its own (no progress bar, no eval lines).
   log1 = open(os.path.join(two, f"log.1.steps{STEPS}.txt")).read()

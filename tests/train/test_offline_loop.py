@@ -32,8 +32,9 @@ def short(max_steps=0):
   c.eval.batch_size = 16  # = rollout_batch x group_size: one sampler compile serves both
   c.sft.steps, c.sft.batch_size = 1, 4
   c.sampler.gen_length = c.eval.sampler.gen_length = 8
-  c.offline.update(num_prompts=4, group_size=4, rollout_batch=4, pairs_per_step=2, epochs=1,
-                   max_steps=max_steps)
+  c.offline.update(
+      num_prompts=4, group_size=4, rollout_batch=4, pairs_per_step=2, epochs=1, max_steps=max_steps
+  )
   c.checkpoint.every = 1
   return c
 
@@ -106,8 +107,14 @@ def _write(path, rows):
       f.write(json.dumps(r) + "\n")
 
 
-PAIR_ROWS = [{"question": f"Sort {s}", "good": f"<answer>{''.join(sorted(s))}</answer>",
-              "bad": f"<answer>{s}</answer>"} for s in ("3142", "9275", "4108", "6613")]
+PAIR_ROWS = [
+    {
+        "question": f"Sort {s}",
+        "good": f"<answer>{''.join(sorted(s))}</answer>",
+        "bad": f"<answer>{s}</answer>",
+    }
+    for s in ("3142", "9275", "4108", "6613")
+]
 
 
 def test_pairs_file_with_field_map(tmp_path):
@@ -115,8 +122,11 @@ def test_pairs_file_with_field_map(tmp_path):
   _write(path, PAIR_ROWS)
   c = short()
   c.sft.steps, c.task.num_eval = 0, 0  # no warm start, no eval: just the file path
-  c.offline.update(pairs_path=path, pairs_per_step=4,
-                   field_map={"prompt": "question", "chosen": "good", "rejected": "bad"})
+  c.offline.update(
+      pairs_path=path,
+      pairs_per_step=4,
+      field_map={"prompt": "question", "chosen": "good", "rejected": "bad"},
+  )
   results = offline_loop.run(c, str(tmp_path / "run"))
   assert results["pairs"] == 4 and results["steps"] == 1
   assert np.isnan(results["pair_build_reward_mean"])

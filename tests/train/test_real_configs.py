@@ -22,15 +22,27 @@ def test_shipped_config_validates(name):
 
 
 def test_the_papers_configs_ship():
-  assert {"tracerl_trado4b_math", "tracerl_trado8b_math", "d1_llada8b_gsm8k",
-          "d1_sft_llada8b_s1k", "cj_grpo_llada8b_countdown", "dtrpo", "dtrpo_sdar8b"} <= set(NAMES)
-  assert set(REAL) >= {"tracerl_trado4b_math", "d1_llada8b_gsm8k", "cj_grpo_llada8b_countdown",
-                       "dtrpo_sdar8b"}
+  assert {
+      "tracerl_trado4b_math",
+      "tracerl_trado8b_math",
+      "d1_llada8b_gsm8k",
+      "d1_sft_llada8b_s1k",
+      "cj_grpo_llada8b_countdown",
+      "dtrpo",
+      "dtrpo_sdar8b",
+  } <= set(NAMES)
+  assert set(REAL) >= {
+      "tracerl_trado4b_math",
+      "d1_llada8b_gsm8k",
+      "cj_grpo_llada8b_countdown",
+      "dtrpo_sdar8b",
+  }
 
 
 def test_dtrpo_sdar8b_steps_on_the_decoding_grid():
   """The estimator's grid is the sampler's: block 4 in 4 steps, the paper's estimator."""
   from jdiff.models.config import PRESETS
+
   c = load_config("dtrpo_sdar8b")
   assert PRESETS[c.model.preset]().block_size == 4 == c.sampler.steps_per_block
   assert c.method.steps_per_block == c.sampler.steps_per_block
@@ -89,7 +101,12 @@ BROKEN = [
     ("tracerl", "sft.grad_accum", 5, "config.sft.grad_accum"),
     ("tracerl", "mesh", {"shape": (-1, -1, 1)}, "config.mesh.shape"),
     ("tracerl", "mesh", {"shape": (2, 2)}, "config.mesh.shape"),
-    ("tracerl", "mesh", {"shape": (1, -1, 1), "sampling_layout": "x"}, "config.mesh.sampling_layout"),
+    (
+        "tracerl",
+        "mesh",
+        {"shape": (1, -1, 1), "sampling_layout": "x"},
+        "config.mesh.sampling_layout",
+    ),
     ("tracerl", "checkpoint.every", 0, "config.checkpoint.every"),
     ("tracerl", "learning_rate", 1.0, "config.learning_rate"),
     ("tracerl", "data.max_prompt_len", 0, "config.data.max_prompt_len"),
@@ -111,8 +128,7 @@ BROKEN = [
 ]
 
 
-@pytest.mark.parametrize("name,key,value,named", BROKEN,
-                         ids=[f"{n}:{k}" for n, k, _, _ in BROKEN])
+@pytest.mark.parametrize("name,key,value,named", BROKEN, ids=[f"{n}:{k}" for n, k, _, _ in BROKEN])
 def test_broken_copy_names_the_key(name, key, value, named):
   c = load_config(name)
   if name == "dtrpo" and key == "offline.pairs_per_step":

@@ -30,10 +30,16 @@ def _traj():
   tokens = np.array([[5, 6, EOS, PAD, PAD, PAD], [1, 2, 3, 4, 5, 6]], np.int32)
   raw = np.array([[5, 6, EOS, 7, 8, PAD], [1, 2, 3, 4, 5, 6]], np.int32)
   z = np.zeros((2, 6), np.int32)
-  return Trajectory(prompt_ids=np.ones((2, 2), np.int32), prompt_mask=np.ones((2, 2), bool),
-                    tokens=tokens, step_map=z, logprobs=z.astype(np.float32),
-                    lengths=np.array([3, 6], np.int32), num_steps=np.ones(2, np.int32),
-                    raw_tokens=raw)
+  return Trajectory(
+      prompt_ids=np.ones((2, 2), np.int32),
+      prompt_mask=np.ones((2, 2), bool),
+      tokens=tokens,
+      step_map=z,
+      logprobs=z.astype(np.float32),
+      lengths=np.array([3, 6], np.int32),
+      num_steps=np.ones(2, np.int32),
+      raw_tokens=raw,
+  )
 
 
 @pytest.fixture
@@ -42,8 +48,9 @@ def seen():
   calls = []
 
   def spy(completions, answer, response_length=None, max_tokens=None):
-    calls.append(dict(texts=list(completions), response_length=response_length,
-                      max_tokens=max_tokens))
+    calls.append(
+        dict(texts=list(completions), response_length=response_length, max_tokens=max_tokens)
+    )
     return [1.0] * len(completions)
 
   register_reward("_spy_reward", spy, overwrite=True)
@@ -54,16 +61,17 @@ def seen():
 def _ctx(monkeypatch, **task):
   traj = _traj()
   monkeypatch.setattr(rl_loop, "rollout", lambda *a, **k: (traj, np.arange(2)))
-  train = types.SimpleNamespace(batch=lambda start, n: [0], ids=[[9, 9]],
-                                rows=[{"answer": "1"}])
+  train = types.SimpleNamespace(batch=lambda start, n: [0], ids=[[9, 9]], rows=[{"answer": "1"}])
   run = types.SimpleNamespace(
-      train=types.SimpleNamespace(require=lambda split: train), tokenizer=_Tok(), mesh=None,
+      train=types.SimpleNamespace(require=lambda split: train),
+      tokenizer=_Tok(),
+      mesh=None,
       sampler=("block", types.SimpleNamespace(gen_length=10)),
       model=types.SimpleNamespace(config=types.SimpleNamespace(pad_token_id=PAD)),
-      task=types.SimpleNamespace(reward="_spy_reward", columns=("answer",)))
+      task=types.SimpleNamespace(reward="_spy_reward", columns=("answer",)),
+  )
   task_section = dict(reward="_spy_reward", **task)
-  config = types.SimpleNamespace(task=task_section,
-                                 data=types.SimpleNamespace(max_prompt_len=2))
+  config = types.SimpleNamespace(task=task_section, data=types.SimpleNamespace(max_prompt_len=2))
   rc = types.SimpleNamespace(group_size=2, prompts_per_step=1)
   return types.SimpleNamespace(run=run, rc=rc, config=config)
 
@@ -88,9 +96,11 @@ def test_length_penalty_zeroes_a_capped_math_answer(monkeypatch):
   """End to end with the math reward: both answers are right, the one that ran to the cap
   scores 0 with the switch on (TraceRL: length >= max_tokens - 5 = 5: row 1, 6 tokens)."""
   from jdiff.rewards.math import math_reward
+
   ctx = _ctx(monkeypatch, length_penalty=True)
   ctx.run.tokenizer = types.SimpleNamespace(
-      decode=lambda ids, skip_special_tokens=False: "\\boxed{1}")
+      decode=lambda ids, skip_special_tokens=False: "\\boxed{1}"
+  )
   ctx.config.task["reward"] = math_reward
   _, rewards = _collect(ctx)
   np.testing.assert_array_equal(rewards, [1.0, 0.0])
@@ -127,9 +137,15 @@ def test_method_std_normalize_is_rejected():
     RunConfig.from_config(c)
 
 
-@pytest.mark.parametrize("name, whole, penalty", [
-    ("d1_llada8b_gsm8k", "whole", False), ("cj_grpo_llada8b_countdown", "whole", False),
-    ("tracerl_trado4b_math", "to_eos", True), ("tracerl_trado8b_math", "to_eos", True)])
+@pytest.mark.parametrize(
+    "name, whole, penalty",
+    [
+        ("d1_llada8b_gsm8k", "whole", False),
+        ("cj_grpo_llada8b_countdown", "whole", False),
+        ("tracerl_trado4b_math", "to_eos", True),
+        ("tracerl_trado8b_math", "to_eos", True),
+    ],
+)
 def test_recipes_carry_the_reference_values(name, whole, penalty):
   task = load_config(name).task
   assert task.reward_text == whole and task.length_penalty == penalty

@@ -17,8 +17,17 @@ def test_outputs(straight):
   workdir, results = straight
   rows = metrics_rows(workdir)
   assert [r["step"] for r in rows] == [1, 2]
-  for key in ("reward_mean", "loss", "rollout_s", "train_s", "accuracy", "kl", "clip_frac",
-              "response_length", "tokens_per_s"):
+  for key in (
+      "reward_mean",
+      "loss",
+      "rollout_s",
+      "train_s",
+      "accuracy",
+      "kl",
+      "clip_frac",
+      "response_length",
+      "tokens_per_s",
+  ):
     assert key in rows[0], key
   assert {"accuracy_before", "accuracy_after"} <= set(results)
   assert Checkpointer(workdir, read_only=True).steps() == [1, 2]
@@ -32,6 +41,7 @@ def test_final_policy_is_written_as_a_jdiff_checkpoint(straight):
   from flax import nnx
 
   import jdiff
+
   workdir, results = straight
   assert results["model_dir"] == os.path.join(workdir, "model")
   model = jdiff.from_pretrained(results["model_dir"])
@@ -70,8 +80,9 @@ def test_missing_checkpoint_dir_is_named(tmp_path):
 
 def test_dataset_without_mapped_field(tmp_path):
   data = tmp_path / "train.jsonl"
-  data.write_text("\n".join(json.dumps({"question": f"Compute {i}+1", "gold": str(i + 1)})
-                            for i in range(4)))
+  data.write_text(
+      "\n".join(json.dumps({"question": f"Compute {i}+1", "gold": str(i + 1)}) for i in range(4))
+  )
   c = tiny(load_config())
   c.task.train_path = str(data)
   c.task.field_map = {"prompt": "question", "answer": "solution"}
@@ -101,6 +112,7 @@ def test_all_groups_filtered_warns_not_crashes(tmp_path):
 def test_rl_step_alone_matches_the_run(straight, tmp_path):
   """rl_step driven by hand (open_run, warm start, build) gives the straight run's rows."""
   from jdiff.train.run_setup import open_run, warm_start
+
   workdir, _ = straight
   c = tiny(load_config())
   r = open_run(c, str(tmp_path), lambda msg: None)

@@ -23,9 +23,15 @@ from rl_toys import toy_trajectory
 def _ctx(model=None, vcfg=None, **rl):
   rc = RLConfig(**rl)
   run = types.SimpleNamespace(model=model)
-  return rl_loop.StepContext(run=run, config=None, rc=rc, method=tracerl.METHOD,
-                             method_cfg=tracerl.TraceRLConfig(),
-                             advantage=adv_lib.group_zscore, vcfg=vcfg)
+  return rl_loop.StepContext(
+      run=run,
+      config=None,
+      rc=rc,
+      method=tracerl.METHOD,
+      method_cfg=tracerl.TraceRLConfig(),
+      advantage=adv_lib.group_zscore,
+      vcfg=vcfg,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +55,9 @@ def test_ppo_minibatches_move_the_ratio(model):
   clip fraction and the KL move within the step (they are exactly 1 / 0 / 0 on the first)."""
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
   cfg = tracerl.TraceRLConfig(beta=0.01, post_num=1)  # every row supervises a token
-  rt = policy_runtime(model, optax.adam(0.05), tracerl.METHOD, cfg, mesh=mesh, grad_accum=1,
-                      sample_rules=None)
+  rt = policy_runtime(
+      model, optax.adam(0.05), tracerl.METHOD, cfg, mesh=mesh, grad_accum=1, sample_rules=None
+  )
   traj, group = toy_trajectory(0, n_prompts=2, group=2, g=8)
   adv = np.random.default_rng(0).normal(size=len(traj.lengths)).astype(np.float32)
   batch = tracerl.build_batch(traj, adv, None, cfg, model.config)
@@ -70,8 +77,9 @@ def test_filtered_groups_build_no_rows_or_value_targets(model):
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
   cfg = tracerl.TraceRLConfig()
   vcfg = value_lib.ValueConfig()
-  policy = policy_runtime(model, optax.sgd(0.1), tracerl.METHOD, cfg, mesh=mesh, grad_accum=1,
-                          sample_rules=None)
+  policy = policy_runtime(
+      model, optax.sgd(0.1), tracerl.METHOD, cfg, mesh=mesh, grad_accum=1, sample_rules=None
+  )
   value = value_runtime(model, optax.sgd(0.1), vcfg, model.config, mesh=mesh, grad_accum=1)
   traj, group = toy_trajectory(1, n_prompts=3, group=2, g=8)
   rewards = np.array([1.0, 1.0, 1.0, 0.0, 0.0, 1.0], np.float32)  # group 0 all correct
@@ -84,8 +92,10 @@ def test_filtered_groups_build_no_rows_or_value_targets(model):
   assert set(np.asarray(batch["response_index"]).tolist()) == {0, 1, 2, 3}  # kept only
   assert returns.shape[0] == 4 and v_rows.shape[0] == minibatch.num_rows(batch)
   # The rows are those of the kept responses, in order.
-  np.testing.assert_array_equal(batch["input_ids"], full["input_ids"][
-      np.isin(np.asarray(full["response_index"]), [2, 3, 4, 5])])
+  np.testing.assert_array_equal(
+      batch["input_ids"],
+      full["input_ids"][np.isin(np.asarray(full["response_index"]), [2, 3, 4, 5])],
+  )
   assert minibatch.drop_report(keep, group) == {"kept_groups": 2.0, "dropped_groups": 1.0}
 
 
@@ -106,6 +116,7 @@ def test_no_learning_signal_warns():
 
 
 class _Recorder:
+
   def __init__(self):
     self.calls = 0
 

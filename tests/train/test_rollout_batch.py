@@ -13,8 +13,14 @@ from jdiff.sharding import make_mesh
 from jdiff.train.config import RLConfig
 from jdiff.train.rollout import rollout
 
-PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15, 16, 17], [20, 21, 22],
-           [30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41], [40, 41], [8, 9, 10, 11]]
+PROMPTS = [
+    [5, 6, 7, 8, 9],
+    [10, 11, 12, 13, 14, 15, 16, 17],
+    [20, 21, 22],
+    [30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41],
+    [40, 41],
+    [8, 9, 10, 11],
+]
 FIELDS = ("tokens", "step_map", "num_steps", "lengths", "prompt_ids", "prompt_mask", "states")
 
 
@@ -41,15 +47,23 @@ def _check_same(name, model, cfg, micro, steps_differ=True):
     np.testing.assert_array_equal(getattr(parts, field), getattr(one, field), err_msg=field)
   np.testing.assert_allclose(parts.logprobs, one.logprobs, rtol=1e-5, atol=1e-7)
   # Without the offsets the micro-batches would repeat the first rows' draws.
-  assert not np.array_equal(jax.device_get(rollout(*args[:-1], jax.random.key(5))[0].tokens),
-                            one.tokens)
+  assert not np.array_equal(
+      jax.device_get(rollout(*args[:-1], jax.random.key(5))[0].tokens), one.tokens
+  )
 
 
 @pytest.mark.parametrize("micro", [2, 3])
 def test_block_rollout_in_micro_batches_is_one_call(hf_checkpoints, jdiff_models, micro):
   m = _stopping(jdiff_models(hf_checkpoints("sdar")))
-  cfg = dict(gen_length=10, steps_per_block=2, temperature=0.7, top_p=0.95, threshold=0.2,
-             record_states=True, stop_ids=(m.config.eos_token_id,))
+  cfg = dict(
+      gen_length=10,
+      steps_per_block=2,
+      temperature=0.7,
+      top_p=0.95,
+      threshold=0.2,
+      record_states=True,
+      stop_ids=(m.config.eos_token_id,),
+  )
   _check_same("block", m, cfg, micro)
 
 
@@ -68,8 +82,12 @@ def test_rollout_batch_must_divide_the_step():
 def test_scores_in_row_chunks_equal_one_call():
   """Runtime.scores scores rl.grad_accum consecutive row chunks and concatenates them."""
   from jdiff.train.runtime import score_chunks
-  batch = {"x": np.arange(24, dtype=np.float32).reshape(6, 4), "w": np.arange(6) % 2,
-           "scale": np.float32(3.0)}
+
+  batch = {
+      "x": np.arange(24, dtype=np.float32).reshape(6, 4),
+      "w": np.arange(6) % 2,
+      "scale": np.float32(3.0),
+  }
   calls = []
 
   def score(b):

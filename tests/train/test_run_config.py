@@ -60,6 +60,7 @@ def test_advantage_by_name():
   c.rl.advantage = "group_mean"
   assert RunConfig.from_config(c).rl.advantage == "group_mean"
   from jdiff.rl.registry import advantage_estimators
+
   assert advantage_estimators.get("group_zscore") is adv_lib.group_zscore
 
 

@@ -14,8 +14,12 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import jdiff  # noqa: E402
 from jdiff.models.logprobs import model_token_logprobs  # noqa: E402
-from jdiff.train import (init_train_state, make_optimizer, make_schedule,  # noqa: E402
-                         make_update_step)
+from jdiff.train import (
+    init_train_state,
+    make_optimizer,
+    make_schedule,  # noqa: E402
+    make_update_step,
+)
 
 B, T = 8, 8
 
@@ -36,12 +40,14 @@ def setup():
   targets = rng.integers(4, cfg.vocab_size, size=(B, T)).astype(np.int32)
   mask = rng.random((B, T)) < 0.5
   mask[:, 0] = True
-  batch = {"inputs": np.where(mask, cfg.mask_token_id, targets).astype(np.int32),
-           "targets": targets, "loss_mask": mask.astype(np.float32),
-           "scale": np.ones((B,), np.float32)}
+  batch = {
+      "inputs": np.where(mask, cfg.mask_token_id, targets).astype(np.int32),
+      "targets": targets,
+      "loss_mask": mask.astype(np.float32),
+      "scale": np.ones((B,), np.float32),
+  }
   model = jdiff.DiffusionLM(cfg, rngs=nnx.Rngs(0))
-  opt = make_optimizer({"lr": 1e-2, "eps": 1e-3, "schedule": "constant",
-                        "max_grad_norm": 1.0})
+  opt = make_optimizer({"lr": 1e-2, "eps": 1e-3, "schedule": "constant", "max_grad_norm": 1.0})
   graphdef, _ = init_train_state(model, opt)
   step = make_update_step(graphdef, opt, masked_nll)
   # The equivalence tests take one clipped SGD step: its parameter change is -lr * g, so
@@ -49,8 +55,15 @@ def setup():
   # noise in near-zero gradient entries into lr-sized parameter differences. lr = 1 keeps the
   # change well above the float32 rounding of the parameters it is added to.
   sgd = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(1.0))
-  return dict(model=model, opt=opt, batch=batch, step=step, graphdef=graphdef, sgd=sgd,
-              sgd_step=make_update_step(graphdef, sgd, masked_nll))
+  return dict(
+      model=model,
+      opt=opt,
+      batch=batch,
+      step=step,
+      graphdef=graphdef,
+      sgd=sgd,
+      sgd_step=make_update_step(graphdef, sgd, masked_nll),
+  )
 
 
 def _params_np(state):
@@ -65,10 +78,12 @@ def _assert_same_change(state, ref_state, start):
   """Parameter changes agree leaf by leaf: rtol, plus an atol scaled to the leaf's largest
   change (entries whose gradient nearly cancels, summed in a different order) and to the
   float32 spacing of its parameters (the change is read back from ``p0 + change``)."""
+
   def check(a, b, p0):
     da, db = np.asarray(a, np.float64) - p0, np.asarray(b, np.float64) - p0
     ulp = np.spacing(np.abs(p0).max().astype(np.float32))
     np.testing.assert_allclose(da, db, rtol=1e-5, atol=1e-5 * np.abs(db).max() + 2 * ulp)
+
   jax.tree.map(check, _params_np(state), _params_np(ref_state), start)
 
 
@@ -117,10 +132,16 @@ def test_step_weighted_accumulation_sums_micro_batches(setup):
   weighted = dict(batch, row_weight=valid / valid.sum())
   start = _params_np(_fresh(setup, opt="sgd"))
   ref_state, ref_m = make_update_step(setup["graphdef"], setup["sgd"], weighted_nll)(
-      _fresh(setup, opt="sgd"), weighted)
+      _fresh(setup, opt="sgd"), weighted
+  )
   # An independent reference: the plain mean over the 4 non-empty rows, one micro-batch.
-  full = dict(batch, loss_mask=mask[:4], inputs=batch["inputs"][:4],
-              targets=batch["targets"][:4], scale=batch["scale"][:4])
+  full = dict(
+      batch,
+      loss_mask=mask[:4],
+      inputs=batch["inputs"][:4],
+      targets=batch["targets"][:4],
+      scale=batch["scale"][:4],
+  )
   plain_state, plain_m = setup["sgd_step"](_fresh(setup, opt="sgd"), full)
   np.testing.assert_allclose(float(ref_m["loss"]), float(plain_m["loss"]), rtol=1e-5)
   _assert_same_change(ref_state, plain_state, start)
@@ -143,8 +164,9 @@ def test_nonfinite_loss_skips_update(setup):
   assert int(state.step) == 1  # the call is counted ...
   jax.tree.map(np.testing.assert_array_equal, _params_np(state), before)
   # ... but the optimizer state (its step count drives the LR schedule) is unchanged.
-  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.opt_state),
-               count_before)
+  jax.tree.map(
+      np.testing.assert_array_equal, jax.tree.map(np.asarray, state.opt_state), count_before
+  )
   state, metrics = setup["step"](state, setup["batch"])  # a good batch still trains after
   assert float(metrics["skipped"]) == 0.0
   assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, _params_np(state), before)))
@@ -159,8 +181,7 @@ def test_sharded_update_matches_single_device(setup):
   state = _fresh(setup, mesh, opt="sgd")
   wq = state.params["backbone"]["layers"]["wq"]  # logical (layers, embed, heads, head_dim)
   assert wq.get_value().sharding.spec == P(None, "fsdp", "tensor", None)
-  sharded = make_update_step(setup["graphdef"], setup["sgd"], masked_nll, mesh=mesh,
-                             grad_accum=2)
+  sharded = make_update_step(setup["graphdef"], setup["sgd"], masked_nll, mesh=mesh, grad_accum=2)
   state, m = sharded(state, setup["batch"])
   new_wq = state.params["backbone"]["layers"]["wq"].get_value()
   assert new_wq.sharding.spec == P(None, "fsdp", "tensor", None)
@@ -174,12 +195,17 @@ def test_sharded_update_matches_single_device(setup):
 def test_optimizer_schedules():
   lr = lambda **kw: [float(make_schedule(dict(lr=1.0, **kw))(s)) for s in (0, 5, 10, 20)]
   assert lr(schedule="constant") == [1.0] * 4
-  np.testing.assert_allclose(lr(schedule="constant_with_warmup", warmup_steps=10),
-                             [0, 0.5, 1, 1], atol=1e-6)
-  np.testing.assert_allclose(lr(schedule="linear", warmup_steps=10, total_steps=20),
-                             [0, 0.5, 1, 0], atol=1e-6)
-  np.testing.assert_allclose(lr(schedule="cosine", warmup_steps=0, total_steps=20),
-                             [1, (1 + np.cos(np.pi / 4)) / 2, 0.5, 0], atol=1e-6)
+  np.testing.assert_allclose(
+      lr(schedule="constant_with_warmup", warmup_steps=10), [0, 0.5, 1, 1], atol=1e-6
+  )
+  np.testing.assert_allclose(
+      lr(schedule="linear", warmup_steps=10, total_steps=20), [0, 0.5, 1, 0], atol=1e-6
+  )
+  np.testing.assert_allclose(
+      lr(schedule="cosine", warmup_steps=0, total_steps=20),
+      [1, (1 + np.cos(np.pi / 4)) / 2, 0.5, 0],
+      atol=1e-6,
+  )
   with pytest.raises(ValueError, match="schedule"):
     make_schedule({"schedule": "nope"})
   # max_grad_norm clips before AdamW; wd applies to matrices only.

@@ -19,6 +19,7 @@ The TPU backend is only loaded to compile; JAX's default backend is left as it i
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import functools
 import os
 import re
@@ -61,11 +62,20 @@ _TOPOLOGY = re.compile(r"^(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})$")
 _FORM = "'<generation>:<AxB[xC]>' with generation one of " + ", ".join(CHIPS)
 
 
-def _prepare_libtpu_env():
-  # Compiling only: no TPU is opened, so libtpu's one-process-per-host lock (held by any
-  # other libtpu user on the machine) and its worker discovery need not apply.
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+@contextlib.contextmanager
+def _libtpu_env():
+  """Compiling only: no TPU is opened, so libtpu's one-process-per-host lock (held by any other
+  libtpu user on the machine) and its worker discovery need not apply. The variables are
+  restored afterwards: a process started later (a training run) must not inherit a
+  ``TPU_WORKER_HOSTNAMES`` that makes scripts/train.py take this host for a TPU VM."""
+  defaults = {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "TPU_WORKER_HOSTNAMES": "localhost"}
+  added = [k for k in defaults if k not in os.environ]
+  os.environ.update({k: defaults[k] for k in added})
+  try:
+    yield
+  finally:
+    for k in added:
+      os.environ.pop(k, None)
 
 
 def parse_topology(name: str) -> Tuple[Chip, Tuple[int, ...]]:
@@ -82,10 +92,10 @@ def parse_topology(name: str) -> Tuple[Chip, Tuple[int, ...]]:
 def topology_devices(name: str) -> Tuple[Any, ...]:
   """The (compile-only) devices of a named TPU topology, all processes of it."""
   parse_topology(name)
-  _prepare_libtpu_env()
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
 
-  return tuple(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
+  with _libtpu_env():
+    return tuple(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
 
 
 def topology_mesh(

@@ -72,7 +72,7 @@ def _ctx(monkeypatch, **task):
   )
   task_section = dict(reward="_spy_reward", **task)
   config = types.SimpleNamespace(task=task_section, data=types.SimpleNamespace(max_prompt_len=2))
-  rc = types.SimpleNamespace(group_size=2, prompts_per_step=1)
+  rc = types.SimpleNamespace(group_size=2, prompts_per_step=1, rollout_batch=0)
   return types.SimpleNamespace(run=run, rc=rc, config=config)
 
 

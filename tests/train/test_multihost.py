@@ -177,6 +177,7 @@ def test_only_process_zero_writes(runs):
       "checkpoints",
       "config.json",
       "metrics.jsonl",
+      "model",  # the final policy, its shards gathered from both processes
       "results.json",
   ]
   assert Checkpointer(two, read_only=True).steps() == list(range(1, STEPS + 1))
